@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# Installs the external programs the integration tests drive (real peers:
+# sshd, ssh/scp/sftp, oathtool, rsync, ssh-audit, age, asciinema, WireGuard).
+# Idempotent: apt is only touched when something is missing, and then
+# `apt-get update` runs once. Debian/Ubuntu only.
+set -euo pipefail
+
+# One entry per Debian package: "package:check[,check...]". A check is a
+# command looked up on PATH (and in the sbin dirs) or an absolute path (globs
+# allowed). Extend here, e.g.:
+#   "postgresql:/usr/lib/postgresql/*/bin/postgres,psql"
+#   "mariadb-server:mariadbd"
+#   "mariadb-client:mariadb"
+DEPS=(
+  "openssh-server:/usr/sbin/sshd,/usr/lib/openssh/sftp-server"
+  "openssh-client:ssh,scp,sftp,ssh-keygen"
+  "oathtool:oathtool"
+  "rsync:rsync"
+  "ssh-audit:ssh-audit"
+  "age:age,age-keygen"
+  "asciinema:asciinema"
+  "wireguard-tools:wg"
+  "wireguard-go:wireguard-go"
+  "iproute2:ip"
+  "procps:ps,/usr/bin/kill"
+  "tmux:tmux"
+  "coreutils:sha256sum,timeout"
+)
+
+have() {
+  local check=$1 dir
+  if [[ $check == /* ]]; then
+    compgen -G "$check" >/dev/null
+    return
+  fi
+  type -P "$check" >/dev/null 2>&1 && return 0
+  for dir in /usr/local/sbin /usr/sbin /sbin; do
+    [[ -x $dir/$check ]] && return 0
+  done
+  return 1
+}
+
+missing_packages() {
+  local entry pkg checks check
+  for entry in "${DEPS[@]}"; do
+    pkg=${entry%%:*}
+    IFS=, read -r -a checks <<<"${entry#*:}"
+    for check in "${checks[@]}"; do
+      if ! have "$check"; then
+        echo "$pkg"
+        break
+      fi
+    done
+  done
+}
+
+SUDO=()
+if [[ $(id -u) -ne 0 ]]; then
+  if command -v sudo >/dev/null 2>&1; then
+    SUDO=(sudo)
+  fi
+fi
+
+mapfile -t MISSING < <(missing_packages)
+if ((${#MISSING[@]})); then
+  echo "install-test-deps: installing ${MISSING[*]}"
+  if [[ $(id -u) -ne 0 && ${#SUDO[@]} -eq 0 ]]; then
+    echo "install-test-deps: need root (or sudo) to install: ${MISSING[*]}" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  "${SUDO[@]}" apt-get update
+  "${SUDO[@]}" env DEBIAN_FRONTEND=noninteractive \
+    apt-get install -y --no-install-recommends "${MISSING[@]}"
+  mapfile -t STILL < <(missing_packages)
+  if ((${#STILL[@]})); then
+    echo "install-test-deps: still missing after install: ${STILL[*]}" >&2
+    exit 1
+  fi
+else
+  echo "install-test-deps: all test tools present"
+fi
+
+# sshd's privilege separation directory (tmpfs on most systems, so it may be
+# gone after a reboot even when openssh-server is installed).
+if [[ ! -d /run/sshd ]]; then
+  "${SUDO[@]}" mkdir -p /run/sshd
+  "${SUDO[@]}" chmod 0755 /run/sshd
+fi

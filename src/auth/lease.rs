@@ -1,0 +1,81 @@
+//! MFA leases: after a key + TOTP login, further logins by the same user with
+//! the same key from the same source (WireGuard peer or, on plain TCP, source
+//! address) skip the code prompt until the lease ends. Leases live in memory
+//! only: a restart asks everyone for a code again, which is the safe side.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// What a lease is bound to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct LeaseKey {
+    pub user: String,
+    pub key_fingerprint: String,
+    pub source: String,
+}
+
+/// The table of live leases.
+#[derive(Debug, Default)]
+pub struct Leases {
+    lifetime: Duration,
+    leases: HashMap<LeaseKey, Instant>,
+}
+
+impl Leases {
+    pub fn new(lifetime: Duration) -> Leases {
+        Leases {
+            lifetime,
+            leases: HashMap::new(),
+        }
+    }
+
+    /// Records that a code was given now. No-op when leases are disabled.
+    pub fn grant(&mut self, key: LeaseKey, now: Instant) {
+        if self.lifetime.is_zero() {
+            return;
+        }
+        self.leases
+            .retain(|_, &mut t| now.duration_since(t) < self.lifetime);
+        self.leases.insert(key, now);
+    }
+
+    /// True when a code given less than the lifetime ago covers `key`.
+    pub fn is_valid(&self, key: &LeaseKey, now: Instant) -> bool {
+        !self.lifetime.is_zero()
+            && self
+                .leases
+                .get(key)
+                .is_some_and(|&t| now.duration_since(t) < self.lifetime)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(src: &str) -> LeaseKey {
+        LeaseKey {
+            user: "alice".into(),
+            key_fingerprint: "SHA256:x".into(),
+            source: src.into(),
+        }
+    }
+
+    #[test]
+    fn lease_covers_same_user_key_source_until_it_expires() {
+        let mut l = Leases::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        l.grant(key("127.0.0.1"), t0);
+        assert!(l.is_valid(&key("127.0.0.1"), t0 + Duration::from_secs(59)));
+        assert!(!l.is_valid(&key("127.0.0.1"), t0 + Duration::from_secs(60)));
+        assert!(!l.is_valid(&key("127.0.0.2"), t0));
+    }
+
+    #[test]
+    fn zero_lifetime_disables_leases() {
+        let mut l = Leases::new(Duration::ZERO);
+        let t0 = Instant::now();
+        l.grant(key("a"), t0);
+        assert!(!l.is_valid(&key("a"), t0));
+    }
+}

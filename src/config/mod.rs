@@ -1,0 +1,108 @@
+//! Configuration: raw TOML -> validated, immutable [`Settings`].
+//!
+//! The file is read into raw serde structs (`raw.rs`) with unknown fields
+//! denied, then converted into the typed [`Settings`] the rest of gatehouse
+//! trusts (`validate.rs`). Every problem is collected and reported at once as
+//! `file:line:column: field.path: message`; nothing binds or starts until the
+//! whole file is valid. The configuration never holds secrets.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use russh::keys::PublicKey;
+
+/// A fully validated configuration.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// The file this was loaded from (for messages only).
+    pub source: PathBuf,
+    pub gateway: Gateway,
+    pub auth: AuthSettings,
+    pub users: Vec<User>,
+    pub roles: Vec<Role>,
+    pub targets: Vec<Target>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    /// Where keys, enrolled secrets and lockout records live (created 0700).
+    pub state_dir: PathBuf,
+    /// Plain TCP listeners for the SSH server.
+    pub ssh_listen: Vec<SocketAddr>,
+    /// Cap on concurrent client connections (default 1024).
+    pub max_connections: usize,
+    /// A client must finish authenticating within this (default 60s).
+    pub auth_timeout: Duration,
+    /// Timeout for connecting to a target (default 10s).
+    pub connect_timeout: Duration,
+}
+
+/// `[auth]`
+#[derive(Debug, Clone)]
+pub struct AuthSettings {
+    /// Failures per user and per source address within `failure_window` (default 5).
+    pub max_failures: u32,
+    /// Default 10m.
+    pub failure_window: Duration,
+    /// Default 15m.
+    pub lockout: Duration,
+    /// Default 1h; zero disables the lease.
+    pub mfa_lease: Duration,
+}
+
+/// `[[users]]`
+#[derive(Debug, Clone)]
+pub struct User {
+    pub name: String,
+    pub roles: Vec<String>,
+    pub ssh_keys: Vec<PublicKey>,
+}
+
+/// How a role selects targets.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TargetSelector {
+    Names(Vec<String>),
+    Labels(BTreeMap<String, String>),
+}
+
+/// `[[roles]]`
+#[derive(Debug, Clone)]
+pub struct Role {
+    pub name: String,
+    pub targets: TargetSelector,
+    pub logins: Vec<String>,
+    /// Default 8h.
+    pub max_session: Duration,
+    /// Default 30m. Zero disables it.
+    pub idle_timeout: Duration,
+    /// Environment variable names (a trailing `*` is a prefix match) passed to
+    /// the target. Default: LANG, LC_*, TERM.
+    pub allow_env: Vec<String>,
+}
+
+/// The kinds of target gatehouse can relay to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TargetKind {
+    Ssh,
+}
+
+/// `[[targets]]`
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub name: String,
+    pub kind: TargetKind,
+    /// Host (name or IP literal) of the target.
+    pub host: String,
+    pub port: u16,
+    /// Pinned host keys; empty means every session to it is refused.
+    pub host_keys: Vec<PublicKey>,
+    pub labels: BTreeMap<String, String>,
+}
+
+mod raw;
+mod validate;
+
+pub use validate::{load, load_str, parse_duration, ConfigError, ConfigErrors};

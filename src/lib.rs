@@ -1,0 +1,18 @@
+//! gatehouse: the only door into a production network. It authenticates
+//! people with their personal SSH key plus a TOTP code and relays the
+//! sessions their roles allow to internal hosts, auditing every decision.
+//!
+//! See `shared/design.md` for the architecture; each module's doc says what
+//! it guards.
+
+#![forbid(unsafe_code)]
+
+pub mod audit;
+pub mod auth;
+pub mod cli;
+mod cli_quickstart;
+pub mod config;
+pub mod daemon;
+pub mod policy;
+pub mod ssh;
+pub mod state;

@@ -1,0 +1,562 @@
+//! Jumps: `ssh -J alice@gatehouse deploy@web-1` opens a `direct-tcpip`
+//! channel to `web-1:22`. gatehouse does not forward those bytes: it answers
+//! them with this in-process SSH server (presenting the gateway's host key),
+//! which authenticates the inner login with the *same* public key the user
+//! logged in to the gateway with (no second code), asks the policy whether
+//! the user may be `deploy` on `web-1`, and only then connects to the target
+//! with gatehouse's own key and relays the session.
+//!
+//! A login the policy refuses is accepted at the SSH layer and then told,
+//! on its first shell/exec/subsystem request, exactly what was refused and
+//! which logins are allowed — "Permission denied (publickey)" would hide it.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use russh::keys::PublicKey;
+use russh::server::{Auth, Handler, Msg, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+
+use super::relay::{self, Bridge, SessionGuard, Stats};
+use super::upstream::{self, Upstream};
+use super::{Gateway, SshError};
+use crate::audit;
+use crate::auth::AuthenticatedUser;
+use crate::policy::{Authorized, Denied};
+
+enum Chan {
+    Bridged(Bridge),
+    /// Not relayed; the message is shown on the first request that would run something.
+    Refused(String),
+}
+
+/// The inner server's handler for one jump.
+pub struct JumpHandler {
+    gw: Arc<Gateway>,
+    user: AuthenticatedUser,
+    target: String,
+    login: Option<String>,
+    authorized: Option<Authorized>,
+    refusal: Option<String>,
+    upstream: Option<Upstream>,
+    stats: Arc<Stats>,
+    guard: Option<SessionGuard>,
+    channels: HashMap<ChannelId, Chan>,
+}
+
+impl JumpHandler {
+    pub fn new(gw: Arc<Gateway>, user: AuthenticatedUser, target: String) -> JumpHandler {
+        JumpHandler {
+            gw,
+            user,
+            target,
+            login: None,
+            authorized: None,
+            refusal: None,
+            upstream: None,
+            stats: Arc::new(Stats::default()),
+            guard: None,
+            channels: HashMap::new(),
+        }
+    }
+
+    fn same_key(&self, key: &PublicKey) -> bool {
+        self.user.key().key_data() == key.key_data()
+    }
+
+    /// Connects to the target once per jump; later channels reuse it.
+    async fn ensure_upstream(&mut self, handle: russh::server::Handle) -> Result<(), String> {
+        if self.upstream.is_some() {
+            return Ok(());
+        }
+        if let Some(r) = &self.refusal {
+            return Err(r.clone());
+        }
+        let Some(auth) = self.authorized.clone() else {
+            return Err("gatehouse: not authorized".into());
+        };
+        match begin_session(&self.gw, &auth, handle, self.stats.clone()).await {
+            Ok((up, guard)) => {
+                self.guard = Some(guard);
+                self.upstream = Some(up);
+                Ok(())
+            }
+            Err(msg) => {
+                self.refusal = Some(msg.clone());
+                Err(msg)
+            }
+        }
+    }
+
+    /// Tells the user why nothing runs, then ends the channel with status 1.
+    fn refuse_channel(
+        session: &mut Session,
+        channel: ChannelId,
+        msg: &str,
+    ) -> Result<(), SshError> {
+        session.channel_success(channel)?;
+        session.extended_data(channel, 1, format!("{msg}\r\n").into_bytes())?;
+        session.exit_status_request(channel, 1)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+
+    fn refuse_request(&self, kind: &str, reason: &str) {
+        audit::channel_refused(
+            self.user.name(),
+            kind,
+            &self.target,
+            0,
+            self.user.source(),
+            reason,
+        );
+    }
+
+    async fn run_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+        req: Run<'_>,
+    ) -> Result<(), SshError> {
+        match self.channels.get_mut(&channel) {
+            Some(Chan::Bridged(b)) => {
+                let ok = match req {
+                    Run::Shell => b.shell().await,
+                    Run::Exec(c) => b.exec(c).await,
+                    Run::Subsystem(n) => b.subsystem(n).await,
+                };
+                if ok {
+                    session.channel_success(channel)?;
+                } else {
+                    session.channel_failure(channel)?;
+                }
+                Ok(())
+            }
+            Some(Chan::Refused(msg)) => {
+                let msg = msg.clone();
+                Self::refuse_channel(session, channel, &msg)
+            }
+            None => Ok(session.channel_failure(channel)?),
+        }
+    }
+}
+
+enum Run<'a> {
+    Shell,
+    Exec(&'a [u8]),
+    Subsystem(&'a str),
+}
+
+impl Drop for JumpHandler {
+    fn drop(&mut self) {
+        if let Some(up) = self.upstream.take() {
+            tokio::spawn(async move {
+                let _ = up
+                    .handle
+                    .disconnect(russh::Disconnect::ByApplication, "", "en")
+                    .await;
+            });
+        }
+    }
+}
+
+impl Handler for JumpHandler {
+    type Error = SshError;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Reject {
+            proceed_with_methods: Some(MethodSet::from(&[MethodKind::PublicKey][..])),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        _login: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if self.same_key(offer.public_key) {
+            Ok(Auth::Accept)
+        } else {
+            Ok(Auth::reject())
+        }
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        login: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        if !self.same_key(key.public_key) {
+            audit::auth_attempt(
+                self.user.name(),
+                "jump-publickey",
+                &crate::auth::fingerprint(key.public_key),
+                self.user.source(),
+                "failure",
+                "jump key differs from the gateway login key",
+            );
+            return Ok(Auth::reject());
+        }
+        self.login = Some(login.to_string());
+        match self.gw.policy.authorize(&self.user, &self.target, login) {
+            Ok(a) => self.authorized = Some(a),
+            Err(d) => {
+                audit::session_refused(
+                    self.user.name(),
+                    login,
+                    &self.target,
+                    self.user.source(),
+                    d.reason(),
+                );
+                let msg = match d {
+                    Denied::Login { allowed } => format!(
+                        "gatehouse: {} may not log in to {} as {login}; allowed: {}",
+                        self.user.name(),
+                        self.target,
+                        allowed.join(", ")
+                    ),
+                    _ => format!(
+                        "gatehouse: {} may not reach {}",
+                        self.user.name(),
+                        self.target
+                    ),
+                };
+                self.refusal = Some(msg);
+            }
+        }
+        Ok(Auth::Accept)
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let id = channel.id();
+        // We relay through callbacks; the channel object is not read.
+        drop(channel);
+        reply.accept().await;
+        let chan = match self.ensure_upstream(session.handle()).await {
+            Err(msg) => Chan::Refused(msg),
+            Ok(()) => {
+                let opened = match &self.upstream {
+                    Some(up) => up.open_session().await,
+                    None => Err(SshError::Internal("no upstream".into())),
+                };
+                match opened {
+                    Ok(up_chan) => Chan::Bridged(Bridge::start(
+                        id,
+                        up_chan,
+                        session.handle(),
+                        self.stats.clone(),
+                    )),
+                    Err(e) => {
+                        tracing::warn!(error = %e, target = %self.target, "opening a channel on the target failed");
+                        Chan::Refused(format!(
+                            "gatehouse: {} refused to open a session",
+                            self.target
+                        ))
+                    }
+                }
+            }
+        };
+        self.channels.insert(id, chan);
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "direct-tcpip",
+            host,
+            port,
+            self.user.source(),
+            "forwarding through a target session is not allowed",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let ok = match self.channels.get_mut(&channel) {
+            Some(Chan::Bridged(b)) => b.pty(term, cols, rows, pw, ph, modes).await,
+            Some(Chan::Refused(_)) => true,
+            None => false,
+        };
+        if ok {
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let allowed = self
+            .authorized
+            .as_ref()
+            .is_some_and(|a| a.env_allowed(name));
+        match self.channels.get(&channel) {
+            Some(Chan::Bridged(b)) if allowed => {
+                b.env(name, value).await;
+                session.channel_success(channel)?;
+            }
+            _ => {
+                tracing::debug!(variable = name, "environment variable not allowed by role");
+                session.channel_failure(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.run_request(channel, session, Run::Shell).await
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.run_request(channel, session, Run::Exec(data)).await
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if name != "sftp" && matches!(self.channels.get(&channel), Some(Chan::Bridged(_))) {
+            self.refuse_request("subsystem", &format!("subsystem {name} is not allowed"));
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
+        self.run_request(channel, session, Run::Subsystem(name))
+            .await
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+            b.window_change(cols, rows, pw, ph).await;
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        sig: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+            b.signal(sig).await;
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+            if !b.data(data).await {
+                session.close(channel)?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+            b.eof().await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(Chan::Bridged(b)) = self.channels.remove(&channel) {
+            b.close().await;
+        }
+        Ok(())
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        self.refuse_request("agent-forwarding", "agent forwarding is not allowed");
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        self.refuse_request("x11-forwarding", "X11 forwarding is not allowed");
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "tcpip-forward",
+            address,
+            *port,
+            self.user.source(),
+            "remote forwarding is not allowed",
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "streamlocal-forward",
+            path,
+            0,
+            self.user.source(),
+            "remote forwarding is not allowed",
+        );
+        Ok(false)
+    }
+}
+
+/// Connects to an authorized target and starts the session's accounting and
+/// limits: `session.start` now, `session.end` when the guard drops. On
+/// failure the refusal is audited and the user's message returned.
+pub(crate) async fn begin_session(
+    gw: &Gateway,
+    auth: &Authorized,
+    handle: russh::server::Handle,
+    stats: Arc<Stats>,
+) -> Result<(Upstream, SessionGuard), String> {
+    let user = auth.user();
+    let target = &auth.target().name;
+    match upstream::connect(gw, auth).await {
+        Ok(up) => {
+            let id = relay::new_session_id();
+            audit::session_start(
+                &id,
+                user.name(),
+                auth.login(),
+                target,
+                user.source(),
+                user.admitted_by().as_str(),
+            );
+            let guard = SessionGuard {
+                id,
+                user: user.name().to_string(),
+                login: auth.login().to_string(),
+                target: target.clone(),
+                stats: stats.clone(),
+            };
+            relay::spawn_limits(
+                stats,
+                handle,
+                auth.max_session(),
+                auth.idle_timeout(),
+                gw.shutdown.clone(),
+            );
+            Ok((up, guard))
+        }
+        Err(e) => {
+            audit::session_refused(
+                user.name(),
+                auth.login(),
+                target,
+                user.source(),
+                &e.reason(),
+            );
+            Err(e.user_message(target, auth.login()))
+        }
+    }
+}
+
+/// Serves a jump on an accepted `direct-tcpip` channel until it ends.
+pub async fn serve(
+    gw: Arc<Gateway>,
+    user: AuthenticatedUser,
+    target: String,
+    channel: Channel<Msg>,
+) {
+    let stream = channel.into_stream();
+    let handler = JumpHandler::new(gw.clone(), user, target);
+    match russh::server::run_stream(gw.jump_config.clone(), stream, handler).await {
+        Ok(running) => {
+            if let Err(e) = running.await {
+                tracing::debug!(error = %e, "jump session ended with an error");
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "jump session setup failed"),
+    }
+}

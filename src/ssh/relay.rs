@@ -1,0 +1,333 @@
+//! The relay between a user's channel (server side) and the target's channel
+//! (client side), plus per-session accounting and limits.
+//!
+//! Flow control: user -> target data is written with the target channel's
+//! window (`data_bytes` waits for window), which holds up the user's session
+//! loop and so russh's bounded channel queue — a slow target slows the user.
+//! Target -> user data goes through the server `Handle`, whose bounded queue
+//! russh stops draining while the user's window is exhausted — a slow reader
+//! slows the target. Nothing between them grows without bound.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use russh::server::Handle;
+use russh::{client, Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty, Sig};
+use tokio::sync::mpsc;
+
+use crate::audit;
+
+/// How long to wait for a target to answer a channel request.
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Counters of one relayed session (one login to one target).
+#[derive(Debug)]
+pub struct Stats {
+    start: Instant,
+    bytes_up: AtomicU64,
+    bytes_down: AtomicU64,
+    last_activity_ms: AtomicU64,
+    exit_status: Mutex<Option<u32>>,
+    end_reason: Mutex<Option<String>>,
+    channels: Mutex<Vec<ChannelId>>,
+}
+
+impl Default for Stats {
+    fn default() -> Self {
+        Stats {
+            start: Instant::now(),
+            bytes_up: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
+            last_activity_ms: AtomicU64::new(0),
+            exit_status: Mutex::new(None),
+            end_reason: Mutex::new(None),
+            channels: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl Stats {
+    fn touch(&self) {
+        let ms = self.start.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+    pub fn add_up(&self, n: usize) {
+        self.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+    pub fn add_down(&self, n: usize) {
+        self.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+        self.touch();
+    }
+    fn last_activity(&self) -> Instant {
+        self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
+    }
+    /// Records why the session ended (the first reason wins).
+    pub fn set_end_reason(&self, reason: &str) {
+        if let Ok(mut r) = self.end_reason.lock() {
+            if r.is_none() {
+                *r = Some(reason.to_string());
+            }
+        }
+    }
+    fn set_exit_status(&self, s: u32) {
+        if let Ok(mut e) = self.exit_status.lock() {
+            *e = Some(s);
+        }
+    }
+    pub fn add_channel(&self, id: ChannelId) {
+        if let Ok(mut c) = self.channels.lock() {
+            c.push(id);
+        }
+    }
+    fn channels(&self) -> Vec<ChannelId> {
+        self.channels.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+    /// The summary for the audit log.
+    pub fn summary(&self) -> audit::SessionSummary {
+        audit::SessionSummary {
+            duration_ms: self.start.elapsed().as_millis() as u64,
+            bytes_up: self.bytes_up.load(Ordering::Relaxed),
+            bytes_down: self.bytes_down.load(Ordering::Relaxed),
+            exit_status: self.exit_status.lock().ok().and_then(|e| *e),
+            reason: self
+                .end_reason
+                .lock()
+                .ok()
+                .and_then(|r| r.clone())
+                .unwrap_or_else(|| "closed".into()),
+        }
+    }
+}
+
+/// One user channel bridged to one target channel.
+pub struct Bridge {
+    up: ChannelWriteHalf<client::Msg>,
+    replies: mpsc::Receiver<bool>,
+    stats: Arc<Stats>,
+}
+
+impl Bridge {
+    /// Starts relaying the target channel's output to the user's channel `id`.
+    pub fn start(
+        id: ChannelId,
+        target: Channel<client::Msg>,
+        user: Handle,
+        stats: Arc<Stats>,
+    ) -> Bridge {
+        let (read, up) = target.split();
+        let (reply_tx, replies) = mpsc::channel(8);
+        stats.add_channel(id);
+        let pump_stats = stats.clone();
+        tokio::spawn(async move {
+            let mut read = read;
+            loop {
+                let Some(msg) = read.wait().await else {
+                    let _ = user.close(id).await;
+                    break;
+                };
+                let ok = match msg {
+                    ChannelMsg::Data { data } => {
+                        pump_stats.add_down(data.len());
+                        user.data(id, data).await.is_ok()
+                    }
+                    ChannelMsg::ExtendedData { data, ext } => {
+                        pump_stats.add_down(data.len());
+                        user.extended_data(id, ext, data).await.is_ok()
+                    }
+                    ChannelMsg::Eof => user.eof(id).await.is_ok(),
+                    ChannelMsg::ExitStatus { exit_status } => {
+                        pump_stats.set_exit_status(exit_status);
+                        user.exit_status_request(id, exit_status).await.is_ok()
+                    }
+                    ChannelMsg::ExitSignal {
+                        signal_name,
+                        core_dumped,
+                        error_message,
+                        lang_tag,
+                    } => user
+                        .exit_signal_request(id, signal_name, core_dumped, error_message, lang_tag)
+                        .await
+                        .is_ok(),
+                    ChannelMsg::Success => {
+                        let _ = reply_tx.try_send(true);
+                        true
+                    }
+                    ChannelMsg::Failure => {
+                        let _ = reply_tx.try_send(false);
+                        true
+                    }
+                    ChannelMsg::Close => {
+                        let _ = user.close(id).await;
+                        false
+                    }
+                    _ => true,
+                };
+                if !ok {
+                    break;
+                }
+            }
+        });
+        Bridge { up, replies, stats }
+    }
+
+    async fn reply(&mut self, sent: Result<(), russh::Error>) -> bool {
+        if sent.is_err() {
+            return false;
+        }
+        matches!(
+            tokio::time::timeout(REPLY_TIMEOUT, self.replies.recv()).await,
+            Ok(Some(true))
+        )
+    }
+
+    /// User -> target data; waits for the target's window.
+    pub async fn data(&self, data: &[u8]) -> bool {
+        self.stats.add_up(data.len());
+        self.up
+            .data_bytes(Bytes::copy_from_slice(data))
+            .await
+            .is_ok()
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    pub async fn pty(
+        &mut self,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: &[(Pty, u32)],
+    ) -> bool {
+        let sent = self
+            .up
+            .request_pty(true, term, cols, rows, pw, ph, modes)
+            .await;
+        self.reply(sent).await
+    }
+    pub async fn shell(&mut self) -> bool {
+        let sent = self.up.request_shell(true).await;
+        self.reply(sent).await
+    }
+    pub async fn exec(&mut self, command: &[u8]) -> bool {
+        let sent = self.up.exec(true, command.to_vec()).await;
+        self.reply(sent).await
+    }
+    pub async fn subsystem(&mut self, name: &str) -> bool {
+        let sent = self.up.request_subsystem(true, name).await;
+        self.reply(sent).await
+    }
+    /// Environment variables are sent without asking for a reply (as OpenSSH does).
+    pub async fn env(&self, name: &str, value: &str) {
+        let _ = self.up.set_env(false, name, value).await;
+    }
+    pub async fn window_change(&self, cols: u32, rows: u32, pw: u32, ph: u32) {
+        let _ = self.up.window_change(cols, rows, pw, ph).await;
+    }
+    pub async fn signal(&self, sig: Sig) {
+        let _ = self.up.signal(sig).await;
+    }
+    pub async fn eof(&self) {
+        let _ = self.up.eof().await;
+    }
+    pub async fn close(&self) {
+        let _ = self.up.close().await;
+    }
+}
+
+/// Enforces `max_session` and `idle_timeout` on a session: when one is
+/// reached, the user is told why on every channel and the session is
+/// disconnected. Zero disables a limit.
+pub fn spawn_limits(
+    stats: Arc<Stats>,
+    user: Handle,
+    max_session: Duration,
+    idle_timeout: Duration,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    tokio::spawn(async move {
+        let deadline = (!max_session.is_zero()).then(|| stats.start + max_session);
+        loop {
+            let idle_at = (!idle_timeout.is_zero()).then(|| stats.last_activity() + idle_timeout);
+            let next = match (deadline, idle_at) {
+                (Some(a), Some(b)) => a.min(b),
+                (Some(a), None) | (None, Some(a)) => a,
+                (None, None) => Instant::now() + Duration::from_secs(3600),
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = shutdown.changed() => {
+                    end(&stats, &user, "gatehouse is shutting down").await;
+                    return;
+                }
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                let msg = format!(
+                    "session reached its maximum length ({})",
+                    humantime::format_duration(max_session)
+                );
+                end(&stats, &user, &msg).await;
+                return;
+            }
+            if !idle_timeout.is_zero() && now >= stats.last_activity() + idle_timeout {
+                let msg = format!(
+                    "session idle for {}",
+                    humantime::format_duration(idle_timeout)
+                );
+                end(&stats, &user, &msg).await;
+                return;
+            }
+        }
+    });
+}
+
+async fn end(stats: &Stats, user: &Handle, reason: &str) {
+    stats.set_end_reason(reason);
+    let text = format!("\r\ngatehouse: {reason}; closing.\r\n");
+    for id in stats.channels() {
+        let _ = user
+            .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+            .await;
+        let _ = user.eof(id).await;
+        let _ = user.close(id).await;
+    }
+    let _ = user
+        .disconnect(
+            russh::Disconnect::ByApplication,
+            format!("gatehouse: {reason}"),
+            "en".into(),
+        )
+        .await;
+}
+
+/// Emits `session.end` when dropped, whatever ended the session.
+pub struct SessionGuard {
+    pub id: String,
+    pub user: String,
+    pub login: String,
+    pub target: String,
+    pub stats: Arc<Stats>,
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        audit::session_end(
+            &self.id,
+            &self.user,
+            &self.login,
+            &self.target,
+            &self.stats.summary(),
+        );
+    }
+}
+
+/// A random session id (hex, 16 bytes).
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}

@@ -1,0 +1,872 @@
+//! The SSH server users log in to: publickey first, then a
+//! keyboard-interactive `Verification code: ` prompt (or a live MFA lease),
+//! then either a jump (`direct-tcpip` to an approved target, answered by
+//! [`super::jump`]) or the gateway's own menu/help on a session channel.
+//!
+//! Everything else — `direct-tcpip` to anything that is not an approved
+//! target, remote forwarding, agent and X11 forwarding — is refused and
+//! audited. Failure messages never reveal whether a user exists: an unknown
+//! user fails exactly like a wrong key.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use russh::server::{Auth, Handler, Msg, Response, Session};
+use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
+
+use super::jump::{self, begin_session};
+use super::relay::{Bridge, SessionGuard, Stats};
+use super::upstream::Upstream;
+use super::{Gateway, SshError};
+use crate::audit;
+use crate::auth::{fingerprint, AuthenticatedUser, CodeOutcome, KeyRefusal, KeyVerified};
+
+const PROMPT: &str = "Verification code: ";
+
+#[derive(Clone)]
+struct PtyReq {
+    term: String,
+    cols: u32,
+    rows: u32,
+    pw: u32,
+    ph: u32,
+    modes: Vec<(Pty, u32)>,
+}
+
+/// A relay started from the menu.
+struct MenuRelay {
+    bridge: Bridge,
+    _upstream: Upstream,
+    _guard: SessionGuard,
+}
+
+#[derive(Default)]
+struct OuterChan {
+    pty: Option<PtyReq>,
+    /// Some while the menu is waiting for a choice: the typed input.
+    menu_input: Option<String>,
+    choices: Vec<(String, String)>,
+    relay: Option<MenuRelay>,
+}
+
+/// One user connection.
+pub struct Outer {
+    gw: Arc<Gateway>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    authenticated: Arc<AtomicBool>,
+    failure_counted: bool,
+    verified: Option<KeyVerified>,
+    user: Option<AuthenticatedUser>,
+    chans: HashMap<ChannelId, OuterChan>,
+}
+
+fn methods(kinds: &[MethodKind]) -> Option<MethodSet> {
+    Some(MethodSet::from(kinds))
+}
+
+impl Outer {
+    pub fn new(
+        gw: Arc<Gateway>,
+        peer: SocketAddr,
+        local: Option<SocketAddr>,
+        authenticated: Arc<AtomicBool>,
+    ) -> Outer {
+        Outer {
+            gw,
+            peer,
+            local,
+            authenticated,
+            failure_counted: false,
+            verified: None,
+            user: None,
+            chans: HashMap::new(),
+        }
+    }
+
+    fn source(&self) -> String {
+        self.peer.ip().to_string()
+    }
+
+    fn user_name(&self) -> &str {
+        self.user.as_ref().map(|u| u.name()).unwrap_or("-")
+    }
+
+    /// Counts a failure for the user and the source, auditing any lock it starts.
+    fn fail(&self, user: Option<&str>) {
+        for lock in self.gw.auth.record_failure(user, self.peer.ip()) {
+            audit::lockout(&lock.subject, lock.until, &self.source());
+        }
+    }
+
+    fn admitted(&mut self, user: AuthenticatedUser) {
+        audit::login(
+            user.name(),
+            user.fingerprint(),
+            user.source(),
+            user.admitted_by().as_str(),
+        );
+        self.authenticated.store(true, Ordering::SeqCst);
+        self.user = Some(user);
+    }
+
+    fn gateway_address(&self) -> String {
+        match self.local {
+            Some(a) if a.port() == 22 => a.ip().to_string(),
+            Some(SocketAddr::V6(a)) => format!("[{}]:{}", a.ip(), a.port()),
+            Some(a) => a.to_string(),
+            None => "GATEWAY".into(),
+        }
+    }
+
+    /// The text `ssh alice@gw CMD` prints: how to reach targets, and which.
+    fn help_text(&self) -> String {
+        let Some(user) = &self.user else {
+            return String::new();
+        };
+        let grants = self.gw.policy.grants(user);
+        let mut s = format!(
+            "gatehouse is a gateway: it runs no commands itself.\r\n\
+             Reach a target with:  ssh -J {}@{} LOGIN@TARGET\r\n\r\n",
+            user.name(),
+            self.gateway_address()
+        );
+        if grants.is_empty() {
+            s.push_str("Your roles allow no targets. Ask an administrator.\r\n");
+        } else {
+            s.push_str(&format!("{} may reach:\r\n", user.name()));
+            for g in grants {
+                s.push_str(&format!(
+                    "  {:<20} as {}\r\n",
+                    g.target,
+                    g.logins.join(", ")
+                ));
+            }
+        }
+        s
+    }
+
+    fn menu_text(&self, choices: &[(String, String)]) -> String {
+        let name = self.user_name();
+        let mut s = format!("\r\ngatehouse: signed in as {name}\r\n\r\n");
+        if choices.is_empty() {
+            s.push_str("Your roles allow no targets. Ask an administrator.\r\n");
+            return s;
+        }
+        for (i, (t, l)) in choices.iter().enumerate() {
+            s.push_str(&format!("  {:>2}) {l}@{t}\r\n", i + 1));
+        }
+        s.push_str(&format!(
+            "\r\nOr directly: ssh -J {name}@{} LOGIN@TARGET\r\nChoose a number (q to quit): ",
+            self.gateway_address()
+        ));
+        s
+    }
+
+    async fn menu_choose(
+        &mut self,
+        channel: ChannelId,
+        n: usize,
+        session: &mut Session,
+    ) -> Result<(), SshError> {
+        let Some(user) = self.user.clone() else {
+            return Ok(());
+        };
+        let Some(ch) = self.chans.get(&channel) else {
+            return Ok(());
+        };
+        let Some((target, login)) = ch.choices.get(n.wrapping_sub(1)).cloned() else {
+            session.data(
+                channel,
+                b"\r\nNo such entry.\r\nChoose a number (q to quit): ".to_vec(),
+            )?;
+            if let Some(c) = self.chans.get_mut(&channel) {
+                c.menu_input = Some(String::new());
+            }
+            return Ok(());
+        };
+        let pty = ch.pty.clone();
+        session.data(
+            channel,
+            format!("\r\nConnecting to {login}@{target} ...\r\n").into_bytes(),
+        )?;
+        let auth = match self.gw.policy.authorize(&user, &target, &login) {
+            Ok(a) => a,
+            Err(d) => {
+                audit::session_refused(user.name(), &login, &target, user.source(), d.reason());
+                return self.menu_again(channel, "gatehouse: not allowed", session);
+            }
+        };
+        let stats = Arc::new(Stats::default());
+        let (up, guard) =
+            match begin_session(&self.gw, &auth, session.handle(), stats.clone()).await {
+                Ok(x) => x,
+                Err(msg) => return self.menu_again(channel, &msg, session),
+            };
+        let up_chan = match up.open_session().await {
+            Ok(c) => c,
+            Err(_) => {
+                return self.menu_again(channel, "gatehouse: the target refused a session", session)
+            }
+        };
+        let mut bridge = Bridge::start(channel, up_chan, session.handle(), stats);
+        if let Some(p) = pty {
+            bridge
+                .pty(&p.term, p.cols, p.rows, p.pw, p.ph, &p.modes)
+                .await;
+        }
+        if !bridge.shell().await {
+            return self.menu_again(channel, "gatehouse: the target refused a shell", session);
+        }
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.menu_input = None;
+            c.relay = Some(MenuRelay {
+                bridge,
+                _upstream: up,
+                _guard: guard,
+            });
+        }
+        Ok(())
+    }
+
+    fn menu_again(
+        &mut self,
+        channel: ChannelId,
+        msg: &str,
+        session: &mut Session,
+    ) -> Result<(), SshError> {
+        let choices = self
+            .chans
+            .get(&channel)
+            .map(|c| c.choices.clone())
+            .unwrap_or_default();
+        let text = format!("{msg}\r\n{}", self.menu_text(&choices));
+        session.data(channel, text.into_bytes())?;
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.menu_input = Some(String::new());
+        }
+        Ok(())
+    }
+
+    fn end_channel(session: &mut Session, channel: ChannelId, status: u32) -> Result<(), SshError> {
+        session.exit_status_request(channel, status)?;
+        session.eof(channel)?;
+        session.close(channel)?;
+        Ok(())
+    }
+}
+
+impl Handler for Outer {
+    type Error = SshError;
+
+    async fn auth_none(&mut self, _user: &str) -> Result<Auth, Self::Error> {
+        Ok(Auth::Reject {
+            proceed_with_methods: methods(&[MethodKind::PublicKey]),
+            partial_success: false,
+        })
+    }
+
+    async fn auth_publickey_offered(
+        &mut self,
+        user: &str,
+        offer: russh::server::PublicKeyOffer<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(offer.public_key);
+        if let Some(KeyRefusal::Locked { subject, .. }) = self.gw.auth.locked(user, self.peer.ip())
+        {
+            audit::auth_attempt(
+                user,
+                "publickey",
+                &fp,
+                &self.source(),
+                "failure",
+                &format!("{subject} is locked out"),
+            );
+            return Ok(Auth::reject());
+        }
+        if self.gw.auth.key_is_authorized(user, offer.public_key) {
+            return Ok(Auth::Accept);
+        }
+        // A wrong key (or unknown user — deliberately the same) counts once
+        // per connection: clients offer every key they hold.
+        audit::auth_attempt(
+            user,
+            "publickey",
+            &fp,
+            &self.source(),
+            "failure",
+            "key not authorized for user",
+        );
+        if !self.failure_counted {
+            self.failure_counted = true;
+            self.fail(Some(user));
+        }
+        Ok(Auth::reject())
+    }
+
+    async fn auth_publickey(
+        &mut self,
+        user: &str,
+        key: russh::server::VerifiedPublicKey<'_>,
+    ) -> Result<Auth, Self::Error> {
+        let fp = fingerprint(key.public_key);
+        let kv = match self
+            .gw
+            .auth
+            .verify_key(user, key.public_key, self.peer.ip())
+        {
+            Ok(kv) => kv,
+            Err(KeyRefusal::Locked { subject, .. }) => {
+                audit::auth_attempt(
+                    user,
+                    "publickey",
+                    &fp,
+                    &self.source(),
+                    "failure",
+                    &format!("{subject} is locked out"),
+                );
+                return Ok(Auth::reject());
+            }
+            Err(KeyRefusal::NotAuthorized) => {
+                audit::auth_attempt(
+                    user,
+                    "publickey",
+                    &fp,
+                    &self.source(),
+                    "failure",
+                    "key not authorized for user",
+                );
+                return Ok(Auth::reject());
+            }
+        };
+        if let Some(u) = self.gw.auth.lease(&kv) {
+            audit::auth_attempt(
+                user,
+                "publickey",
+                &fp,
+                &self.source(),
+                "success",
+                "key verified; MFA lease admits",
+            );
+            self.admitted(u);
+            return Ok(Auth::Accept);
+        }
+        audit::auth_attempt(
+            user,
+            "publickey",
+            &fp,
+            &self.source(),
+            "partial",
+            "key verified; code required",
+        );
+        self.verified = Some(kv);
+        Ok(Auth::Reject {
+            proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+            partial_success: true,
+        })
+    }
+
+    async fn auth_keyboard_interactive<'a>(
+        &'a mut self,
+        user: &str,
+        _submethods: &str,
+        response: Option<Response<'a>>,
+    ) -> Result<Auth, Self::Error> {
+        let Some(kv) = self.verified.clone().filter(|kv| kv.user() == user) else {
+            // The code is a second factor only: never without the key.
+            return Ok(Auth::Reject {
+                proceed_with_methods: methods(&[MethodKind::PublicKey]),
+                partial_success: false,
+            });
+        };
+        let enrolled = self.gw.auth.is_enrolled(user);
+        let Some(mut response) = response else {
+            if !enrolled {
+                return Ok(Auth::Partial {
+                    name: "gatehouse".into(),
+                    instructions: format!(
+                        "No verification code is enrolled for {user}.\n\
+                         Ask an administrator to run: gatehouse user enroll {user}"
+                    )
+                    .into(),
+                    prompts: vec![(
+                        format!(
+                            "{user} is not enrolled for two-factor login; ask an administrator \
+                             to run `gatehouse user enroll {user}`. Press Enter to close: "
+                        )
+                        .into(),
+                        true,
+                    )]
+                    .into(),
+                });
+            }
+            return Ok(Auth::Partial {
+                name: "".into(),
+                instructions: "".into(),
+                prompts: vec![(PROMPT.into(), false)].into(),
+            });
+        };
+        if !enrolled {
+            audit::auth_attempt(
+                user,
+                "keyboard-interactive",
+                kv.fingerprint(),
+                &self.source(),
+                "failure",
+                "user not enrolled",
+            );
+            return Ok(Auth::reject());
+        }
+        let code_bytes = response.next().unwrap_or_default();
+        let code = String::from_utf8_lossy(&code_bytes).to_string();
+        let outcome = match self.gw.auth.verify_code(&kv, &code) {
+            Ok(o) => o,
+            Err(e) => {
+                tracing::error!(error = %e, "state error while checking a code");
+                audit::auth_attempt(
+                    user,
+                    "keyboard-interactive",
+                    kv.fingerprint(),
+                    &self.source(),
+                    "failure",
+                    "internal state error",
+                );
+                return Ok(Auth::reject());
+            }
+        };
+        match outcome {
+            CodeOutcome::Accepted(u) => {
+                audit::auth_attempt(
+                    user,
+                    "keyboard-interactive",
+                    kv.fingerprint(),
+                    &self.source(),
+                    "success",
+                    "code accepted",
+                );
+                self.admitted(*u);
+                Ok(Auth::Accept)
+            }
+            CodeOutcome::Locked { .. } => {
+                audit::auth_attempt(
+                    user,
+                    "keyboard-interactive",
+                    kv.fingerprint(),
+                    &self.source(),
+                    "failure",
+                    "locked out",
+                );
+                Ok(Auth::reject())
+            }
+            CodeOutcome::NotEnrolled => {
+                audit::auth_attempt(
+                    user,
+                    "keyboard-interactive",
+                    kv.fingerprint(),
+                    &self.source(),
+                    "failure",
+                    "user not enrolled",
+                );
+                Ok(Auth::reject())
+            }
+            wrong => {
+                let reason = if matches!(wrong, CodeOutcome::Reused) {
+                    "code already used"
+                } else {
+                    "wrong code"
+                };
+                audit::auth_attempt(
+                    user,
+                    "keyboard-interactive",
+                    kv.fingerprint(),
+                    &self.source(),
+                    "failure",
+                    reason,
+                );
+                self.fail(Some(user));
+                if self.gw.auth.locked(user, self.peer.ip()).is_some() {
+                    return Ok(Auth::reject());
+                }
+                Ok(Auth::Reject {
+                    proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+                    partial_success: true,
+                })
+            }
+        }
+    }
+
+    async fn channel_open_session(
+        &mut self,
+        channel: Channel<Msg>,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let id = channel.id();
+        drop(channel);
+        self.chans.insert(id, OuterChan::default());
+        reply.accept().await;
+        Ok(())
+    }
+
+    async fn channel_open_direct_tcpip(
+        &mut self,
+        channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _originator_address: &str,
+        _originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(user) = self.user.clone() else {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        };
+        let decision = match self.gw.policy.may_reach(&user, host) {
+            Ok(t)
+                if t.kind == crate::config::TargetKind::Ssh
+                    && (port == 22 || port == u32::from(t.port)) =>
+            {
+                Ok(t.name.clone())
+            }
+            Ok(_) => Err("port is not the target's SSH port"),
+            Err(d) => Err(d.reason()),
+        };
+        match decision {
+            Ok(target) => {
+                reply.accept().await;
+                let gw = self.gw.clone();
+                tokio::spawn(jump::serve(gw, user, target, channel));
+            }
+            Err(reason) => {
+                audit::channel_refused(
+                    user.name(),
+                    "direct-tcpip",
+                    host,
+                    port,
+                    &self.source(),
+                    reason,
+                );
+                reply
+                    .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                    .await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "direct-streamlocal",
+            socket_path,
+            0,
+            &self.source(),
+            "unix socket forwarding is not allowed",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn tcpip_forward(
+        &mut self,
+        address: &str,
+        port: &mut u32,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "tcpip-forward",
+            address,
+            *port,
+            &self.source(),
+            "remote forwarding is not allowed",
+        );
+        Ok(false)
+    }
+
+    async fn streamlocal_forward(
+        &mut self,
+        path: &str,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "streamlocal-forward",
+            path,
+            0,
+            &self.source(),
+            "remote forwarding is not allowed",
+        );
+        Ok(false)
+    }
+
+    async fn agent_request(
+        &mut self,
+        _channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<bool, Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "agent-forwarding",
+            "-",
+            0,
+            &self.source(),
+            "agent forwarding is not allowed",
+        );
+        Ok(false)
+    }
+
+    async fn x11_request(
+        &mut self,
+        channel: ChannelId,
+        _single: bool,
+        _proto: &str,
+        _cookie: &str,
+        _screen: u32,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "x11-forwarding",
+            "-",
+            0,
+            &self.source(),
+            "X11 forwarding is not allowed",
+        );
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn pty_request(
+        &mut self,
+        channel: ChannelId,
+        term: &str,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        modes: &[(Pty, u32)],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.pty = Some(PtyReq {
+                term: term.to_string(),
+                cols,
+                rows,
+                pw,
+                ph,
+                modes: modes.to_vec(),
+            });
+            session.channel_success(channel)?;
+        } else {
+            session.channel_failure(channel)?;
+        }
+        Ok(())
+    }
+
+    async fn env_request(
+        &mut self,
+        channel: ChannelId,
+        _name: &str,
+        _value: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn shell_request(
+        &mut self,
+        channel: ChannelId,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let has_pty = self.chans.get(&channel).is_some_and(|c| c.pty.is_some());
+        if !has_pty {
+            let text = self.help_text();
+            session.data(channel, text.into_bytes())?;
+            return Self::end_channel(session, channel, 0);
+        }
+        let choices: Vec<(String, String)> = match &self.user {
+            Some(u) => self
+                .gw
+                .policy
+                .grants(u)
+                .into_iter()
+                .flat_map(|g| g.logins.into_iter().map(move |l| (g.target.clone(), l)))
+                .collect(),
+            None => Vec::new(),
+        };
+        let text = self.menu_text(&choices);
+        session.data(channel, text.into_bytes())?;
+        if choices.is_empty() {
+            return Self::end_channel(session, channel, 0);
+        }
+        if let Some(c) = self.chans.get_mut(&channel) {
+            c.choices = choices;
+            c.menu_input = Some(String::new());
+        }
+        Ok(())
+    }
+
+    async fn exec_request(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        session.channel_success(channel)?;
+        let cmd = String::from_utf8_lossy(data).trim().to_string();
+        let text = self.help_text();
+        if cmd == "help" || cmd == "targets" {
+            session.data(channel, text.into_bytes())?;
+            return Self::end_channel(session, channel, 0);
+        }
+        session.extended_data(channel, 1, text.into_bytes())?;
+        Self::end_channel(session, channel, 2)
+    }
+
+    async fn subsystem_request(
+        &mut self,
+        channel: ChannelId,
+        name: &str,
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user_name(),
+            "subsystem",
+            name,
+            0,
+            &self.source(),
+            "the gateway itself offers no subsystems",
+        );
+        session.channel_failure(channel)?;
+        Ok(())
+    }
+
+    async fn window_change_request(
+        &mut self,
+        channel: ChannelId,
+        cols: u32,
+        rows: u32,
+        pw: u32,
+        ph: u32,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.chans.get_mut(&channel) {
+            if let Some(r) = &c.relay {
+                r.bridge.window_change(cols, rows, pw, ph).await;
+            } else if let Some(p) = c.pty.as_mut() {
+                p.cols = cols;
+                p.rows = rows;
+            }
+        }
+        Ok(())
+    }
+
+    async fn signal(
+        &mut self,
+        channel: ChannelId,
+        sig: Sig,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(r) = self.chans.get(&channel).and_then(|c| c.relay.as_ref()) {
+            r.bridge.signal(sig).await;
+        }
+        Ok(())
+    }
+
+    async fn data(
+        &mut self,
+        channel: ChannelId,
+        data: &[u8],
+        session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        let Some(c) = self.chans.get_mut(&channel) else {
+            return Ok(());
+        };
+        if let Some(r) = &c.relay {
+            if !r.bridge.data(data).await {
+                session.close(channel)?;
+            }
+            return Ok(());
+        }
+        let Some(input) = c.menu_input.as_mut() else {
+            return Ok(());
+        };
+        // A tiny line editor: the pty is ours, so we echo.
+        let mut chosen = None;
+        let mut echo = Vec::new();
+        for &b in data {
+            match b {
+                b'\r' | b'\n' => {
+                    chosen = Some(input.trim().to_string());
+                    break;
+                }
+                3 | 4 => chosen = Some("q".into()),
+                8 | 127 if input.pop().is_some() => {
+                    echo.extend_from_slice(b"\x08 \x08");
+                }
+                b if b.is_ascii_graphic() && input.len() < 16 => {
+                    input.push(b as char);
+                    echo.push(b);
+                }
+                _ => {}
+            }
+            if chosen.is_some() {
+                break;
+            }
+        }
+        if !echo.is_empty() {
+            session.data(channel, echo)?;
+        }
+        match chosen.as_deref() {
+            None => Ok(()),
+            Some("q") | Some("quit") | Some("exit") => {
+                session.data(channel, b"\r\n".to_vec())?;
+                Self::end_channel(session, channel, 0)
+            }
+            Some(s) => {
+                let n = s.parse::<usize>().unwrap_or(0);
+                self.menu_choose(channel, n, session).await
+            }
+        }
+    }
+
+    async fn channel_eof(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(r) = self.chans.get(&channel).and_then(|c| c.relay.as_ref()) {
+            r.bridge.eof().await;
+        }
+        Ok(())
+    }
+
+    async fn channel_close(
+        &mut self,
+        channel: ChannelId,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        if let Some(c) = self.chans.remove(&channel) {
+            if let Some(r) = c.relay {
+                r.bridge.close().await;
+            }
+        }
+        Ok(())
+    }
+}

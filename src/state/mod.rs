@@ -1,0 +1,302 @@
+//! The state directory: the gateway's own keys, enrolled TOTP secrets
+//! (sealed with AES-256-GCM), the last accepted TOTP step per user, and
+//! lockout records.
+//!
+//! Security behaviour: the directory is created 0700 and every file in it
+//! 0600. On open, a directory or secret file that group or others can read is
+//! refused with a message saying how to fix it — gatehouse never "repairs"
+//! permissions silently, since a loose mode may mean someone already copied
+//! the secrets.
+
+mod keys;
+mod records;
+mod seal;
+
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub use keys::KeyPair;
+pub use records::LockoutRecords;
+pub use seal::MasterKey;
+
+/// Errors from the state directory. Messages name paths, never contents.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "{path} is accessible by group or others (mode {mode:04o}); \
+         fix it with: chmod {want:o} {path}"
+    )]
+    Permissions { path: PathBuf, mode: u32, want: u32 },
+    #[error("{path}: {message}")]
+    Corrupt { path: PathBuf, message: String },
+    #[error("cannot decrypt {path}: the master key does not match or the file was altered")]
+    Unseal { path: PathBuf },
+}
+
+impl StateError {
+    fn io(path: &Path, source: std::io::Error) -> Self {
+        StateError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+/// An opened, permission-checked state directory.
+#[derive(Debug)]
+pub struct StateDir {
+    root: PathBuf,
+    master: MasterKey,
+}
+
+impl StateDir {
+    /// Opens (creating 0700 if missing) the state directory, checks the
+    /// permissions of everything secret in it, and loads or creates the
+    /// master key that seals enrolled secrets.
+    ///
+    /// The master key comes from `$CREDENTIALS_DIRECTORY/gatehouse-master-key`
+    /// when systemd provides one (`LoadCredentialEncrypted=`), otherwise from
+    /// `master.key` in the state directory.
+    pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        if !root.exists() {
+            fs::create_dir_all(root).map_err(|e| StateError::io(root, e))?;
+            fs::set_permissions(root, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StateError::io(root, e))?;
+        }
+        check_mode(root, 0o700)?;
+        let p = root.join("totp");
+        if !p.exists() {
+            fs::create_dir(&p).map_err(|e| StateError::io(&p, e))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StateError::io(&p, e))?;
+        }
+        check_mode(&p, 0o700)?;
+        check_tree(root)?;
+        let master = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            Some(dir) if Path::new(&dir).join("gatehouse-master-key").exists() => {
+                let p = Path::new(&dir).join("gatehouse-master-key");
+                MasterKey::load(&p)?
+            }
+            _ => MasterKey::load_or_create(&root.join("master.key"))?,
+        };
+        Ok(StateDir {
+            root: root.to_path_buf(),
+            master,
+        })
+    }
+
+    /// The directory itself.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The gateway's SSH host key (created on first use).
+    pub fn host_key(&self) -> Result<KeyPair, StateError> {
+        KeyPair::load_or_create(&self.root.join("host_ed25519"), "gatehouse-host")
+    }
+
+    /// The key gatehouse uses to log in to targets (created on first use).
+    pub fn client_key(&self) -> Result<KeyPair, StateError> {
+        KeyPair::load_or_create(&self.root.join("client_ed25519"), "gatehouse-client")
+    }
+
+    /// Stores (replacing) the TOTP secret of `user`, sealed under the master key,
+    /// and forgets the user's last accepted step.
+    pub fn store_totp_secret(&self, user: &str, secret: &[u8]) -> Result<(), StateError> {
+        let path = self.totp_path(user, "secret");
+        let sealed = self.master.seal(secret, aad_for(user).as_bytes())?;
+        write_secret_file(&path, sealed.as_bytes())?;
+        let step = self.totp_path(user, "step");
+        if step.exists() {
+            fs::remove_file(&step).map_err(|e| StateError::io(&step, e))?;
+        }
+        Ok(())
+    }
+
+    /// The TOTP secret of `user`, if enrolled.
+    pub fn totp_secret(&self, user: &str) -> Result<Option<Vec<u8>>, StateError> {
+        let path = self.totp_path(user, "secret");
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        self.master
+            .open(text.trim(), aad_for(user).as_bytes())
+            .map(Some)
+            .map_err(|_| StateError::Unseal { path })
+    }
+
+    /// The last TOTP time step accepted for `user` (0 if none).
+    pub fn last_totp_step(&self, user: &str) -> Result<u64, StateError> {
+        let path = self.totp_path(user, "step");
+        match fs::read_to_string(&path) {
+            Ok(t) => t.trim().parse().map_err(|_| StateError::Corrupt {
+                path,
+                message: "not a number".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(0),
+            Err(e) => Err(StateError::io(&path, e)),
+        }
+    }
+
+    /// Records that `step` was accepted for `user`; written durably before
+    /// the login is allowed to proceed, so a restart never re-opens it.
+    pub fn set_last_totp_step(&self, user: &str, step: u64) -> Result<(), StateError> {
+        write_secret_file(&self.totp_path(user, "step"), step.to_string().as_bytes())
+    }
+
+    /// Path of the persisted lockout records.
+    pub fn lockouts_path(&self) -> PathBuf {
+        self.root.join("lockouts.json")
+    }
+
+    fn totp_path(&self, user: &str, ext: &str) -> PathBuf {
+        // User names are validated by the config ([a-z_][a-z0-9_.-]*), but this
+        // is also reached from the CLI: keep anything path-like out.
+        let safe: String = user
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || "_.-".contains(c) {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        self.root.join("totp").join(format!("{safe}.{ext}"))
+    }
+}
+
+fn aad_for(user: &str) -> String {
+    format!("gatehouse-totp:{user}")
+}
+
+/// Refuses a path whose mode grants anything to group or others.
+fn check_mode(path: &Path, want: u32) -> Result<(), StateError> {
+    let meta = fs::metadata(path).map_err(|e| StateError::io(path, e))?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(StateError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+            want,
+        });
+    }
+    Ok(())
+}
+
+/// Checks every file below the state directory (two levels deep) for loose modes.
+fn check_tree(root: &Path) -> Result<(), StateError> {
+    let entries = fs::read_dir(root).map_err(|e| StateError::io(root, e))?;
+    for entry in entries {
+        let entry = entry.map_err(|e| StateError::io(root, e))?;
+        let path = entry.path();
+        let ft = entry.file_type().map_err(|e| StateError::io(&path, e))?;
+        if ft.is_dir() {
+            check_mode(&path, 0o700)?;
+            let inner = fs::read_dir(&path).map_err(|e| StateError::io(&path, e))?;
+            for f in inner {
+                let f = f.map_err(|e| StateError::io(&path, e))?;
+                check_mode(&f.path(), 0o600)?;
+            }
+        } else if path.extension().is_none_or(|e| e != "pub") {
+            check_mode(&path, 0o600)?;
+        }
+    }
+    Ok(())
+}
+
+/// Writes `data` to `path` atomically (temp file, fsync, rename), mode 0600.
+pub(crate) fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), StateError> {
+    write_file_mode(path, data, 0o600)
+}
+
+pub(crate) fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
+        std::process::id()
+    ));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&tmp)
+        .map_err(|e| StateError::io(&tmp, e))?;
+    f.write_all(data).map_err(|e| StateError::io(&tmp, e))?;
+    f.sync_all().map_err(|e| StateError::io(&tmp, e))?;
+    drop(f);
+    fs::rename(&tmp, path).map_err(|e| StateError::io(path, e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_dir_is_created_0700_and_secrets_round_trip_sealed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let st = StateDir::open(&root).unwrap();
+        let mode = fs::metadata(&root).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700);
+        st.store_totp_secret("alice", b"0123456789abcdefghij")
+            .unwrap();
+        let on_disk = fs::read(root.join("totp/alice.secret")).unwrap();
+        assert!(!on_disk.windows(10).any(|w| w == b"0123456789"));
+        assert_eq!(
+            st.totp_secret("alice").unwrap().unwrap(),
+            b"0123456789abcdefghij"
+        );
+        let fmode = fs::metadata(root.join("totp/alice.secret"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777;
+        assert_eq!(fmode, 0o600);
+        assert!(st.totp_secret("bob").unwrap().is_none());
+    }
+
+    #[test]
+    fn loose_permissions_are_refused_with_the_fix() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        StateDir::open(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let err = StateDir::open(&root).unwrap_err().to_string();
+        assert!(err.contains("chmod 700"), "{err}");
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::set_permissions(root.join("master.key"), fs::Permissions::from_mode(0o644)).unwrap();
+        let err = StateDir::open(&root).unwrap_err().to_string();
+        assert!(
+            err.contains("master.key") && err.contains("chmod 600"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_secret_sealed_for_one_user_does_not_open_for_another() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let st = StateDir::open(&root).unwrap();
+        st.store_totp_secret("alice", b"secret-of-alice-1234")
+            .unwrap();
+        fs::copy(root.join("totp/alice.secret"), root.join("totp/bob.secret")).unwrap();
+        assert!(matches!(
+            st.totp_secret("bob"),
+            Err(StateError::Unseal { .. })
+        ));
+    }
+}
