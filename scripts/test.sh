@@ -33,6 +33,6 @@ section "cargo test --all-targets (CI=${CI:-})"
 # the whole CI budget (everything must finish well under 30 minutes).
 CI="${CI:-}" RUST_BACKTRACE="${RUST_BACKTRACE:-1}" \
   timeout --kill-after=30s 20m \
-  cargo test --all-targets -- --test-threads=2
+  cargo test --all-targets --no-fail-fast -- --test-threads=2
 
 section "all checks passed"

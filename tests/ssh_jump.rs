@@ -74,7 +74,7 @@ fn proxyjump_shell_gets_a_pty_and_window_changes() {
         w.client.config_path().display(),
         w.login
     );
-    let askpass = w.client.dir().join("askpass");
+    let askpass = w.client.dir().join("askpass.sh");
     let tmux = |args: &[&str]| {
         Command::new("tmux")
             .args(["-L", &sock, "-f", "/dev/null"])
@@ -329,12 +329,12 @@ fn environment_passes_only_what_the_role_allows() {
     let w = World::start(|b| b);
     let out = run_checked_timeout(
         w.client
-            .jump(
+            .jump_with(
+                &["-o", "SendEnv=LANG", "-o", "SendEnv=GH_TEST_SECRET"],
                 &w.login,
                 "web-1",
                 &["echo \"lang=$LANG secret=$GH_TEST_SECRET\""],
             )
-            .args(["-o", "SendEnv=LANG", "-o", "SendEnv=GH_TEST_SECRET"])
             .env("LANG", "C.UTF-8")
             .env("GH_TEST_SECRET", "leaked"),
         DEFAULT_COMMAND_TIMEOUT,

@@ -463,13 +463,15 @@ impl Handler for JumpHandler {
         port: &mut u32,
         _session: &mut Session,
     ) -> Result<bool, Self::Error> {
+        // Audited against the target the session is for; the requested
+        // listen address goes in the reason.
         audit::channel_refused(
             self.user.name(),
             "tcpip-forward",
-            address,
+            &self.target,
             *port,
             self.user.source(),
-            "remote forwarding is not allowed",
+            &format!("remote forwarding (listen on {address:?}) is not allowed"),
         );
         Ok(false)
     }

@@ -145,6 +145,22 @@ impl SshClient {
         self.command(&args)
     }
 
+    /// `ssh -F cfg OPTIONS... -J gw LOGIN@TARGET REMOTE...`: options for the
+    /// inner (target) connection must come before the destination.
+    pub fn jump_with(
+        &self,
+        options: &[&str],
+        login: &str,
+        target: &str,
+        remote: &[&str],
+    ) -> Command {
+        let dest = format!("{login}@{target}");
+        let mut args: Vec<&str> = options.to_vec();
+        args.extend_from_slice(&["-J", "gw", dest.as_str()]);
+        args.extend_from_slice(remote);
+        self.command(&args)
+    }
+
     /// Runs `ssh -F cfg ARGS...` to completion; panics after 60 s.
     pub fn run(&self, args: &[&str]) -> Output {
         run_checked_timeout(&mut self.command(args), DEFAULT_COMMAND_TIMEOUT)

@@ -24,6 +24,14 @@ impl World {
     /// Starts the world; `tweak` may add config to the builder (which already
     /// has alice, role web and target web-1).
     pub fn start(tweak: impl FnOnce(GatehouseBuilder) -> GatehouseBuilder) -> World {
+        World::with_roles(&["web"], tweak)
+    }
+
+    /// Like [`World::start`], with alice holding exactly `roles`.
+    pub fn with_roles(
+        roles: &[&str],
+        tweak: impl FnOnce(GatehouseBuilder) -> GatehouseBuilder,
+    ) -> World {
         let keys = tempfile::Builder::new()
             .prefix("gh-keys-")
             .tempdir()
@@ -32,7 +40,7 @@ impl World {
         let sshd = Sshd::start(&[]);
         let login = sshd.login.clone();
         let builder = GatehouseBuilder::new()
-            .user("alice", &["web"], &[&key.public_line])
+            .user("alice", roles, &[&key.public_line])
             .role("web", &["web-1"], &[&login])
             .ssh_target("web-1", sshd.port, &[&sshd.host_public_key]);
         let setup = tweak(builder).build();
