@@ -186,3 +186,247 @@ pub fn channel_refused(user: &str, kind: &str, host: &str, port: u32, source: &s
         "refused {kind} for {user} to {host}:{port}: {reason}"
     );
 }
+
+// WireGuard (src/tunnel). Devices are named by their base64 public key and
+// tunnel address; `endpoint` is the UDP address packets came from.
+const ID_WG_HANDSHAKE: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a71";
+const ID_WG_ENDPOINT: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a72";
+const ID_WG_CONN_OPEN: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a73";
+const ID_WG_CONN_CLOSE: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a74";
+const ID_WG_SPOOFED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a75";
+const ID_WG_CONN_REFUSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a76";
+const ID_WG_UNKNOWN_PEER: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a77";
+
+/// A WireGuard handshake with a configured device completed; `initiator`
+/// is `peer` or `gateway` (gatehouse re-initiates after a restart).
+pub fn wg_handshake(user: &str, public_key: &str, address: &str, endpoint: &str, initiator: &str) {
+    info!(
+        target: TARGET,
+        event = "wg.handshake",
+        message_id = ID_WG_HANDSHAKE,
+        user,
+        public_key,
+        address,
+        endpoint,
+        initiator,
+        "WireGuard handshake with {user}'s device {address} from {endpoint}"
+    );
+}
+
+/// An authenticated packet of a device came from a new UDP endpoint (roaming).
+pub fn wg_endpoint_changed(user: &str, public_key: &str, address: &str, old: &str, new: &str) {
+    info!(
+        target: TARGET,
+        event = "wg.endpoint",
+        message_id = ID_WG_ENDPOINT,
+        user,
+        public_key,
+        address,
+        old,
+        new,
+        "{user}'s device {address} moved from {old} to {new}"
+    );
+}
+
+/// A TCP connection through the tunnel was accepted for a gatehouse service.
+pub fn wg_conn_open(user: &str, public_key: &str, source: &str, port: u16) {
+    info!(
+        target: TARGET,
+        event = "wg.conn.open",
+        message_id = ID_WG_CONN_OPEN,
+        user,
+        public_key,
+        source,
+        port,
+        "tunnel connection from {user}'s device {source} to port {port}"
+    );
+}
+
+/// A tunnel TCP connection ended; bytes are TCP payload in each direction.
+#[allow(clippy::too_many_arguments)]
+pub fn wg_conn_close(
+    user: &str,
+    public_key: &str,
+    source: &str,
+    port: u16,
+    bytes_in: u64,
+    bytes_out: u64,
+    duration_ms: u64,
+    reason: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "wg.conn.close",
+        message_id = ID_WG_CONN_CLOSE,
+        user,
+        public_key,
+        source,
+        port,
+        bytes_in,
+        bytes_out,
+        duration_ms,
+        reason,
+        "tunnel connection from {user}'s device {source} to port {port} closed: {reason}"
+    );
+}
+
+/// A device sent packets whose inner source address is not its own (one
+/// peer posing as another); they were dropped. Reported for the first one
+/// and then at most every few seconds, with the running count.
+pub fn wg_spoofed(user: &str, public_key: &str, address: &str, claimed: &str, dropped_total: u64) {
+    info!(
+        target: TARGET,
+        event = "wg.spoofed",
+        message_id = ID_WG_SPOOFED,
+        user,
+        public_key,
+        address,
+        claimed,
+        dropped_total,
+        "dropped packets from {user}'s device {address} claiming to be {claimed} ({dropped_total} so far)"
+    );
+}
+
+/// A tunnel connection attempt was refused (a connection cap was reached).
+pub fn wg_conn_refused(user: &str, public_key: &str, source: &str, port: u16, reason: &str) {
+    info!(
+        target: TARGET,
+        event = "wg.conn.refused",
+        message_id = ID_WG_CONN_REFUSED,
+        user,
+        public_key,
+        source,
+        port,
+        reason,
+        "refused tunnel connection from {user}'s device {source} to port {port}: {reason}"
+    );
+}
+
+/// A handshake initiation carried a key that is no configured device; it
+/// got no answer. Rate limited; `count` is the number since the last report.
+pub fn wg_unknown_peer(public_key: &str, endpoint: &str, count: u64) {
+    info!(
+        target: TARGET,
+        event = "wg.unknown_peer",
+        message_id = ID_WG_UNKNOWN_PEER,
+        public_key,
+        endpoint,
+        count,
+        "ignored WireGuard handshake from unknown key {public_key} at {endpoint} ({count} since last report)"
+    );
+}
+
+// Recording events (src/recording): one MESSAGE_ID per type.
+const ID_RECORDING_STARTED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b01";
+const ID_RECORDING_SEGMENT: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b02";
+const ID_RECORDING_FINISHED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b03";
+const ID_RECORDING_FAILED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b04";
+const ID_RECORDING_REMOVED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b05";
+
+/// A recording was created (its segment 0 is sealed) for a channel of a session.
+pub fn recording_started(
+    recording_id: &str,
+    session_id: &str,
+    user: &str,
+    login: &str,
+    target: &str,
+    kind: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "recording.started",
+        message_id = ID_RECORDING_STARTED,
+        recording_id,
+        session_id,
+        user,
+        login,
+        target,
+        kind,
+        "recording {recording_id} started: {kind} of {user} as {login}@{target}"
+    );
+}
+
+/// A recording segment was sealed: its SHA-256 and chain hash, so that
+/// `gatehouse recordings verify --audit` can detect a rewritten manifest.
+pub fn recording_segment(
+    recording_id: &str,
+    session_id: &str,
+    seq: u64,
+    sha256: &str,
+    chain: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "recording.segment",
+        message_id = ID_RECORDING_SEGMENT,
+        recording_id,
+        session_id,
+        seq,
+        sha256,
+        chain,
+        "recording {recording_id} segment {seq} sealed (chain {chain})"
+    );
+}
+
+/// A recording ended and its last segment was sealed.
+pub fn recording_finished(
+    recording_id: &str,
+    session_id: &str,
+    segments: u64,
+    chain: &str,
+    reason: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "recording.finished",
+        message_id = ID_RECORDING_FINISHED,
+        recording_id,
+        session_id,
+        segments,
+        chain,
+        reason,
+        "recording {recording_id} finished with {segments} segments: {reason}"
+    );
+}
+
+/// A recording could not be created or written (the session is refused or ended).
+pub fn recording_failed(
+    recording_id: &str,
+    session_id: &str,
+    user: &str,
+    target: &str,
+    reason: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "recording.failed",
+        message_id = ID_RECORDING_FAILED,
+        recording_id,
+        session_id,
+        user,
+        target,
+        reason,
+        "recording {recording_id} of {user} to {target} failed: {reason}"
+    );
+}
+
+/// A recording was removed by retention.
+pub fn recording_removed(
+    recording_id: &str,
+    user: &str,
+    target: &str,
+    started: &str,
+    reason: &str,
+) {
+    info!(
+        target: TARGET,
+        event = "recording.removed",
+        message_id = ID_RECORDING_REMOVED,
+        recording_id,
+        user,
+        target,
+        started,
+        reason,
+        "recording {recording_id} ({user} to {target}, started {started}) removed: {reason}"
+    );
+}

@@ -53,6 +53,14 @@ pub enum Command {
     /// Work with targets.
     #[command(subcommand)]
     Target(TargetCommand),
+    /// Sealed session recordings: list, play, export, show, verify.
+    #[command(subcommand)]
+    Recordings(crate::recording::cli::RecordingsCommand),
+    /// Manage WireGuard devices of users.
+    #[command(subcommand)]
+    Peer(crate::tunnel::cli::PeerCommand),
+    /// List WireGuard peers with last handshake, endpoint and bytes (asks the running daemon).
+    Peers,
     /// Start a working demo gateway in DIR with generated keys, a first user
     /// and printed connection instructions. Needs no config file.
     Quickstart {
@@ -199,6 +207,27 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             }
             println!("host_keys = [\n{}\n]", lines.join("\n"));
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Recordings(cmd) => {
+            let s = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            crate::recording::cli::run(&s, cmd)
+        }
+        Command::Peer(cmd) => {
+            let s = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            crate::tunnel::cli::run_peer(&s, cmd)
+        }
+        Command::Peers => {
+            let s = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            crate::tunnel::cli::run_peers(&s)
         }
         Command::Quickstart { dir, port } => crate::cli_quickstart::quickstart(&dir, port),
     }

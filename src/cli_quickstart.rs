@@ -32,6 +32,8 @@ pub fn quickstart(dir: &Path, port: u16) -> anyhow::Result<ExitCode> {
     fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
     let dir = dir.canonicalize()?;
     let user_key = KeyPair::load_or_create(&dir.join("demo_ed25519"), "demo@gatehouse-quickstart")?;
+    let auditor =
+        KeyPair::load_or_create(&dir.join("auditor_ed25519"), "auditor@gatehouse-quickstart")?;
     let config_path = dir.join("config.toml");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -64,6 +66,7 @@ pub fn quickstart(dir: &Path, port: u16) -> anyhow::Result<ExitCode> {
             .replace("@STATE_DIR@", &dir.join("state").display().to_string())
             .replace("@PORT@", &port.to_string())
             .replace("@USER_KEY@", user_key.public_line().trim())
+            .replace("@AUDITOR_KEY@", auditor.public_line().trim())
             .replace("@LOGIN@", &login)
             .replace("@TARGET_KEYS@", &target_keys)
             .replace("@NOTE@", note);
@@ -115,7 +118,7 @@ pub fn quickstart(dir: &Path, port: u16) -> anyhow::Result<ExitCode> {
          \x20   ssh -F {d}/ssh_config -J gatehouse-demo {login}@localhost\n\
          which needs gatehouse's client key in ~{login}/.ssh/authorized_keys:\n\
          \x20   {}\n\n\
-         Stop with Ctrl-C. Audit events follow as JSON lines.\n",
+         Sessions are recorded and sealed to the demo auditor key; its private\n         half, for `gatehouse recordings ... -i` and `age -d -i`, is:\n         \x20   {d}/auditor_ed25519\n\n         Stop with Ctrl-C. Audit events follow as JSON lines.\n",
         client.public_line()
     );
     crate::audit::init_logging();

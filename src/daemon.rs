@@ -1,20 +1,21 @@
 //! The wiring: open state, bind listeners, accept connections, shut down.
 //! This is the only module that knows every other one.
 
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::policy::Policy;
-use crate::ssh::{self, server::Outer, Gateway};
+use crate::recording::Recorder;
+use crate::ssh::server::{Origin, Outer};
+use crate::ssh::{self, Gateway};
 use crate::state::StateDir;
 
 /// How long shutdown waits for sessions to finish after telling them.
@@ -31,7 +32,14 @@ pub async fn run(
     let auth = Authenticator::new(settings.clone(), state.clone())?;
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
+    // No recorder, no gateway: there is no unrecorded mode.
+    let recorder = Arc::new(
+        Recorder::new(&settings.recordings)
+            .map_err(|e| anyhow::anyhow!("recordings: {}", e.detail()))?,
+    );
+    recorder.clone().spawn_retention(stop_rx.clone());
     let gw = Arc::new(Gateway {
+        recorder: recorder.clone(),
         policy: Policy::new(settings.clone()),
         auth,
         server_config,
@@ -50,6 +58,10 @@ pub async fn run(
             .with_context(|| format!("cannot listen on {addr}"))?;
         listeners.push(l);
     }
+    // WireGuard (when configured): SSH on the tunnel address too. Bound
+    // here, so a bad or busy UDP address fails the start like a TCP one.
+    let _tunnel = crate::tunnel::start(gw.clone(), &settings, &state, stop_rx.clone())
+        .context("cannot start the WireGuard tunnel")?;
     let max = settings.gateway.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     for l in listeners {
@@ -68,6 +80,13 @@ pub async fn run(
         .is_err()
     {
         tracing::warn!("sessions still open after the grace period; exiting anyway");
+    }
+    // Seal what the ended sessions wrote.
+    if !recorder.drain(GRACE).await {
+        tracing::warn!(
+            open = recorder.active(),
+            "recordings still open after the grace period"
+        );
     }
     Ok(())
 }
@@ -100,9 +119,11 @@ async fn accept_loop(
         };
         let span = tracing::info_span!("conn", %peer);
         let gw = gw.clone();
+        let origin = Origin::tcp(peer, stream.local_addr().ok());
+        let _ = stream.set_nodelay(true);
         tokio::spawn(
             async move {
-                serve_connection(gw, stream, peer).await;
+                serve_connection(gw, stream, origin).await;
                 drop(permit);
             }
             .instrument(span),
@@ -110,12 +131,14 @@ async fn accept_loop(
     }
 }
 
-/// One client connection: SSH with an authentication deadline.
-pub async fn serve_connection(gw: Arc<Gateway>, stream: TcpStream, peer: SocketAddr) {
-    let local = stream.local_addr().ok();
-    let _ = stream.set_nodelay(true);
+/// One client connection, from any listener (TCP or the WireGuard tunnel):
+/// SSH with an authentication deadline.
+pub async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
     let authenticated = Arc::new(AtomicBool::new(false));
-    let handler = Outer::new(gw.clone(), peer, local, authenticated.clone());
+    let handler = Outer::new(gw.clone(), origin, authenticated.clone());
     let deadline = gw.settings.gateway.auth_timeout;
     let started = tokio::time::timeout(
         deadline,

@@ -14,5 +14,7 @@ mod cli_quickstart;
 pub mod config;
 pub mod daemon;
 pub mod policy;
+pub mod recording;
 pub mod ssh;
 pub mod state;
+pub mod tunnel;

@@ -43,9 +43,14 @@ pub struct Authorized {
     max_session: Duration,
     idle_timeout: Duration,
     allow_env: Vec<String>,
+    record_input: bool,
 }
 
 impl Authorized {
+    /// Whether what the user types is recorded (any granting role says so).
+    pub fn record_input(&self) -> bool {
+        self.record_input
+    }
     pub fn user(&self) -> &AuthenticatedUser {
         &self.user
     }
@@ -194,6 +199,7 @@ impl Policy {
             max_session,
             idle_timeout,
             allow_env,
+            record_input: granting.iter().any(|r| r.record_input),
         })
     }
 }
@@ -226,6 +232,7 @@ mod tests {
             max_session: Duration::from_secs(max),
             idle_timeout: Duration::from_secs(idle),
             allow_env: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
+            record_input: false,
         }
     }
 
@@ -277,6 +284,13 @@ mod tests {
                 target("web-2", &[("env", "staging"), ("tier", "web")]),
                 target("db-1", &[("env", "production"), ("tier", "db")]),
             ],
+            recordings: crate::config::RecordingSettings {
+                dir: "/nonexistent".into(),
+                recipients: vec![],
+                retention: Duration::from_secs(1),
+                min_free_bytes: 0,
+            },
+            wireguard: None,
         }))
     }
 

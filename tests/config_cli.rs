@@ -256,3 +256,74 @@ fn help_lists_every_command() {
         assert!(text.contains(cmd), "--help lacks {cmd}:\n{text}");
     }
 }
+
+#[test]
+fn quickstart_starts_a_gateway_the_stock_client_logs_in_to() {
+    if !require_tools(&["ssh", "oathtool"]) {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let demo = dir.path().join("demo");
+    let port = free_port();
+    let mut guard = ChildGuard::spawn(
+        gatehouse_command()
+            .args([
+                "quickstart",
+                "--dir",
+                demo.to_str().unwrap(),
+                "--port",
+                &port.to_string(),
+            ])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null()),
+    );
+    assert!(
+        wait_for_port(port, Duration::from_secs(20)),
+        "quickstart did not start listening"
+    );
+    let mut out = String::new();
+    let mut so = guard.child().stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut so, &mut s);
+        s
+    });
+    let secret = std::fs::read_to_string(demo.join("demo.totp")).unwrap();
+    let askpass = dir.path().join("askpass.sh");
+    std::fs::write(
+        &askpass,
+        format!("#!/bin/sh\noathtool --totp -b {}\n", secret.trim()),
+    )
+    .unwrap();
+    std::fs::set_permissions(&askpass, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let login = run_checked_timeout(
+        std::process::Command::new("ssh")
+            .args([
+                "-F",
+                demo.join("ssh_config").to_str().unwrap(),
+                "gatehouse-demo",
+                "targets",
+            ])
+            .env("SSH_ASKPASS", &askpass)
+            .env("SSH_ASKPASS_REQUIRE", "force")
+            .env("DISPLAY", ":0")
+            .stdin(std::process::Stdio::null()),
+        DEFAULT_COMMAND_TIMEOUT,
+    );
+    assert!(login.status.success(), "{}", stderr(&login));
+    assert!(stdout(&login).contains("localhost"), "{}", stdout(&login));
+    guard.kill();
+    out.push_str(&reader.join().unwrap());
+    assert!(
+        out.contains("ssh -F") && out.contains("gatehouse-demo"),
+        "no connection instructions:\n{out}"
+    );
+    assert!(
+        out.contains("auditor_ed25519"),
+        "no auditor key location:\n{out}"
+    );
+    assert_eq!(
+        std::fs::metadata(&demo).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+}

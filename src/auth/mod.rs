@@ -203,11 +203,15 @@ impl Authenticator {
     }
 
     /// First factor, after the SSH layer verified the signature.
+    ///
+    /// `source_label` is what an MFA lease is bound to: the WireGuard device
+    /// for tunnelled connections, the source address otherwise.
     pub fn verify_key(
         &self,
         user: &str,
         key: &PublicKey,
         source: IpAddr,
+        source_label: &str,
     ) -> Result<KeyVerified, KeyRefusal> {
         if let Some(locked) = self.locked(user, source) {
             return Err(locked);
@@ -219,7 +223,7 @@ impl Authenticator {
             user: user.to_string(),
             fingerprint: fingerprint(key),
             key: key.clone(),
-            source: source.to_string(),
+            source: source_label.to_string(),
             source_ip: source,
         })
     }

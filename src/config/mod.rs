@@ -7,7 +7,7 @@
 //! whole file is valid. The configuration never holds secrets.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -23,6 +23,51 @@ pub struct Settings {
     pub users: Vec<User>,
     pub roles: Vec<Role>,
     pub targets: Vec<Target>,
+    pub recordings: RecordingSettings,
+    /// `[wireguard]`, when the gateway terminates WireGuard itself.
+    pub wireguard: Option<WireGuardSettings>,
+}
+
+/// `[recordings]` (required: there is no unrecorded mode).
+#[derive(Debug, Clone)]
+pub struct RecordingSettings {
+    /// Where sealed recordings are written. Default: `<state_dir>/recordings`.
+    pub dir: PathBuf,
+    /// The auditors' public keys, as written in the file: age X25519
+    /// recipients (`age1...`) and `ssh-ed25519 AAAA...` keys. Validated to
+    /// parse as age recipients; at least one.
+    pub recipients: Vec<String>,
+    /// Recordings older than this are removed by the daemon (audited). Default 400d.
+    pub retention: Duration,
+    /// New sessions are refused when the recordings filesystem has less free
+    /// space than this (`min_free = "256MiB"`; units B, KiB, MiB, GiB). Default 256 MiB.
+    pub min_free_bytes: u64,
+}
+
+/// `[wireguard]`
+#[derive(Debug, Clone)]
+pub struct WireGuardSettings {
+    /// UDP socket address (IPv4 or IPv6; `[::]:51820` takes both).
+    pub listen: SocketAddr,
+    /// The gateway's tunnel address (IPv4 or IPv6).
+    pub address: IpAddr,
+    /// Prefix length of the peer range around `address` (the `/24` in `10.77.0.1/24`).
+    pub prefix_len: u8,
+    /// What client configs point at (`host:port`); default: the listen address.
+    pub endpoint: Option<String>,
+    /// Cap on concurrent TCP connections per peer (default 64).
+    pub max_connections_per_peer: usize,
+    /// Cap on concurrent TCP connections over all peers (default 4096).
+    pub max_connections: usize,
+}
+
+/// One WireGuard device of a user: `wireguard = [{ public_key, address }]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WireGuardPeer {
+    /// Curve25519 public key (32 bytes, from the base64 `wg pubkey` prints).
+    pub public_key: [u8; 32],
+    /// The peer's tunnel address: inside the range, unique, not the gateway's.
+    pub address: IpAddr,
 }
 
 /// `[gateway]`
@@ -59,6 +104,8 @@ pub struct User {
     pub name: String,
     pub roles: Vec<String>,
     pub ssh_keys: Vec<PublicKey>,
+    /// WireGuard devices (empty unless `[wireguard]` is configured).
+    pub wireguard: Vec<WireGuardPeer>,
 }
 
 /// How a role selects targets.
@@ -81,6 +128,9 @@ pub struct Role {
     /// Environment variable names (a trailing `*` is a prefix match) passed to
     /// the target. Default: LANG, LC_*, TERM.
     pub allow_env: Vec<String>,
+    /// Record what the user types (off by default: it captures passwords
+    /// typed with echo off).
+    pub record_input: bool,
 }
 
 /// The kinds of target gatehouse can relay to.
@@ -105,4 +155,7 @@ pub struct Target {
 mod raw;
 mod validate;
 
-pub use validate::{load, load_str, parse_duration, ConfigError, ConfigErrors};
+pub use validate::{
+    in_range, load, load_str, parse_cidr, parse_duration, parse_recipient, parse_size, ConfigError,
+    ConfigErrors,
+};

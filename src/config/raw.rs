@@ -64,6 +64,34 @@ pub(super) struct RawConfig {
     pub users: Vec<Option<Spanned<RawUser>>>,
     pub roles: Vec<Option<Spanned<RawRole>>>,
     pub targets: Vec<Option<Spanned<RawTarget>>>,
+    pub recordings: Option<Spanned<RawRecordings>>,
+    pub wireguard: Option<Spanned<RawWireGuard>>,
+}
+
+/// `[recordings]`
+#[derive(Debug)]
+pub(super) struct RawRecordings {
+    pub dir: Option<Spanned<String>>,
+    pub recipients: Option<List<String>>,
+    pub retention: Option<Spanned<String>>,
+    pub min_free: Option<Spanned<String>>,
+}
+
+/// `[wireguard]`
+#[derive(Debug)]
+pub(super) struct RawWireGuard {
+    pub listen: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
+    pub endpoint: Option<Spanned<String>>,
+    pub max_connections_per_peer: Option<Spanned<i64>>,
+    pub max_connections: Option<Spanned<i64>>,
+}
+
+/// `users[].wireguard[]`
+#[derive(Debug)]
+pub(super) struct RawWgPeer {
+    pub public_key: Option<Spanned<String>>,
+    pub address: Option<Spanned<String>>,
 }
 
 /// `[gateway]`
@@ -91,6 +119,7 @@ pub(super) struct RawUser {
     pub name: Option<Spanned<String>>,
     pub roles: Option<List<String>>,
     pub ssh_keys: Option<List<String>>,
+    pub wireguard: Vec<Option<Spanned<RawWgPeer>>>,
 }
 
 /// `[[roles]]`
@@ -102,6 +131,7 @@ pub(super) struct RawRole {
     pub max_session: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub allow_env: Option<List<String>>,
+    pub record_input: Option<Spanned<bool>>,
 }
 
 /// `roles[].targets`: exactly one of the two must be set (checked later).
@@ -139,7 +169,18 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
         span: doc.span(),
         path: String::new(),
     };
-    root.deny_unknown(&["gateway", "auth", "users", "roles", "targets"], diags);
+    root.deny_unknown(
+        &[
+            "gateway",
+            "auth",
+            "users",
+            "roles",
+            "targets",
+            "recordings",
+            "wireguard",
+        ],
+        diags,
+    );
 
     let gateway = root.table("gateway", true, diags).map(|t| {
         t.deny_unknown(
@@ -180,12 +221,55 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
         )
     });
 
+    let recordings = root.table("recordings", true, diags).map(|t| {
+        t.deny_unknown(&["dir", "recipients", "retention", "min_free"], diags);
+        Spanned::new(
+            t.span.clone(),
+            RawRecordings {
+                dir: t.string("dir", false, diags),
+                recipients: t.string_list("recipients", true, diags),
+                retention: t.string("retention", false, diags),
+                min_free: t.string("min_free", false, diags),
+            },
+        )
+    });
+
+    let wireguard = root.table("wireguard", false, diags).map(|t| {
+        t.deny_unknown(
+            &[
+                "listen",
+                "address",
+                "endpoint",
+                "max_connections_per_peer",
+                "max_connections",
+            ],
+            diags,
+        );
+        Spanned::new(
+            t.span.clone(),
+            RawWireGuard {
+                listen: t.string("listen", true, diags),
+                address: t.string("address", true, diags),
+                endpoint: t.string("endpoint", false, diags),
+                max_connections_per_peer: t.integer("max_connections_per_peer", diags),
+                max_connections: t.integer("max_connections", diags),
+            },
+        )
+    });
+
     let users = root.tables("users", diags, |t, diags| {
-        t.deny_unknown(&["name", "roles", "ssh_keys"], diags);
+        t.deny_unknown(&["name", "roles", "ssh_keys", "wireguard"], diags);
         RawUser {
             name: t.string("name", true, diags),
             roles: t.string_list("roles", false, diags),
             ssh_keys: t.string_list("ssh_keys", true, diags),
+            wireguard: t.tables("wireguard", diags, |p, diags| {
+                p.deny_unknown(&["public_key", "address"], diags);
+                RawWgPeer {
+                    public_key: p.string("public_key", true, diags),
+                    address: p.string("address", true, diags),
+                }
+            }),
         }
     });
 
@@ -198,6 +282,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 "max_session",
                 "idle_timeout",
                 "allow_env",
+                "record_input",
             ],
             diags,
         );
@@ -218,6 +303,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
             max_session: t.string("max_session", false, diags),
             idle_timeout: t.string("idle_timeout", false, diags),
             allow_env: t.string_list("allow_env", false, diags),
+            record_input: t.boolean("record_input", diags),
         }
     });
 
@@ -238,6 +324,8 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
         users,
         roles,
         targets,
+        recordings,
+        wireguard,
     }
 }
 
@@ -366,6 +454,21 @@ impl<'a, 'i> Table<'a, 'i> {
             },
             _ => {
                 diags.push(wrong_type(value, self.child(key), "an integer"));
+                None
+            }
+        }
+    }
+
+    fn boolean(&self, key: &str, diags: &mut Vec<Diag>) -> Option<Spanned<bool>> {
+        let value = self.get(key, false, diags)?;
+        match value.get_ref() {
+            DeValue::Boolean(b) => Some(Spanned::new(value.span(), *b)),
+            _ => {
+                diags.push(wrong_type(
+                    value,
+                    self.child(key),
+                    "a boolean (true or false)",
+                ));
                 None
             }
         }

@@ -30,6 +30,9 @@ use super::raw::{
 };
 use super::{AuthSettings, Gateway, Role, Settings, Target, TargetKind, TargetSelector, User};
 
+mod extra;
+pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
+
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
 const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -300,7 +303,12 @@ struct Checker<'l, 't> {
 }
 
 impl Checker<'_, '_> {
-    fn error(&mut self, span: Range<usize>, path: impl Into<String>, message: impl Into<String>) {
+    pub(super) fn error(
+        &mut self,
+        span: Range<usize>,
+        path: impl Into<String>,
+        message: impl Into<String>,
+    ) {
         self.diags.push(Diag::new(span, path, message));
     }
 
@@ -327,6 +335,28 @@ impl Checker<'_, '_> {
             .collect();
         let roles = self.roles(&raw.roles, &known_targets);
         let users = self.users(&raw.users, &role_names);
+        let state_dir = gateway.as_ref().map(|g| g.state_dir.clone());
+        let recordings = raw
+            .recordings
+            .as_ref()
+            .and_then(|r| self.recordings(r.get_ref(), state_dir.as_deref()));
+        let wireguard = match &raw.wireguard {
+            Some(w) => self.wireguard(w.get_ref()).map(Some),
+            None => Some(None),
+        };
+        let mut users = users;
+        let peers = self.wireguard_peers(
+            &raw.users,
+            wireguard.as_ref().and_then(|w| w.as_ref()),
+            raw.wireguard.is_some(),
+        );
+        if let (Some(users), Some(peers)) = (users.as_mut(), peers) {
+            for (user, devices) in users.iter_mut().zip(peers) {
+                user.wireguard = devices;
+            }
+        } else {
+            users = None;
+        }
         Some(Settings {
             source: source.to_owned(),
             gateway: gateway?,
@@ -334,6 +364,8 @@ impl Checker<'_, '_> {
             users: users?,
             roles: roles?,
             targets: targets?,
+            recordings: recordings?,
+            wireguard: wireguard?,
         })
     }
 
@@ -573,6 +605,7 @@ impl Checker<'_, '_> {
             max_session: max_session?,
             idle_timeout: idle_timeout?,
             allow_env: allow_env?,
+            record_input: r.record_input.as_ref().is_some_and(|b| *b.get_ref()),
         })
     }
 
@@ -735,6 +768,8 @@ impl Checker<'_, '_> {
             name: name?,
             roles: user_roles?,
             ssh_keys: ssh_keys?,
+            // Checked against [wireguard] as a whole in `extra.rs`.
+            wireguard: Vec::new(),
         })
     }
 
@@ -1097,7 +1132,19 @@ mod tests {
         key.public_key().to_openssh().expect("encode key")
     }
 
+    /// Every config needs `[recordings]`; tests that are not about it get a
+    /// valid one appended (at the end, so no position before it moves).
+    fn with_recordings(text: &str) -> String {
+        if text.contains("[recordings]") {
+            return text.to_string();
+        }
+        format!(
+            "{text}\n[recordings]\nrecipients = [\"age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj\"]\n"
+        )
+    }
+
     fn errors(text: &str) -> Vec<ConfigError> {
+        let text = &with_recordings(text);
         match load_str(text, Path::new("gatehouse.toml")) {
             Ok(_) => panic!("expected errors for:\n{text}"),
             Err(ConfigErrors(errors)) => {
@@ -1108,6 +1155,7 @@ mod tests {
     }
 
     fn settings(text: &str) -> Settings {
+        let text = &with_recordings(text);
         match load_str(text, Path::new("gatehouse.toml")) {
             Ok(settings) => settings,
             Err(errors) => panic!("unexpected errors:\n{errors}"),
@@ -1761,7 +1809,7 @@ address = "t:23"
     fn load_reads_the_file_and_names_it_when_it_cannot() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("gatehouse.toml");
-        std::fs::write(&path, minimal(&new_key("alice"))).expect("write");
+        std::fs::write(&path, with_recordings(&minimal(&new_key("alice")))).expect("write");
         let s = load(&path).expect("valid file");
         assert_eq!(s.source, path);
 

@@ -23,6 +23,7 @@ use super::{Gateway, SshError};
 use crate::audit;
 use crate::auth::AuthenticatedUser;
 use crate::policy::{Authorized, Denied};
+use crate::recording::{RecordingKind, RecordingMeta};
 
 enum Chan {
     Bridged(Bridge),
@@ -119,8 +120,42 @@ impl JumpHandler {
         session: &mut Session,
         req: Run<'_>,
     ) -> Result<(), SshError> {
+        // Fail closed: the recording exists before anything runs on the target.
+        let meta = match self.channels.get(&channel) {
+            Some(Chan::Bridged(b)) => {
+                let kind = match &req {
+                    Run::Shell => {
+                        let (term, cols, rows) = b.pty().unwrap_or_default();
+                        RecordingKind::Shell { term, cols, rows }
+                    }
+                    Run::Exec(c) => RecordingKind::Exec {
+                        command: String::from_utf8_lossy(c).into_owned(),
+                    },
+                    Run::Subsystem(_) => RecordingKind::Sftp,
+                };
+                self.recording_meta(kind)
+            }
+            _ => None,
+        };
         match self.channels.get_mut(&channel) {
             Some(Chan::Bridged(b)) => {
+                let Some(meta) = meta else {
+                    return Self::refuse_channel(session, channel, "gatehouse: not authorized");
+                };
+                if let Err(e) = b.begin_recording(&self.gw.recorder, meta).await {
+                    let (login, source) = (
+                        self.login.clone().unwrap_or_default(),
+                        self.user.source().to_string(),
+                    );
+                    audit::session_refused(
+                        self.user.name(),
+                        &login,
+                        &self.target,
+                        &source,
+                        &format!("recording: {}", e.detail()),
+                    );
+                    return Self::refuse_channel(session, channel, &format!("gatehouse: {e}"));
+                }
                 let ok = match req {
                     Run::Shell => b.shell().await,
                     Run::Exec(c) => b.exec(c).await,
@@ -139,6 +174,25 @@ impl JumpHandler {
             }
             None => Ok(session.channel_failure(channel)?),
         }
+    }
+}
+
+impl JumpHandler {
+    /// Who and what the recording of a channel is of.
+    fn recording_meta(&self, kind: RecordingKind) -> Option<RecordingMeta> {
+        let auth = self.authorized.as_ref()?;
+        let guard = self.guard.as_ref()?;
+        let source = self.user.source().to_string();
+        Some(RecordingMeta {
+            session_id: guard.id.clone(),
+            user: self.user.name().to_string(),
+            login: auth.login().to_string(),
+            target: self.target.clone(),
+            wireguard_peer: source.strip_prefix("wg:").map(str::to_string),
+            source,
+            kind,
+            record_input: auth.record_input(),
+        })
     }
 }
 
@@ -303,7 +357,7 @@ impl Handler for JumpHandler {
         session: &mut Session,
     ) -> Result<(), Self::Error> {
         let ok = match self.channels.get_mut(&channel) {
-            Some(Chan::Bridged(b)) => b.pty(term, cols, rows, pw, ph, modes).await,
+            Some(Chan::Bridged(b)) => b.request_pty(term, cols, rows, pw, ph, modes).await,
             Some(Chan::Refused(_)) => true,
             None => false,
         };

@@ -74,6 +74,8 @@ pub struct Gateway {
     pub client_config: Arc<russh::client::Config>,
     /// The key gatehouse logs in to targets with.
     pub client_key: Arc<PrivateKey>,
+    /// Seals every session's recording; sessions do not run without it.
+    pub recorder: Arc<crate::recording::Recorder>,
     /// Fires when the daemon shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
 }

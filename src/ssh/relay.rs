@@ -18,6 +18,7 @@ use russh::{client, Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::mpsc;
 
 use crate::audit;
+use crate::recording::{Recorder, Recording, RecordingError, RecordingMeta};
 
 /// How long to wait for a target to answer a channel request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -72,6 +73,9 @@ impl Stats {
             }
         }
     }
+    fn end_reason(&self) -> Option<String> {
+        self.end_reason.lock().ok().and_then(|r| r.clone())
+    }
     fn set_exit_status(&self, s: u32) {
         if let Ok(mut e) = self.exit_status.lock() {
             *e = Some(s);
@@ -104,9 +108,30 @@ impl Stats {
 
 /// One user channel bridged to one target channel.
 pub struct Bridge {
+    id: ChannelId,
     up: ChannelWriteHalf<client::Msg>,
     replies: mpsc::Receiver<bool>,
     stats: Arc<Stats>,
+    user: Handle,
+    /// Set (before anything runs on the target) by [`Bridge::begin_recording`];
+    /// the pump records output into it and finishes it when the channel ends.
+    rec: Arc<tokio::sync::OnceCell<Recording>>,
+    /// The pty the user asked for: (term, cols, rows).
+    pty: Option<(String, u32, u32)>,
+    up_bytes: Arc<AtomicU64>,
+}
+
+/// Tells the user the recording failed and ends their channel: a session
+/// never continues unrecorded.
+async fn recording_failed(user: &Handle, id: ChannelId, stats: &Stats, e: &RecordingError) {
+    tracing::error!(error = %e.detail(), "recording failed mid-session; ending the channel");
+    stats.set_end_reason("recording failed");
+    let text = format!("\r\ngatehouse: {e}; closing.\r\n");
+    let _ = user
+        .extended_data(id, 1, Bytes::from(text.into_bytes()))
+        .await;
+    let _ = user.eof(id).await;
+    let _ = user.close(id).await;
 }
 
 impl Bridge {
@@ -121,8 +146,15 @@ impl Bridge {
         let (reply_tx, replies) = mpsc::channel(8);
         stats.add_channel(id);
         let pump_stats = stats.clone();
+        let rec: Arc<tokio::sync::OnceCell<Recording>> = Arc::new(tokio::sync::OnceCell::new());
+        let up_bytes = Arc::new(AtomicU64::new(0));
+        let (pump_rec, pump_up) = (rec.clone(), up_bytes.clone());
+        let bridge_user = user.clone();
         tokio::spawn(async move {
             let mut read = read;
+            let mut exit: Option<u32> = None;
+            let mut down: u64 = 0;
+            let mut reason = "closed";
             loop {
                 let Some(msg) = read.wait().await else {
                     let _ = user.close(id).await;
@@ -131,15 +163,34 @@ impl Bridge {
                 let ok = match msg {
                     ChannelMsg::Data { data } => {
                         pump_stats.add_down(data.len());
+                        down += data.len() as u64;
+                        // Recorded before the user sees it: nothing reaches
+                        // the user that is not in the recording.
+                        if let Some(r) = pump_rec.get() {
+                            if let Err(e) = r.output(&data).await {
+                                recording_failed(&user, id, &pump_stats, &e).await;
+                                reason = "recording failed";
+                                break;
+                            }
+                        }
                         user.data(id, data).await.is_ok()
                     }
                     ChannelMsg::ExtendedData { data, ext } => {
                         pump_stats.add_down(data.len());
+                        down += data.len() as u64;
+                        if let Some(r) = pump_rec.get() {
+                            if let Err(e) = r.stderr(&data).await {
+                                recording_failed(&user, id, &pump_stats, &e).await;
+                                reason = "recording failed";
+                                break;
+                            }
+                        }
                         user.extended_data(id, ext, data).await.is_ok()
                     }
                     ChannelMsg::Eof => user.eof(id).await.is_ok(),
                     ChannelMsg::ExitStatus { exit_status } => {
                         pump_stats.set_exit_status(exit_status);
+                        exit = Some(exit_status);
                         user.exit_status_request(id, exit_status).await.is_ok()
                     }
                     ChannelMsg::ExitSignal {
@@ -169,8 +220,47 @@ impl Bridge {
                     break;
                 }
             }
+            if let Some(r) = pump_rec.get() {
+                let reason = pump_stats
+                    .end_reason()
+                    .unwrap_or_else(|| reason.to_string());
+                let up = pump_up.load(Ordering::Relaxed);
+                if let Err(e) = r.finish(exit, &reason, up, down).await {
+                    tracing::error!(error = %e.detail(), "could not finish a recording");
+                }
+            }
         });
-        Bridge { up, replies, stats }
+        Bridge {
+            id,
+            up,
+            replies,
+            stats,
+            user: bridge_user,
+            rec,
+            pty: None,
+            up_bytes,
+        }
+    }
+
+    /// Starts the recording of this channel before anything runs on the
+    /// target. Fails closed: on Err the caller refuses the request.
+    pub async fn begin_recording(
+        &mut self,
+        recorder: &Recorder,
+        meta: RecordingMeta,
+    ) -> Result<(), RecordingError> {
+        if self.rec.get().is_some() {
+            // A second shell/exec on one channel: the target refuses it anyway.
+            return Ok(());
+        }
+        let rec = recorder.start(meta).await?;
+        let _ = self.rec.set(rec);
+        Ok(())
+    }
+
+    /// The pty the user requested, if any: (term, cols, rows).
+    pub fn pty(&self) -> Option<(String, u32, u32)> {
+        self.pty.clone()
     }
 
     async fn reply(&mut self, sent: Result<(), russh::Error>) -> bool {
@@ -183,9 +273,18 @@ impl Bridge {
         )
     }
 
-    /// User -> target data; waits for the target's window.
+    /// User -> target data; waits for the target's window (and, when input
+    /// is recorded, for the recorder).
     pub async fn data(&self, data: &[u8]) -> bool {
         self.stats.add_up(data.len());
+        self.up_bytes
+            .fetch_add(data.len() as u64, Ordering::Relaxed);
+        if let Some(r) = self.rec.get() {
+            if let Err(e) = r.input(data).await {
+                recording_failed(&self.user, self.id, &self.stats, &e).await;
+                return false;
+            }
+        }
         self.up
             .data_bytes(Bytes::copy_from_slice(data))
             .await
@@ -193,7 +292,7 @@ impl Bridge {
     }
 
     #[allow(clippy::too_many_arguments)]
-    pub async fn pty(
+    pub async fn request_pty(
         &mut self,
         term: &str,
         cols: u32,
@@ -202,6 +301,7 @@ impl Bridge {
         ph: u32,
         modes: &[(Pty, u32)],
     ) -> bool {
+        self.pty = Some((term.to_string(), cols, rows));
         let sent = self
             .up
             .request_pty(true, term, cols, rows, pw, ph, modes)
@@ -225,6 +325,12 @@ impl Bridge {
         let _ = self.up.set_env(false, name, value).await;
     }
     pub async fn window_change(&self, cols: u32, rows: u32, pw: u32, ph: u32) {
+        if let Some(r) = self.rec.get() {
+            if let Err(e) = r.resize(cols, rows).await {
+                recording_failed(&self.user, self.id, &self.stats, &e).await;
+                return;
+            }
+        }
         let _ = self.up.window_change(cols, rows, pw, ph).await;
     }
     pub async fn signal(&self, sig: Sig) {

@@ -22,6 +22,7 @@ use super::upstream::Upstream;
 use super::{Gateway, SshError};
 use crate::audit;
 use crate::auth::{fingerprint, AuthenticatedUser, CodeOutcome, KeyRefusal, KeyVerified};
+use crate::recording::{RecordingKind, RecordingMeta};
 
 const PROMPT: &str = "Verification code: ";
 
@@ -51,11 +52,47 @@ struct OuterChan {
     relay: Option<MenuRelay>,
 }
 
+/// The WireGuard device a connection came through.
+#[derive(Debug, Clone)]
+pub struct WireGuardOrigin {
+    /// The user the device belongs to (from the config).
+    pub user: String,
+    /// The device's public key, base64 as `wg` prints it.
+    pub public_key: String,
+    /// The device's tunnel address (cryptographically bound to its key).
+    pub tunnel_address: std::net::IpAddr,
+    /// The UDP endpoint the packets came from.
+    pub endpoint: Option<SocketAddr>,
+}
+
+/// Where a connection came from, whichever listener produced it.
+#[derive(Debug, Clone)]
+pub struct Origin {
+    /// Source address (for tunnelled connections, the tunnel address).
+    pub addr: SocketAddr,
+    /// The local address the connection reached.
+    pub local: Option<SocketAddr>,
+    /// Set for connections that came through the WireGuard tunnel.
+    pub wireguard: Option<WireGuardOrigin>,
+}
+
+impl Origin {
+    /// A plain TCP connection.
+    pub fn tcp(addr: SocketAddr, local: Option<SocketAddr>) -> Origin {
+        Origin {
+            addr,
+            local,
+            wireguard: None,
+        }
+    }
+}
+
 /// One user connection.
 pub struct Outer {
     gw: Arc<Gateway>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
+    origin: Origin,
     authenticated: Arc<AtomicBool>,
     failure_counted: bool,
     verified: Option<KeyVerified>,
@@ -68,16 +105,12 @@ fn methods(kinds: &[MethodKind]) -> Option<MethodSet> {
 }
 
 impl Outer {
-    pub fn new(
-        gw: Arc<Gateway>,
-        peer: SocketAddr,
-        local: Option<SocketAddr>,
-        authenticated: Arc<AtomicBool>,
-    ) -> Outer {
+    pub fn new(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Outer {
         Outer {
             gw,
-            peer,
-            local,
+            peer: origin.addr,
+            local: origin.local,
+            origin,
             authenticated,
             failure_counted: false,
             verified: None,
@@ -86,8 +119,35 @@ impl Outer {
         }
     }
 
+    /// What the audit log and MFA leases name as the source: the WireGuard
+    /// device (`wg:KEY@ADDR`) for tunnelled connections, else the address.
     fn source(&self) -> String {
-        self.peer.ip().to_string()
+        match &self.origin.wireguard {
+            Some(wg) => format!("wg:{}@{}", wg.public_key, wg.tunnel_address),
+            None => self.peer.ip().to_string(),
+        }
+    }
+
+    /// Audits one authentication attempt from this connection.
+    fn attempt(&self, user: &str, method: &str, key_fp: &str, result: &str, reason: &str) {
+        audit::auth_attempt(user, method, key_fp, &self.source(), result, reason);
+    }
+
+    /// A wrong key (or unknown user — deliberately the same) counts once per
+    /// connection: clients offer every key they hold.
+    fn fail_once(&mut self, user: &str) {
+        if !self.failure_counted {
+            self.failure_counted = true;
+            self.fail(Some(user));
+        }
+    }
+
+    /// A WireGuard device belongs to one user: nobody else logs in through it.
+    fn device_refuses(&self, user: &str) -> bool {
+        self.origin
+            .wireguard
+            .as_ref()
+            .is_some_and(|wg| wg.user != user)
     }
 
     fn user_name(&self) -> &str {
@@ -212,10 +272,36 @@ impl Outer {
             }
         };
         let mut bridge = Bridge::start(channel, up_chan, session.handle(), stats);
+        let (term, cols, rows) = pty
+            .as_ref()
+            .map(|p| (p.term.clone(), p.cols, p.rows))
+            .unwrap_or_default();
         if let Some(p) = pty {
             bridge
-                .pty(&p.term, p.cols, p.rows, p.pw, p.ph, &p.modes)
+                .request_pty(&p.term, p.cols, p.rows, p.pw, p.ph, &p.modes)
                 .await;
+        }
+        let source = user.source().to_string();
+        let meta = RecordingMeta {
+            session_id: guard.id.clone(),
+            user: user.name().to_string(),
+            login: login.clone(),
+            target: target.clone(),
+            wireguard_peer: source.strip_prefix("wg:").map(str::to_string),
+            source: source.clone(),
+            kind: RecordingKind::Shell { term, cols, rows },
+            record_input: auth.record_input(),
+        };
+        // Fail closed: no recording, no shell.
+        if let Err(e) = bridge.begin_recording(&self.gw.recorder, meta).await {
+            audit::session_refused(
+                user.name(),
+                &login,
+                &target,
+                &source,
+                &format!("recording: {}", e.detail()),
+            );
+            return self.menu_again(channel, &format!("gatehouse: {e}"), session);
         }
         if !bridge.shell().await {
             return self.menu_again(channel, "gatehouse: the target refused a shell", session);
@@ -276,14 +362,24 @@ impl Handler for Outer {
         let fp = fingerprint(offer.public_key);
         if let Some(KeyRefusal::Locked { subject, .. }) = self.gw.auth.locked(user, self.peer.ip())
         {
-            audit::auth_attempt(
+            self.attempt(
                 user,
                 "publickey",
                 &fp,
-                &self.source(),
                 "failure",
                 &format!("{subject} is locked out"),
             );
+            return Ok(Auth::reject());
+        }
+        if self.device_refuses(user) {
+            self.attempt(
+                user,
+                "publickey",
+                &fp,
+                "failure",
+                "WireGuard device belongs to another user",
+            );
+            self.fail_once(user);
             return Ok(Auth::reject());
         }
         if self.gw.auth.key_is_authorized(user, offer.public_key) {
@@ -291,18 +387,14 @@ impl Handler for Outer {
         }
         // A wrong key (or unknown user — deliberately the same) counts once
         // per connection: clients offer every key they hold.
-        audit::auth_attempt(
+        self.attempt(
             user,
             "publickey",
             &fp,
-            &self.source(),
             "failure",
             "key not authorized for user",
         );
-        if !self.failure_counted {
-            self.failure_counted = true;
-            self.fail(Some(user));
-        }
+        self.fail_once(user);
         Ok(Auth::reject())
     }
 
@@ -312,29 +404,38 @@ impl Handler for Outer {
         key: russh::server::VerifiedPublicKey<'_>,
     ) -> Result<Auth, Self::Error> {
         let fp = fingerprint(key.public_key);
+        if self.device_refuses(user) {
+            self.attempt(
+                user,
+                "publickey",
+                &fp,
+                "failure",
+                "WireGuard device belongs to another user",
+            );
+            return Ok(Auth::reject());
+        }
+        let source = self.source();
         let kv = match self
             .gw
             .auth
-            .verify_key(user, key.public_key, self.peer.ip())
+            .verify_key(user, key.public_key, self.peer.ip(), &source)
         {
             Ok(kv) => kv,
             Err(KeyRefusal::Locked { subject, .. }) => {
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "publickey",
                     &fp,
-                    &self.source(),
                     "failure",
                     &format!("{subject} is locked out"),
                 );
                 return Ok(Auth::reject());
             }
             Err(KeyRefusal::NotAuthorized) => {
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "publickey",
                     &fp,
-                    &self.source(),
                     "failure",
                     "key not authorized for user",
                 );
@@ -342,22 +443,20 @@ impl Handler for Outer {
             }
         };
         if let Some(u) = self.gw.auth.lease(&kv) {
-            audit::auth_attempt(
+            self.attempt(
                 user,
                 "publickey",
                 &fp,
-                &self.source(),
                 "success",
                 "key verified; MFA lease admits",
             );
             self.admitted(u);
             return Ok(Auth::Accept);
         }
-        audit::auth_attempt(
+        self.attempt(
             user,
             "publickey",
             &fp,
-            &self.source(),
             "partial",
             "key verified; code required",
         );
@@ -409,11 +508,10 @@ impl Handler for Outer {
             });
         };
         if !enrolled {
-            audit::auth_attempt(
+            self.attempt(
                 user,
                 "keyboard-interactive",
                 kv.fingerprint(),
-                &self.source(),
                 "failure",
                 "user not enrolled",
             );
@@ -425,11 +523,10 @@ impl Handler for Outer {
             Ok(o) => o,
             Err(e) => {
                 tracing::error!(error = %e, "state error while checking a code");
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "keyboard-interactive",
                     kv.fingerprint(),
-                    &self.source(),
                     "failure",
                     "internal state error",
                 );
@@ -438,11 +535,10 @@ impl Handler for Outer {
         };
         match outcome {
             CodeOutcome::Accepted(u) => {
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "keyboard-interactive",
                     kv.fingerprint(),
-                    &self.source(),
                     "success",
                     "code accepted",
                 );
@@ -450,22 +546,20 @@ impl Handler for Outer {
                 Ok(Auth::Accept)
             }
             CodeOutcome::Locked { .. } => {
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "keyboard-interactive",
                     kv.fingerprint(),
-                    &self.source(),
                     "failure",
                     "locked out",
                 );
                 Ok(Auth::reject())
             }
             CodeOutcome::NotEnrolled => {
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "keyboard-interactive",
                     kv.fingerprint(),
-                    &self.source(),
                     "failure",
                     "user not enrolled",
                 );

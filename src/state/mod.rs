@@ -174,6 +174,95 @@ impl StateDir {
             .collect();
         self.root.join("totp").join(format!("{safe}.{ext}"))
     }
+
+    /// `wireguard/` in the state directory (created 0700): the gateway's
+    /// WireGuard key, devices' preshared keys, and addresses handed out by
+    /// `gatehouse peer add`.
+    pub fn wireguard_dir(&self) -> Result<PathBuf, StateError> {
+        let p = self.root.join("wireguard");
+        if !p.exists() {
+            fs::create_dir(&p).map_err(|e| StateError::io(&p, e))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
+                .map_err(|e| StateError::io(&p, e))?;
+        }
+        check_mode(&p, 0o700)?;
+        Ok(p)
+    }
+
+    /// The gateway's WireGuard private key (32 bytes), created on first use
+    /// and sealed under the master key, so that it survives restarts (clients
+    /// keep working) and is unreadable without the master key.
+    pub fn wireguard_private_key(&self) -> Result<[u8; 32], StateError> {
+        let path = self.wireguard_dir()?.join("gateway.key");
+        let aad = b"gatehouse-wireguard:gateway";
+        if !path.exists() {
+            let mut key = [0u8; 32];
+            ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut key).map_err(
+                |_| StateError::Corrupt {
+                    path: path.clone(),
+                    message: "no system randomness".into(),
+                },
+            )?;
+            let sealed = self.master.seal(&key, aad)?;
+            write_secret_file(&path, sealed.as_bytes())?;
+        }
+        let text = fs::read_to_string(&path).map_err(|e| StateError::io(&path, e))?;
+        let plain = self
+            .master
+            .open(text.trim(), aad)
+            .map_err(|_| StateError::Unseal { path: path.clone() })?;
+        plain.try_into().map_err(|_| StateError::Corrupt {
+            path,
+            message: "a WireGuard key must be 32 bytes".into(),
+        })
+    }
+
+    /// Stores (replacing) the preshared key of the WireGuard device with
+    /// `public_key`, sealed under the master key and bound to that key.
+    pub fn store_wireguard_psk(
+        &self,
+        public_key: &[u8; 32],
+        psk: &[u8; 32],
+    ) -> Result<(), StateError> {
+        let path = self.wireguard_psk_path(public_key)?;
+        let sealed = self
+            .master
+            .seal(psk, &Self::wireguard_psk_aad(public_key))?;
+        write_secret_file(&path, sealed.as_bytes())
+    }
+
+    /// The preshared key of the device with `public_key`, if one was stored
+    /// (`gatehouse peer add`); devices added by hand have none.
+    pub fn wireguard_psk(&self, public_key: &[u8; 32]) -> Result<Option<[u8; 32]>, StateError> {
+        let path = self.wireguard_psk_path(public_key)?;
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(StateError::io(&path, e)),
+        };
+        let plain = self
+            .master
+            .open(text.trim(), &Self::wireguard_psk_aad(public_key))
+            .map_err(|_| StateError::Unseal { path: path.clone() })?;
+        plain.try_into().map(Some).map_err(|_| StateError::Corrupt {
+            path,
+            message: "a preshared key must be 32 bytes".into(),
+        })
+    }
+
+    /// Binds a sealed preshared key to its device: a file copied to another
+    /// device's name does not open.
+    fn wireguard_psk_aad(public_key: &[u8; 32]) -> Vec<u8> {
+        let mut aad = b"gatehouse-wireguard-psk:".to_vec();
+        aad.extend_from_slice(public_key);
+        aad
+    }
+
+    fn wireguard_psk_path(&self, public_key: &[u8; 32]) -> Result<PathBuf, StateError> {
+        Ok(self
+            .wireguard_dir()?
+            .join(format!("{}.psk", hex::encode(public_key))))
+    }
 }
 
 fn aad_for(user: &str) -> String {

@@ -77,6 +77,11 @@ struct TargetSpec {
 pub struct GatehouseBuilder {
     gateway: Vec<String>,
     auth: Vec<String>,
+    /// `[recordings] recipients`; when empty, `build()` generates an
+    /// auditor ssh-ed25519 key in the setup dir (see `auditor_key`).
+    recipients: Vec<String>,
+    /// Extra raw `[recordings]` lines.
+    recordings: Vec<String>,
     users: Vec<UserSpec>,
     roles: Vec<RoleSpec>,
     targets: Vec<TargetSpec>,
@@ -197,6 +202,18 @@ impl GatehouseBuilder {
     }
 
     /// The config text for a given state dir and SSH listener port.
+    /// An auditor key the recordings are sealed to (replaces the generated one).
+    pub fn recipient(mut self, public_line: &str) -> Self {
+        self.recipients.push(public_line.to_string());
+        self
+    }
+
+    /// A raw `[recordings]` line, e.g. `retention = "1s"`.
+    pub fn recordings_line(mut self, line: &str) -> Self {
+        self.recordings.push(line.to_string());
+        self
+    }
+
     pub fn render(&self, state_dir: &Path, ssh_port: u16) -> String {
         let mut out = String::new();
         let mut line = |s: &str| {
@@ -213,6 +230,10 @@ impl GatehouseBuilder {
         line("");
         line("[auth]");
         self.auth.iter().for_each(|l| line(l));
+        line("");
+        line("[recordings]");
+        line(&format!("recipients = {}", toml_array(&self.recipients)));
+        self.recordings.iter().for_each(|l| line(l));
         for u in &self.users {
             line("");
             line("[[users]]");
@@ -256,14 +277,19 @@ impl GatehouseBuilder {
             .mode(0o700)
             .create(dir.path().join("state"))
             .expect("create state dir");
+        let mut builder = self.clone();
+        if builder.recipients.is_empty() {
+            let auditor = super::gen_ed25519(dir.path(), "auditor");
+            builder.recipients.push(auditor.public_line);
+        }
         let setup = GatehouseSetup {
             inner: Arc::new(SetupInner {
                 port: free_port(),
                 dir,
-                builder: Mutex::new(self.clone()),
+                builder: Mutex::new(builder.clone()),
             }),
         };
-        setup.rewrite(self);
+        setup.rewrite(&builder);
         setup
     }
 }
@@ -289,6 +315,12 @@ impl GatehouseSetup {
 
     pub fn config_path(&self) -> PathBuf {
         self.dir().join("config.toml")
+    }
+
+    /// The generated auditor's private key (ssh-ed25519), an identity for
+    /// `age -d -i` and `gatehouse recordings ... -i`.
+    pub fn auditor_key(&self) -> PathBuf {
+        self.dir().join("auditor")
     }
 
     pub fn state_dir(&self) -> PathBuf {

@@ -14,6 +14,7 @@
 pub mod client;
 pub mod gatehouse;
 pub mod keys;
+pub mod netns;
 pub mod sshd;
 pub mod util;
 pub mod world;

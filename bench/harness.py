@@ -1,0 +1,587 @@
+"""The benchmark world: processes, services and client configs on loopback.
+
+Everything started here is registered with `Procs`, which kills it (with
+every descendant: sshd's per-connection processes call setsid, so a process
+group is not enough) on exit, on an exception and on SIGINT/SIGTERM/SIGHUP.
+Only loopback addresses are used. Standard library only.
+"""
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE_KIB = os.sysconf("SC_PAGE_SIZE") // 1024
+
+
+class BenchError(Exception):
+    """A setup step failed; the message says which and shows its output."""
+
+
+# --------------------------------------------------------------- /proc ---
+
+
+def _stat_fields(pid):
+    """Fields of /proc/PID/stat after the `(comm)`, or None if it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            text = f.read()
+    except OSError:
+        return None
+    close = text.rfind(")")
+    comm = text[text.find("(") + 1 : close]
+    return comm, text[close + 2 :].split()
+
+
+def cpu_seconds(pid):
+    """utime + stime of a live process (all its threads), in seconds."""
+    st = _stat_fields(pid)
+    if st is None:
+        return None
+    rest = st[1]
+    # rest[0] is field 3 (state); utime/stime are fields 14/15.
+    return (int(rest[11]) + int(rest[12])) / CLK_TCK
+
+
+def rss_kib(pid):
+    """VmRSS of a live process in KiB (None if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+def children(pid):
+    """Direct children, from /proc/PID/task/*/children."""
+    out = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for t in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{t}/children") as f:
+                out.extend(int(x) for x in f.read().split())
+        except OSError:
+            pass
+    return out
+
+
+def descendants(pid):
+    found, frontier = [], [pid]
+    while frontier:
+        for c in children(frontier.pop()):
+            if c not in found:
+                found.append(c)
+                frontier.append(c)
+    return found
+
+
+def comm(pid):
+    st = _stat_fields(pid)
+    return st[0] if st else None
+
+
+class TreeCpu:
+    """CPU seconds spent by a process tree while a measurement runs.
+
+    Per-connection processes exit at the end of a transfer, taking their
+    counters with them, so the tree is polled (every 20 ms by the caller)
+    and the last value seen per pid is kept: the loss is at most one
+    interval per process. For a daemon (`include_root=False`) only the
+    processes that appear after construction count, so earlier sessions and
+    the listener itself are excluded; `only_comm` keeps just the processes
+    of that name (e.g. `sshd`, leaving out the `cat` a session runs)."""
+
+    def __init__(self, root_pid, include_root=False, only_comm=None):
+        self.root = root_pid
+        self.include_root = include_root
+        self.only_comm = only_comm
+        self.before = set() if include_root else set(descendants(root_pid))
+        self.seen = {}
+
+    def poll(self):
+        pids = descendants(self.root)
+        if self.include_root:
+            pids.append(self.root)
+        for pid in pids:
+            if pid in self.before:
+                continue
+            if self.only_comm is not None and comm(pid) != self.only_comm:
+                continue
+            cpu = cpu_seconds(pid)
+            if cpu is not None:
+                self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+
+    def total(self):
+        return sum(self.seen.values())
+
+
+def wait_for_port(port, timeout, proc=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            return False
+        with socket.socket() as s:
+            s.settimeout(0.2)
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.05)
+    return False
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_checked(args, timeout=60, **kw):
+    """Runs a setup command; BenchError with its output when it fails."""
+    try:
+        out = subprocess.run(
+            args,
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            start_new_session=True,
+            **kw,
+        )
+    except subprocess.TimeoutExpired:
+        raise BenchError(f"timed out after {timeout}s: {' '.join(map(str, args))}")
+    if out.returncode != 0:
+        raise BenchError(
+            f"`{' '.join(map(str, args))}` exited {out.returncode}:\n{out.stdout}{out.stderr}"
+        )
+    return out.stdout
+
+
+def raise_nofile():
+    """Children inherit this: 1,000 held sessions need ~2,000 descriptors
+    in gatehouse alone."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = hard if hard != resource.RLIM_INFINITY else 65536
+    want = min(want, 65536)
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+    return resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+
+
+# ------------------------------------------------------------ processes ---
+
+
+class Procs:
+    """Every long-running process the benchmark starts, stopped together."""
+
+    def __init__(self):
+        self.procs = []
+        self._installed = False
+
+    def spawn(self, args, log_path, env=None, **kw):
+        log = open(log_path, "ab")
+        p = subprocess.Popen(
+            args,
+            stdin=kw.pop("stdin", subprocess.DEVNULL),
+            stdout=kw.pop("stdout", log),
+            stderr=log,
+            env=env,
+            start_new_session=True,
+            **kw,
+        )
+        log.close()
+        self.procs.append(p)
+        return p
+
+    def track(self, p):
+        self.procs.append(p)
+        return p
+
+    @staticmethod
+    def kill(p):
+        if p.poll() is None:
+            tree = descendants(p.pid)
+            for sig_target in [lambda: os.killpg(p.pid, signal.SIGKILL)] + [
+                (lambda pid=pid: os.kill(pid, signal.SIGKILL)) for pid in tree
+            ]:
+                try:
+                    sig_target()
+                except OSError:
+                    pass
+            try:
+                p.kill()
+            except OSError:
+                pass
+        try:
+            p.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+
+    def stop_all(self):
+        while self.procs:
+            self.kill(self.procs.pop())
+
+    def install_signal_handlers(self):
+        """SIGTERM/SIGHUP behave like Ctrl-C (SIGINT): unwind, then `finally`
+        cleans up."""
+        if self._installed:
+            return
+
+        def interrupt(signum, _frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        for s in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(s, interrupt)
+        # Also when started with SIGINT ignored (a background job of a script).
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        self._installed = True
+
+
+# ------------------------------------------------------------- services ---
+
+
+def keygen(path, comment):
+    run_checked(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", str(path)])
+    return Path(f"{path}.pub").read_text().strip()
+
+
+def key_only(line):
+    """`TYPE BASE64` without the comment."""
+    return " ".join(line.split()[:2])
+
+
+class Sshd:
+    """A real OpenSSH sshd on a loopback port with its own host key.
+
+    `ciphers` restricts what it accepts, so every connection to it uses
+    that cipher whatever the client prefers. LogLevel DEBUG1 so the
+    negotiated algorithms can be read from its log."""
+
+    def __init__(self, procs, root, name, authorized, ciphers, extra=()):
+        self.name = name
+        self.dir = Path(root) / name
+        self.dir.mkdir(parents=True)
+        host = self.dir / "host_ed25519"
+        self.host_key = key_only(keygen(host, name))
+        (self.dir / "authorized_keys").write_text("\n".join(authorized) + "\n")
+        self.log_path = self.dir / "sshd.log"
+        self.port = None
+        self.proc = None
+        for _ in range(3):
+            self.port = free_port()
+            lines = list(extra) + [
+                "ListenAddress 127.0.0.1",
+                f"Port {self.port}",
+                f"HostKey {host}",
+                "PidFile none",
+                f"AuthorizedKeysFile {self.dir / 'authorized_keys'}",
+                "StrictModes no",
+                "UsePAM no",
+                "PasswordAuthentication no",
+                "KbdInteractiveAuthentication no",
+                "PubkeyAuthentication yes",
+                "PermitRootLogin prohibit-password",
+                "Subsystem sftp /usr/lib/openssh/sftp-server",
+                "PrintMotd no",
+                "PrintLastLog no",
+                "UseDNS no",
+                f"Ciphers {ciphers}",
+                # Setup rows open logins back to back: no throttling.
+                "MaxStartups 1000:30:2000",
+                "LogLevel DEBUG1",
+            ]
+            cfg = self.dir / "sshd_config"
+            cfg.write_text("\n".join(lines) + "\n")
+            Path("/run/sshd").mkdir(exist_ok=True)
+            sshd = shutil.which("sshd") or "/usr/sbin/sshd"
+            self.proc = procs.spawn([sshd, "-D", "-e", "-f", str(cfg)], self.log_path)
+            if wait_for_port(self.port, 20, self.proc):
+                return
+            Procs.kill(self.proc)
+        raise BenchError(f"sshd {name} did not start:\n{self.log_text()}")
+
+    def set_authorized(self, lines):
+        """sshd reads authorized_keys on every login."""
+        tmp = self.dir / "authorized_keys.tmp"
+        tmp.write_text("\n".join(lines) + "\n")
+        os.replace(tmp, self.dir / "authorized_keys")
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def log_size(self):
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+
+class Gatehouse:
+    """The release binary with a generated config and state dir."""
+
+    def __init__(self, procs, binary, root, user, user_key_line, login, targets):
+        """`targets`: list of (name, port, pinned host key)."""
+        self.binary = binary
+        self.dir = Path(root) / "gatehouse"
+        state = self.dir / "state"
+        state.mkdir(parents=True)
+        os.chmod(self.dir, 0o700)
+        os.chmod(state, 0o700)
+        self.config = self.dir / "config.toml"
+        self.port = free_port()
+        self.user = user
+        q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+        names = ", ".join(q(t[0]) for t in targets)
+        lines = [
+            "[gateway]",
+            f"state_dir = {q(str(state))}",
+            f'ssh_listen = ["127.0.0.1:{self.port}"]',
+            "max_connections = 4096",
+            "",
+            "[auth]",
+            # One code login, then the lease admits every further login
+            # from this key and 127.0.0.1 for the whole run.
+            'mfa_lease = "4h"',
+            "",
+            "[[users]]",
+            f"name = {q(user)}",
+            'roles = ["bench"]',
+            f"ssh_keys = [{q(user_key_line)}]",
+            "",
+            "[[roles]]",
+            'name = "bench"',
+            f"targets = {{ names = [{names}] }}",
+            f"logins = [{q(login)}]",
+        ]
+        for name, port, host_key in targets:
+            lines += [
+                "",
+                "[[targets]]",
+                f"name = {q(name)}",
+                'kind = "ssh"',
+                f'address = "127.0.0.1:{port}"',
+                f"host_keys = [{q(host_key)}]",
+            ]
+        self.config.write_text("\n".join(lines) + "\n")
+        self.env = {
+            k: v
+            for k, v in os.environ.items()
+            if k not in ("JOURNAL_STREAM", "INVOCATION_ID", "GATEHOUSE_CONFIG")
+        }
+        self.env["RUST_LOG"] = "info,russh=warn"
+        self.log_path = self.dir / "gatehouse.stderr"
+        self.client_pubkey = self._key_line(self.cli("pubkey"))
+        self.host_key = key_only(self._key_line(self.cli("hostkey")))
+        self.proc = None
+
+    @staticmethod
+    def _key_line(text):
+        for line in text.splitlines():
+            line = line.strip()
+            if line.startswith("ssh-") or " ssh-" in line:
+                return line
+        raise BenchError(f"no key line in:\n{text}")
+
+    def cli(self, *args):
+        return run_checked(
+            [str(self.binary), *args, "--config", str(self.config)], env=self.env
+        )
+
+    def enroll(self):
+        """Enrolls the user; returns the base32 secret from `Secret: ...`."""
+        out = self.cli("user", "enroll", self.user)
+        for line in out.splitlines():
+            if line.strip().startswith("Secret:"):
+                return "".join(line.split(":", 1)[1].split())
+        raise BenchError(f"no `Secret:` line in `user enroll`:\n{out}")
+
+    def start(self, procs):
+        self.proc = procs.spawn(
+            [str(self.binary), "run", "--config", str(self.config)],
+            self.log_path,
+            env=self.env,
+        )
+        if not wait_for_port(self.port, 30, self.proc):
+            raise BenchError(
+                f"gatehouse did not listen on 127.0.0.1:{self.port}:\n"
+                + self.log_path.read_text(errors="replace")[-4000:]
+            )
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+
+class EchoTarget:
+    """`bench-load target`: the lightweight SSH server for the concurrency
+    row. Its host key and port exist before gatehouse's config is written;
+    it starts once gatehouse's client key (the one key it accepts) is known."""
+
+    def __init__(self, loadgen, root):
+        self.loadgen = loadgen
+        self.dir = Path(root) / "echo-target"
+        self.dir.mkdir(parents=True)
+        self.key = self.dir / "host_ed25519"
+        self.host_key = key_only(keygen(self.key, "echo-target"))
+        self.port = free_port()
+        self.proc = None
+
+    def start(self, procs, authorized_line, lifetime):
+        log = self.dir / "target.log"
+        self.proc = procs.spawn(
+            [
+                str(self.loadgen),
+                "target",
+                "--listen",
+                f"127.0.0.1:{self.port}",
+                "--host-key",
+                str(self.key),
+                "--authorized-key",
+                authorized_line,
+                "--max-lifetime-secs",
+                str(int(lifetime)),
+            ],
+            log,
+        )
+        if not wait_for_port(self.port, 20, self.proc):
+            raise BenchError("bench-load target did not start: " + log.read_text())
+
+
+class Client:
+    """The stock OpenSSH client: key, known_hosts, one ssh_config per cipher.
+
+    `ssh -J` starts a second ssh for the jump host which reads the same `-F`
+    file, so `Ciphers` there applies to the outer leg as well. The TOTP code
+    comes from an SSH_ASKPASS script reading `codes`."""
+
+    def __init__(self, root, key_path, gw, jump, targets, variants):
+        """`targets`: {alias: (port, host key)} reachable directly (and through
+        the OpenSSH jump host); gatehouse target names are trusted with the
+        gateway's host key. `variants`: [(cipher, kex or None)], one
+        ssh_config each."""
+        self.dir = Path(root) / "client"
+        self.dir.mkdir(parents=True)
+        self.key_path = key_path
+        known = [
+            f"[127.0.0.1]:{gw.port} {gw.host_key}",
+            f"[127.0.0.1]:{jump.port} {jump.host_key}",
+        ]
+        for port, host_key in targets.values():
+            known.append(f"[127.0.0.1]:{port} {host_key}")
+        self.gw_names = []
+        for alias in targets:
+            self.gw_names.append(alias)
+            known.append(f"{alias} {gw.host_key}")
+        (self.dir / "known_hosts").write_text("\n".join(known) + "\n")
+        self.codes = self.dir / "codes"
+        self.codes.write_text("\n")
+        askpass = self.dir / "askpass.sh"
+        askpass.write_text(
+            "#!/bin/sh\n"
+            "# SSH_ASKPASS for the benchmark: log the prompt, print the code.\n"
+            f"echo \"$*\" >> '{self.dir}/askpass.log'\n"
+            f"head -n 1 '{self.codes}'\n"
+        )
+        os.chmod(askpass, 0o700)
+        self.env = {
+            k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK",)
+        }
+        self.env.update(
+            SSH_ASKPASS=str(askpass), SSH_ASKPASS_REQUIRE="force", DISPLAY=":0"
+        )
+        self.configs = {}
+        for cipher, kex in variants:
+            self.configs[self.variant(cipher, kex)] = self._write_config(cipher, kex, gw, jump, targets)
+
+    @staticmethod
+    def variant(cipher, kex=None):
+        """The name of one generated ssh_config: the cipher, plus the key
+        exchange when that is pinned too."""
+        return f"{cipher}|{kex}" if kex else cipher
+
+    def _write_config(self, cipher, kex, gw, jump, targets):
+        short = cipher.split("-")[0].split("@")[0]
+        if kex:
+            short += "." + kex.split("@")[0]
+        path = self.dir / f"ssh_config.{short}"
+        lines = [
+            # ssh takes the first value it reads for an option.
+            "Host *",
+            f"  Ciphers {cipher}",
+        ]
+        if kex:
+            lines.append(f"  KexAlgorithms {kex}")
+        lines += [
+            "",
+            "Host gw",
+            "  HostName 127.0.0.1",
+            f"  Port {gw.port}",
+            f"  User {gw.user}",
+            "",
+            "Host jump",
+            "  HostName 127.0.0.1",
+            f"  Port {jump.port}",
+            "",
+        ]
+        for alias, (port, _) in targets.items():
+            lines += [f"Host direct-{alias}", "  HostName 127.0.0.1", f"  Port {port}", ""]
+        lines += [
+            "Host *",
+            f"  IdentityFile \"{self.key_path}\"",
+            "  IdentitiesOnly yes",
+            "  IdentityAgent none",
+            f"  UserKnownHostsFile \"{self.dir / 'known_hosts'}\"",
+            "  GlobalKnownHostsFile /dev/null",
+            "  StrictHostKeyChecking yes",
+            "  UpdateHostKeys no",
+            "  CheckHostIP no",
+            "  PasswordAuthentication no",
+            "  KbdInteractiveAuthentication yes",
+            "  PreferredAuthentications publickey,keyboard-interactive",
+            "  NumberOfPasswordPrompts 1",
+            "  BatchMode no",
+            "  Compression no",
+            "  ConnectTimeout 10",
+            "  LogLevel ERROR",
+            "  ServerAliveInterval 0",
+            "  ControlMaster no",
+            "  ControlPath none",
+        ]
+        path.write_text("\n".join(lines) + "\n")
+        return path
+
+    def set_code(self, code):
+        self.codes.write_text(code + "\n")
+
+    def dest(self, path, target, login):
+        """ssh arguments naming `target` by `path`: direct, jump (OpenSSH
+        jump host) or gatehouse."""
+        if path == "direct":
+            return [f"{login}@direct-{target}"]
+        if path == "jump":
+            return ["-J", "jump", f"{login}@direct-{target}"]
+        if path == "gatehouse":
+            return ["-J", "gw", f"{login}@{target}"]
+        raise ValueError(path)
+
+    def ssh(self, variant, *args):
+        """`ssh -F CONFIG ARGS...`; `variant` is a cipher or `Client.variant(...)`."""
+        return ["ssh", "-F", str(self.configs[variant]), *args]
+
+    def sftp(self, cipher, *args):
+        # sftp's -b turns BatchMode on, which would disable the code prompt;
+        # the earlier -o wins.
+        return ["sftp", "-F", str(self.configs[cipher]), "-o", "BatchMode=no", *args]

@@ -1,0 +1,535 @@
+"""The measurements. Each row function takes the running `World` and the
+mode's `Params` and returns a JSON-able dict; `report.py` turns those into
+text and markdown. A new row (WireGuard, pgbench, ...) is one more function
+here, one entry in `ROWS`, and one formatter in `report.py`.
+
+Every loop is bounded in count and every child process in time. Paths are
+measured interleaved (direct, jump, gatehouse, direct, ...) so drift on the
+shared machine hits all of them alike.
+"""
+
+import os
+import select
+import subprocess
+import tempfile
+import time
+
+from harness import BenchError, Procs, TreeCpu, cpu_seconds, rss_kib
+
+PATHS = ("direct", "jump", "gatehouse")
+GIB = 1024**3
+MIB = 1024**2
+
+
+def percentile(samples, p):
+    """Nearest-rank percentile (p in 0..100)."""
+    if not samples:
+        return None
+    s = sorted(samples)
+    rank = max(1, min(len(s), -(-p * len(s) // 100)))
+    return s[int(rank) - 1]
+
+
+def median(samples):
+    if not samples:
+        return None
+    s = sorted(samples)
+    n = len(s)
+    return s[n // 2] if n % 2 else (s[n // 2 - 1] + s[n // 2]) / 2
+
+
+def summary(samples):
+    return {
+        "n": len(samples),
+        "median": median(samples),
+        "min": min(samples) if samples else None,
+        "max": max(samples) if samples else None,
+        "p95": percentile(samples, 95),
+        "p99": percentile(samples, 99),
+        "samples": samples,
+    }
+
+
+def _run_client(w, args, timeout, stdin=subprocess.DEVNULL, poll=()):
+    """Runs a client to completion, polling `poll` (TreeCpu) meanwhile.
+    Returns wall seconds; BenchError with stderr on failure or timeout."""
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        p = subprocess.Popen(
+            args,
+            stdin=stdin,
+            stdout=subprocess.DEVNULL,
+            stderr=err,
+            env=w.client.env,
+            start_new_session=True,
+        )
+        w.procs.track(p)
+        deadline = t0 + timeout
+        if poll:
+            # The client too: ssh and its `-J` proxy ssh, scp/sftp and theirs.
+            client = TreeCpu(p.pid, include_root=True)
+            poll = list(poll) + [client]
+            while p.poll() is None:
+                for tree in poll:
+                    tree.poll()
+                if time.perf_counter() > deadline:
+                    Procs.kill(p)
+                    raise BenchError(f"timed out after {timeout}s: {' '.join(args)}")
+                time.sleep(0.02)
+        else:
+            # A blocking wait sees the exit at once and costs no CPU.
+            try:
+                p.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                Procs.kill(p)
+                raise BenchError(f"timed out after {timeout}s: {' '.join(args)}")
+        wall = time.perf_counter() - t0
+        w.procs.procs.remove(p)
+        if p.returncode != 0:
+            err.seek(0)
+            raise BenchError(
+                f"`{' '.join(args)}` exited {p.returncode}: {err.read().decode(errors='replace')[-2000:]}"
+            )
+        if poll:
+            return wall, client.total()
+        return wall
+
+
+# ------------------------------------------------------------ throughput ---
+
+
+def _transfer(w, cipher, method, path, remote_file, timeout):
+    target = w.target_name[cipher]
+    dest = w.client.dest(path, target, w.login)
+    if method == "cat":
+        args = w.client.ssh(cipher, *dest, f"cat {remote_file}")
+    else:
+        batch = w.root / "sftp.batch"
+        batch.write_text(f"get {remote_file} /dev/null\n")
+        args = w.client.sftp(cipher, "-q", "-b", str(batch), *dest)
+    target_tree = TreeCpu(w.targets[cipher].proc.pid, only_comm="sshd")
+    trees = [target_tree]
+    jump_tree = None
+    if path == "jump":
+        jump_tree = TreeCpu(w.jump.proc.pid, only_comm="sshd")
+        trees.append(jump_tree)
+    gw0 = cpu_seconds(w.gw.pid)
+    wall, client_cpu = _run_client(w, args, timeout, poll=trees)
+    gw1 = cpu_seconds(w.gw.pid)
+    out = {"wall": wall, "target_cpu": target_tree.total(), "client_cpu": client_cpu}
+    if path == "gatehouse":
+        out["proxy_cpu"] = gw1 - gw0
+    elif jump_tree is not None:
+        out["proxy_cpu"] = jump_tree.total()
+    return out
+
+
+def throughput(w, p):
+    """Target -> client: `cat FILE` to /dev/null and `sftp get FILE
+    /dev/null`, per cipher, through each path. MiB/s counts the whole
+    command (login included), as a user timing a copy would."""
+    size = w.big_size
+    results = []
+    for cipher in w.ciphers:
+        for method in ("cat", "sftp"):
+            wall = {path: [] for path in PATHS}
+            proxy_cpu = {path: [] for path in PATHS}
+            target_cpu = {path: [] for path in PATHS}
+            client_cpu = {path: [] for path in PATHS}
+            # Warm-up: page cache, sshd/gatehouse code paths, CPU frequency.
+            for path in PATHS:
+                _transfer(w, cipher, method, path, w.warm_file, p.timeout)
+            for _rep in range(p.reps):
+                for path in PATHS:
+                    r = _transfer(w, cipher, method, path, w.big_file, p.timeout)
+                    wall[path].append(r["wall"])
+                    target_cpu[path].append(r["target_cpu"] * GIB / size)
+                    client_cpu[path].append(r["client_cpu"] * GIB / size)
+                    if "proxy_cpu" in r:
+                        proxy_cpu[path].append(r["proxy_cpu"] * GIB / size)
+            mibs = {
+                path: summary([size / MIB / t for t in wall[path]]) for path in PATHS
+            }
+            ratio = [
+                g / t for g, t in zip(proxy_cpu["gatehouse"], target_cpu["gatehouse"]) if t > 0
+            ]
+            results.append(
+                {
+                    "method": method,
+                    "cipher": cipher,
+                    "bytes": size,
+                    "mib_s": mibs,
+                    "cpu_s_per_gib": {
+                        "gatehouse": summary(proxy_cpu["gatehouse"]),
+                        "jump_sshd": summary(proxy_cpu["jump"]),
+                        "target_sshd_via_gatehouse": summary(target_cpu["gatehouse"]),
+                        "target_sshd_direct": summary(target_cpu["direct"]),
+                        "client": {path: summary(client_cpu[path]) for path in PATHS},
+                        "total": {
+                            path: summary(
+                                [
+                                    sum(x)
+                                    for x in zip(
+                                        *(
+                                            [client_cpu[path], target_cpu[path]]
+                                            + ([proxy_cpu[path]] if path != "direct" else [])
+                                        )
+                                    )
+                                ]
+                            )
+                            for path in PATHS
+                        },
+                    },
+                    "cpu_ratio": summary(ratio),
+                }
+            )
+            _progress(w, f"throughput {method} {cipher}", mibs)
+    return {"size": size, "reps": p.reps, "rows": results}
+
+
+# ----------------------------------------------------------------- setup ---
+
+
+def setup(w, p):
+    """Wall time of `ssh ... true` (key; the MFA lease stands in for the
+    code) per path, interleaved; once with the client's default key
+    exchange and once with curve25519-sha256 pinned on every leg (OpenSSH
+    9.x prefers a post-quantum hybrid that gatehouse does not offer to it,
+    which makes the OpenSSH legs slower by itself)."""
+    cipher = w.ciphers[0]
+    target = w.target_name[cipher]
+    out = {"cipher": cipher, "variants": []}
+    for kex in (None, "curve25519-sha256"):
+        variant = w.client.variant(cipher, kex)
+        times = {path: [] for path in PATHS}
+        for i in range(p.setup_warmup + p.setup_n):
+            for path in PATHS:
+                args = w.client.ssh(variant, *w.client.dest(path, target, w.login), "true")
+                t = _run_client(w, args, 30)
+                if i >= p.setup_warmup:
+                    times[path].append(t * 1000)
+        ms = {path: summary(times[path]) for path in PATHS}
+        out["variants"].append({"kex": kex or "client default", "ms": ms})
+        _progress(w, f"setup ms ({kex or 'default kex'})", {k: v["median"] for k, v in ms.items()})
+    return out
+
+
+# --------------------------------------------------------------- latency ---
+
+
+def _read_exact(fd, n, timeout):
+    got = b""
+    deadline = time.perf_counter() + timeout
+    while len(got) < n:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise BenchError(f"no echo within {timeout}s (got {got!r})")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, n - len(got))
+            if not chunk:
+                raise BenchError(f"session ended (got {got!r})")
+            got += chunk
+    return got
+
+
+def _wait_for(fd, marker, timeout):
+    buf = b""
+    deadline = time.perf_counter() + timeout
+    while marker not in buf:
+        left = deadline - time.perf_counter()
+        if left <= 0:
+            raise BenchError(f"no {marker!r} within {timeout}s (got {buf[-200:]!r})")
+        r, _, _ = select.select([fd], [], [], left)
+        if r:
+            chunk = os.read(fd, 4096)
+            if not chunk:
+                raise BenchError(f"session ended before {marker!r}: {buf[-200:]!r}")
+            buf += chunk
+
+
+def _keystrokes(w, cipher, path, n, warmup, gap):
+    """Round trips of one byte through `ssh -tt` to a pty in raw mode whose
+    `cat` echoes it (what a shell does with a typed character)."""
+    target = w.target_name[cipher]
+    remote = "stty raw -echo; printf '%s' RE''ADY; exec cat"
+    args = w.client.ssh(cipher, "-tt", "-e", "none", *w.client.dest(path, target, w.login), remote)
+    p = subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=w.client.env,
+        bufsize=0,
+        start_new_session=True,
+    )
+    w.procs.track(p)
+    try:
+        fin, fout = p.stdin.fileno(), p.stdout.fileno()
+        _wait_for(fout, b"READY", 30)
+        rtts = []
+        for i in range(warmup + n):
+            t0 = time.perf_counter_ns()
+            os.write(fin, b"k")
+            _read_exact(fout, 1, 5)
+            dt = (time.perf_counter_ns() - t0) / 1000
+            if i >= warmup:
+                rtts.append(dt)
+            time.sleep(gap)
+        return rtts
+    finally:
+        Procs.kill(p)
+        w.procs.procs.remove(p)
+
+
+def latency(w, p):
+    cipher = w.ciphers[0]
+    out = {}
+    for path in PATHS:
+        out[path] = summary(_keystrokes(w, cipher, path, p.keys_n, p.keys_warmup, p.keys_gap))
+    _progress(w, "keystroke us", out)
+    return {"cipher": cipher, "gap_ms": p.keys_gap * 1000, "us": out}
+
+
+# ----------------------------------------------------------- concurrency ---
+
+
+def concurrency(w, p):
+    """Interactive sessions (pty + shell) held open through gatehouse by
+    `bench-load sessions`, in cumulative steps; gatehouse's RSS after each."""
+    import json
+
+    args = [
+        str(w.loadgen),
+        "sessions",
+        "--gateway",
+        f"127.0.0.1:{w.gw.port}",
+        "--gateway-host-key",
+        w.gw.host_key,
+        "--user",
+        w.gw.user,
+        "--key",
+        str(w.key_path),
+        "--target",
+        "echo",
+        "--login",
+        w.login,
+        "--levels",
+        ",".join(str(n) for n in p.levels),
+        "--parallel",
+        str(p.parallel),
+        "--watch-pid",
+        str(w.gw.pid),
+        "--settle-secs",
+        "2",
+        "--timeout-secs",
+        "60",
+        "--deadline-secs",
+        str(p.conc_deadline),
+    ]
+    log = w.root / "loadgen.stderr"
+    with open(log, "ab") as err:
+        proc = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=err, stdin=subprocess.DEVNULL, start_new_session=True
+        )
+    w.procs.track(proc)
+    try:
+        out, _ = proc.communicate(timeout=p.conc_deadline + 180)
+    except subprocess.TimeoutExpired:
+        Procs.kill(proc)
+        raise BenchError("bench-load sessions did not finish in time")
+    finally:
+        if proc in w.procs.procs:
+            w.procs.procs.remove(proc)
+    events = [json.loads(l) for l in out.decode().splitlines() if l.strip().startswith("{")]
+    if proc.returncode != 0 or not events:
+        raise BenchError(f"bench-load sessions failed: {log.read_text()[-2000:]}")
+    levels = [e for e in events if e["event"] == "level"]
+    base = next((e for e in events if e["event"] == "baseline"), None)
+    done = next((e for e in events if e["event"] == "done"), None)
+    xs = [e["held"] for e in levels]
+    ys = [e["memory"]["rss_kib"] for e in levels]
+    slope = _least_squares_slope(xs, ys)
+    result = {
+        "levels": levels,
+        "baseline": base,
+        "done": done,
+        "rss_slope_kib_per_session": slope,
+        "parallel": p.parallel,
+    }
+    _progress(w, "concurrency", {"slope KiB/session": slope, "levels": [(e["held"], e["ok"], e["attempted"], e["setup_ms"]["p99"], e["memory"]["rss_kib"]) for e in levels]})
+    return result
+
+
+def _least_squares_slope(xs, ys):
+    pts = [(x, y) for x, y in zip(xs, ys) if y is not None]
+    if len(pts) < 2:
+        return None
+    n = len(pts)
+    mx = sum(x for x, _ in pts) / n
+    my = sum(y for _, y in pts) / n
+    sxx = sum((x - mx) ** 2 for x, _ in pts)
+    if sxx == 0:
+        return None
+    return sum((x - mx) * (y - my) for x, y in pts) / sxx
+
+
+# ----------------------------------------------------------- slow reader ---
+
+
+def slow_reader(w, p):
+    """`cat /dev/zero` on the target, read by the client at 1 MiB/s through
+    gatehouse; gatehouse's RSS sampled every 100 ms."""
+    cipher = w.ciphers[0]
+    target = w.target_name[cipher]
+    rate = 1 * MIB
+    args = w.client.ssh(cipher, *w.client.dest("gatehouse", target, w.login), "cat /dev/zero")
+    rss_before = rss_kib(w.gw.pid)
+    p_ = subprocess.Popen(
+        args,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env=w.client.env,
+        bufsize=0,
+        start_new_session=True,
+    )
+    w.procs.track(p_)
+    samples = []
+    received = 0
+    try:
+        fd = p_.stdout.fileno()
+        t0 = time.perf_counter()
+        next_sample = t0
+        while True:
+            now = time.perf_counter()
+            el = now - t0
+            if el >= p.slow_secs:
+                break
+            if now >= next_sample:
+                samples.append((round(el, 2), rss_kib(w.gw.pid)))
+                next_sample += 0.1
+            allowed = int(rate * el) - received
+            if allowed > 0:
+                r, _, _ = select.select([fd], [], [], 0.05)
+                if r:
+                    chunk = os.read(fd, min(allowed, 64 * 1024))
+                    if not chunk:
+                        raise BenchError("slow reader: session ended early")
+                    received += len(chunk)
+            else:
+                time.sleep(0.005)
+        elapsed = time.perf_counter() - t0
+    finally:
+        Procs.kill(p_)
+        w.procs.procs.remove(p_)
+    time.sleep(1)
+    rss_after = rss_kib(w.gw.pid)
+    vals = [v for _, v in samples if v is not None]
+    out = {
+        "seconds": elapsed,
+        "read_mib_s": received / MIB / elapsed,
+        "rss_before_kib": rss_before,
+        "rss_peak_kib": max(vals) if vals else None,
+        "rss_end_kib": vals[-1] if vals else None,
+        "rss_after_close_kib": rss_after,
+        "rss_first_second_kib": max((v for t, v in samples if t <= 1.0 and v), default=None),
+        "samples": samples,
+    }
+    _progress(w, "slow reader", {k: v for k, v in out.items() if k != "samples"})
+    return out
+
+
+# --------------------------------------------------------------- profile ---
+
+# Symbol -> where the time goes. First match wins; order matters.
+CATEGORIES = [
+    ("AES-GCM (ring)", r"aes|gcm|ghash|gfmul|clmul"),
+    ("ChaCha20-Poly1305", r"chacha|poly1305"),
+    ("memcpy/memmove/memset", r"memcpy|memmove|memset"),
+    ("allocator", r"malloc|free|realloc|calloc|_int_|arena|tcache"),
+    ("kernel: TCP/loopback send+receive", r"tcp_|skb|loopback|ip_|__dev_|net_rx|netif|sock_|inet_|copy_user|_copy_to_iter|_copy_from_iter|raw_copy"),
+    ("kernel: scheduling, futex, epoll, syscalls", r"futex|schedule|epoll|ep_|syscall|entry_|switch_|finish_task|pick_|enqueue|dequeue|wake|ttwu|do_sys|__x64|update_|rcu_|irq|timer|hrtimer|native_"),
+    ("tokio runtime", r"tokio"),
+    ("russh (framing, channels, windows)", r"russh"),
+]
+
+
+def profile(w, p):
+    """`perf record -e cpu-clock` of the gatehouse process during one `cat`
+    of the payload through it, per cipher: flat profile by symbol, grouped
+    into CATEGORIES. Not part of the default run (`--rows profile`)."""
+    import re
+    import signal
+
+    out = {}
+    for cipher in w.ciphers:
+        short = cipher.split("-")[0]
+        data = w.root / f"perf-{short}.data"
+        rec = subprocess.Popen(
+            ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(w.gw.pid), "-o", str(data)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        w.procs.track(rec)
+        time.sleep(0.5)
+        try:
+            _transfer(w, cipher, "cat", "gatehouse", w.big_file, p.timeout)
+        finally:
+            rec.send_signal(signal.SIGINT)
+            try:
+                rec.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                Procs.kill(rec)
+            w.procs.procs.remove(rec)
+        rep = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso,symbol", "--percent-limit", "0.3"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+        ).stdout
+        symbols = []
+        for line in rep.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)", line)
+            if m:
+                symbols.append((float(m.group(1)), m.group(2), m.group(3).strip()))
+        cats = {}
+        for pct, dso, sym in symbols:
+            name = "other"
+            for cat, pat in CATEGORIES:
+                if re.search(pat, sym, re.I):
+                    name = cat
+                    break
+            cats[name] = cats.get(name, 0.0) + pct
+        out[cipher] = {
+            "categories": sorted(cats.items(), key=lambda kv: -kv[1]),
+            "top": symbols[:25],
+        }
+        _progress(w, f"profile {cipher}", out[cipher]["categories"])
+    return out
+
+
+def _progress(w, what, data):
+    if w.verbose:
+        import json
+
+        text = json.dumps(data, default=str)
+        if len(text) > 600:
+            text = text[:600] + "..."
+        print(f"  [{time.strftime('%H:%M:%S')}] {what}: {text}", flush=True)
+
+
+# Order matters only for the run's duration; each row is independent.
+ROWS = [
+    ("throughput", throughput),
+    ("setup", setup),
+    ("latency", latency),
+    ("concurrency", concurrency),
+    ("slow_reader", slow_reader),
+]
+
+# Rows run only when named with --rows.
+EXTRA_ROWS = [
+    ("profile", profile),
+]

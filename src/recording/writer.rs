@@ -1,0 +1,764 @@
+//! The per-recording writer task and the [`Recording`] handle the relay
+//! feeds. Data goes through a bounded queue ([`QUEUE_CAP`] chunks of at
+//! most [`CHUNK`] bytes); the task encodes events into a plaintext buffer
+//! and hands it to the blocking pool to be encrypted and written, sealing a
+//! segment every [`SEGMENT_INTERVAL`] of activity or [`SEGMENT_MAX`] bytes.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+use tokio::sync::{mpsc, oneshot};
+
+use super::format::{self, code, EndInfo, Kind, Meta};
+use super::segment::{self, SegmentStore};
+use super::sftp::{Direction, SftpOp, SftpTracker};
+use super::{RecorderInner, RecordingError, RecordingMeta};
+use crate::audit;
+
+/// Largest piece of data in one queued message.
+pub const CHUNK: usize = 32 * 1024;
+/// Messages the queue holds: at most `QUEUE_CAP * CHUNK` bytes wait.
+pub const QUEUE_CAP: usize = 16;
+/// Plaintext buffered before it is handed to the blocking pool.
+const FLUSH_AT: usize = 256 * 1024;
+/// A segment is sealed when its plaintext reaches this.
+pub const SEGMENT_MAX: u64 = 4 * 1024 * 1024;
+/// ... or when it has been open this long.
+pub const SEGMENT_INTERVAL: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stream {
+    Output = 0,
+    Stderr = 1,
+    Input = 2,
+}
+
+enum Cmd {
+    Data {
+        stream: Stream,
+        t: Duration,
+        data: Vec<u8>,
+    },
+    Resize {
+        t: Duration,
+        cols: u32,
+        rows: u32,
+    },
+    Finish {
+        t: Duration,
+        exit_status: Option<u32>,
+        reason: String,
+        bytes_up: u64,
+        bytes_down: u64,
+        reply: oneshot::Sender<Result<(), RecordingError>>,
+    },
+}
+
+/// State shared by the handles and the writer.
+#[derive(Default)]
+struct Shared {
+    error: Mutex<Option<RecordingError>>,
+    finished: AtomicBool,
+    /// Bytes in (or about to enter) the queue, and the most there ever were.
+    queued: AtomicU64,
+    high_water: AtomicU64,
+}
+
+impl Shared {
+    fn error(&self) -> Option<RecordingError> {
+        self.error.lock().ok().and_then(|e| e.clone())
+    }
+    fn set_error(&self, e: RecordingError) {
+        if let Ok(mut slot) = self.error.lock() {
+            slot.get_or_insert(e);
+        }
+    }
+    fn closed_error(&self) -> RecordingError {
+        self.error().unwrap_or(RecordingError::Closed)
+    }
+}
+
+struct Handle {
+    id: String,
+    tx: mpsc::Sender<Cmd>,
+    started: Instant,
+    record_input: bool,
+    sftp: bool,
+    shared: Arc<Shared>,
+}
+
+/// One recording being written. Cheap to clone; every method applies
+/// backpressure: it waits while the writer's bounded queue is full, so a
+/// slow disk slows the session, memory never grows, nothing is dropped.
+/// An `Err` means the recording failed (or already ended): the caller must
+/// end the session, telling the user the error's `Display`.
+///
+/// When every clone is dropped without [`Recording::finish`], the writer
+/// still seals what it has and records the end reason `aborted`.
+#[derive(Clone)]
+pub struct Recording {
+    inner: Arc<Handle>,
+}
+
+impl std::fmt::Debug for Recording {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recording")
+            .field("id", &self.inner.id)
+            .finish()
+    }
+}
+
+impl Recording {
+    /// The recording id (the directory name under `[recordings] dir`).
+    pub fn id(&self) -> &str {
+        &self.inner.id
+    }
+
+    fn now(&self) -> Duration {
+        self.inner.started.elapsed()
+    }
+
+    async fn send(&self, cmd: Cmd, bytes: u64) -> Result<(), RecordingError> {
+        let s = &self.inner.shared;
+        if let Some(e) = s.error() {
+            return Err(e);
+        }
+        let now = s
+            .queued
+            .fetch_add(bytes, Ordering::SeqCst)
+            .saturating_add(bytes);
+        s.high_water.fetch_max(now, Ordering::SeqCst);
+        match self.inner.tx.send(cmd).await {
+            Ok(()) => Ok(()),
+            Err(_) => {
+                s.queued.fetch_sub(bytes, Ordering::SeqCst);
+                Err(s.closed_error())
+            }
+        }
+    }
+
+    async fn data(&self, stream: Stream, data: &[u8]) -> Result<(), RecordingError> {
+        for chunk in data.chunks(CHUNK) {
+            let cmd = Cmd::Data {
+                stream,
+                t: self.now(),
+                data: chunk.to_vec(),
+            };
+            self.send(cmd, chunk.len() as u64).await?;
+        }
+        Ok(())
+    }
+
+    /// Target -> user: stdout / terminal output.
+    pub async fn output(&self, data: &[u8]) -> Result<(), RecordingError> {
+        self.data(Stream::Output, data).await
+    }
+
+    /// Target -> user: extended data (stderr).
+    pub async fn stderr(&self, data: &[u8]) -> Result<(), RecordingError> {
+        self.data(Stream::Stderr, data).await
+    }
+
+    /// User -> target. Stored only when the role has `record_input`; on an
+    /// sftp channel always parsed into operations (contents never stored).
+    /// Still returns Err when the recording has failed, so the caller ends
+    /// the session even when input is not stored.
+    pub async fn input(&self, data: &[u8]) -> Result<(), RecordingError> {
+        if self.inner.record_input || self.inner.sftp {
+            self.data(Stream::Input, data).await
+        } else {
+            match self.inner.shared.error() {
+                Some(e) => Err(e),
+                None => Ok(()),
+            }
+        }
+    }
+
+    /// The user's terminal was resized.
+    pub async fn resize(&self, cols: u32, rows: u32) -> Result<(), RecordingError> {
+        let cmd = Cmd::Resize {
+            t: self.now(),
+            cols,
+            rows,
+        };
+        self.send(cmd, 0).await
+    }
+
+    /// Ends the recording: seals the last segment and writes the final
+    /// metadata (end time, reason, bytes each way, exit status). Calling it
+    /// again is a no-op; data sent after it is refused with `Closed`.
+    pub async fn finish(
+        &self,
+        exit_status: Option<u32>,
+        reason: &str,
+        bytes_up: u64,
+        bytes_down: u64,
+    ) -> Result<(), RecordingError> {
+        let s = &self.inner.shared;
+        if s.finished.load(Ordering::SeqCst) {
+            return Ok(());
+        }
+        let (reply, rx) = oneshot::channel();
+        let cmd = Cmd::Finish {
+            t: self.now(),
+            exit_status,
+            reason: reason.to_string(),
+            bytes_up,
+            bytes_down,
+            reply,
+        };
+        if self.inner.tx.send(cmd).await.is_err() {
+            return if s.finished.load(Ordering::SeqCst) {
+                Ok(())
+            } else {
+                Err(s.closed_error())
+            };
+        }
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(s.closed_error()),
+        }
+    }
+
+    /// Most bytes ever waiting in this recording's queue (tests, metrics).
+    pub fn queue_high_water(&self) -> u64 {
+        self.inner.shared.high_water.load(Ordering::SeqCst)
+    }
+}
+
+/// Starts the writer task for a recording whose segment 0 is sealed.
+pub(super) fn spawn(
+    recorder: Arc<RecorderInner>,
+    store: SegmentStore,
+    disk_meta: Meta,
+    meta: &RecordingMeta,
+) -> Recording {
+    let (tx, rx) = mpsc::channel(QUEUE_CAP);
+    let shared = Arc::new(Shared::default());
+    let (cols, rows) = match &meta.kind {
+        // A shell without a pty-request has no size: asciicast needs one.
+        super::RecordingKind::Shell { cols, rows, .. } if *cols > 0 && *rows > 0 => (*cols, *rows),
+        _ => (80, 24),
+    };
+    let started = Instant::now();
+    let sftp = disk_meta.kind == Kind::Sftp;
+    let w = Writer {
+        store: Some(store),
+        pending: Vec::with_capacity(FLUSH_AT + CHUNK * 2),
+        seg_started: None,
+        carry: Default::default(),
+        sftp: sftp.then(SftpTracker::new),
+        cols,
+        rows,
+        last_t: Duration::ZERO,
+        started,
+        throttle: recorder.throttle(),
+        interval: recorder.segment_interval(),
+        recorder,
+        shared: shared.clone(),
+        meta: disk_meta,
+        done: false,
+    };
+    let handle = Handle {
+        id: w.meta.id.clone(),
+        tx,
+        started,
+        record_input: meta.record_input,
+        sftp,
+        shared,
+    };
+    tokio::spawn(w.run(rx));
+    Recording {
+        inner: Arc::new(handle),
+    }
+}
+
+struct Writer {
+    /// None only while a blocking write holds it.
+    store: Option<SegmentStore>,
+    pending: Vec<u8>,
+    /// When the current segment got its first event since the last seal.
+    seg_started: Option<Instant>,
+    /// Incomplete UTF-8 sequences at the end of the last chunk, per stream.
+    carry: [Vec<u8>; 3],
+    sftp: Option<SftpTracker>,
+    cols: u32,
+    rows: u32,
+    last_t: Duration,
+    started: Instant,
+    throttle: Option<u64>,
+    interval: Duration,
+    recorder: Arc<RecorderInner>,
+    shared: Arc<Shared>,
+    meta: Meta,
+    done: bool,
+}
+
+/// Pushes `[t, "code", data]\n`.
+fn push_event(buf: &mut Vec<u8>, t: Duration, code: &str, data: &impl serde::Serialize) {
+    buf.push(b'[');
+    buf.extend_from_slice(format::fmt_time(t).as_bytes());
+    buf.extend_from_slice(b",\"");
+    buf.extend_from_slice(code.as_bytes());
+    buf.extend_from_slice(b"\",");
+    if serde_json::to_writer(&mut *buf, data).is_err() {
+        buf.extend_from_slice(b"null");
+    }
+    buf.extend_from_slice(b"]\n");
+}
+
+/// Text that JSON can carry without bloating: few control characters
+/// besides newline, carriage return, tab, escape, backspace and bell.
+fn tidy(s: &str) -> bool {
+    let limit = s.len() / 32;
+    let mut odd = 0usize;
+    for b in s.bytes() {
+        if b < 0x20 && !matches!(b, b'\n' | b'\r' | b'\t' | 0x1b | 0x08 | 0x07) {
+            odd += 1;
+            if odd > limit {
+                return false;
+            }
+        }
+    }
+    true
+}
+
+/// Pushes `[t, "code", "<base64 of bytes>"]\n` (base64 needs no JSON escaping).
+fn push_b64_event(buf: &mut Vec<u8>, t: Duration, code: &str, bytes: &[u8]) {
+    use base64::engine::general_purpose::STANDARD;
+    buf.push(b'[');
+    buf.extend_from_slice(format::fmt_time(t).as_bytes());
+    buf.extend_from_slice(b",\"");
+    buf.extend_from_slice(code.as_bytes());
+    buf.extend_from_slice(b"\",\"");
+    let start = buf.len();
+    let n = base64::encoded_len(bytes.len(), true).unwrap_or(0);
+    buf.resize(start + n, 0);
+    let written = buf
+        .get_mut(start..)
+        .map(|out| STANDARD.encode_slice(bytes, out).unwrap_or(0))
+        .unwrap_or(0);
+    buf.truncate(start + written);
+    buf.extend_from_slice(b"\"]\n");
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
+        loop {
+            let deadline = self.seg_started.map(|s| s + self.interval);
+            let cmd = tokio::select! {
+                biased;
+                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+                    if let Err(e) = self.flush(true).await {
+                        // Refuse further data at once, with the reason.
+                        self.shared.set_error(e.clone());
+                        rx.close();
+                        self.fail(e).await;
+                        return;
+                    }
+                    continue;
+                }
+                c = rx.recv() => c,
+            };
+            match cmd {
+                None => {
+                    let t = self.started.elapsed();
+                    let _ = self.close(t, None, "aborted", 0, 0).await;
+                    return;
+                }
+                Some(Cmd::Finish {
+                    t,
+                    exit_status,
+                    reason,
+                    bytes_up,
+                    bytes_down,
+                    reply,
+                }) => {
+                    rx.close();
+                    let r = self
+                        .close(t, exit_status, &reason, bytes_up, bytes_down)
+                        .await;
+                    let _ = reply.send(r);
+                    return;
+                }
+                Some(cmd) => {
+                    if let Err(e) = self.handle(cmd).await {
+                        self.shared.set_error(e.clone());
+                        rx.close();
+                        self.fail(e).await;
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    fn time(&mut self, t: Duration) -> Duration {
+        self.last_t = self.last_t.max(t);
+        self.last_t
+    }
+
+    fn mark_activity(&mut self) {
+        if self.seg_started.is_none() {
+            self.seg_started = Some(Instant::now());
+        }
+    }
+
+    async fn handle(&mut self, cmd: Cmd) -> Result<(), RecordingError> {
+        match cmd {
+            Cmd::Data { stream, t, data } => {
+                self.shared
+                    .queued
+                    .fetch_sub(data.len() as u64, Ordering::SeqCst);
+                let t = self.time(t);
+                self.mark_activity();
+                self.encode_data(stream, t, &data)?;
+            }
+            Cmd::Resize { t, cols, rows } => {
+                let t = self.time(t);
+                self.mark_activity();
+                self.cols = cols.max(1);
+                self.rows = rows.max(1);
+                push_event(
+                    &mut self.pending,
+                    t,
+                    code::RESIZE,
+                    &format!("{cols}x{rows}"),
+                );
+            }
+            Cmd::Finish { .. } => {}
+        }
+        let open = self
+            .store
+            .as_ref()
+            .map(|s| s.open_plain_bytes())
+            .unwrap_or(0);
+        if open.saturating_add(self.pending.len() as u64) >= SEGMENT_MAX
+            || self
+                .seg_started
+                .is_some_and(|s| s.elapsed() >= self.interval)
+        {
+            self.flush(true).await?;
+        } else if self.pending.len() >= FLUSH_AT {
+            self.flush(false).await?;
+        }
+        Ok(())
+    }
+
+    fn encode_data(
+        &mut self,
+        stream: Stream,
+        t: Duration,
+        data: &[u8],
+    ) -> Result<(), RecordingError> {
+        if let Some(tracker) = self.sftp.as_mut() {
+            let dir = match stream {
+                Stream::Input => Some(Direction::Request),
+                Stream::Output => Some(Direction::Reply),
+                Stream::Stderr => None,
+            };
+            if let Some(dir) = dir {
+                return match tracker.feed(dir, data) {
+                    Ok(ops) => {
+                        self.push_ops(t, &ops);
+                        Ok(())
+                    }
+                    Err((ops, why)) => {
+                        self.push_ops(t, &ops);
+                        Err(RecordingError::Failed { detail: why })
+                    }
+                };
+            }
+        }
+        self.encode_bytes(stream, t, data);
+        Ok(())
+    }
+
+    fn push_ops(&mut self, t: Duration, ops: &[SftpOp]) {
+        for op in ops {
+            push_event(&mut self.pending, t, code::SFTP, op);
+        }
+    }
+
+    /// Text when the bytes are tidy UTF-8 (an incomplete sequence at the end
+    /// waits for the next chunk), base64 otherwise: lossless either way.
+    fn encode_bytes(&mut self, stream: Stream, t: Duration, data: &[u8]) {
+        let (text_code, b64_code) = match stream {
+            Stream::Output => (code::OUTPUT, code::OUTPUT_B64),
+            Stream::Stderr => (code::STDERR, code::STDERR_B64),
+            Stream::Input => (code::INPUT, code::INPUT_B64),
+        };
+        let idx = stream as usize;
+        let carried = self
+            .carry
+            .get_mut(idx)
+            .map(std::mem::take)
+            .unwrap_or_default();
+        // Only copy when a partial character is carried over.
+        let joined: std::borrow::Cow<'_, [u8]> = if carried.is_empty() {
+            std::borrow::Cow::Borrowed(data)
+        } else {
+            let mut j = carried;
+            j.extend_from_slice(data);
+            std::borrow::Cow::Owned(j)
+        };
+        let (whole, tail, text): (&[u8], &[u8], bool) = match std::str::from_utf8(&joined) {
+            Ok(_) => (&joined, &[], true),
+            Err(e) if e.error_len().is_none() => {
+                let (a, b) = joined
+                    .split_at_checked(e.valid_up_to())
+                    .unwrap_or((&joined, &[]));
+                (a, b, true)
+            }
+            Err(_) => (&joined, &[], false),
+        };
+        if !whole.is_empty() {
+            match std::str::from_utf8(whole) {
+                Ok(s) if text && tidy(s) => push_event(&mut self.pending, t, text_code, &s),
+                _ => push_b64_event(&mut self.pending, t, b64_code, whole),
+            }
+        }
+        if let Some(c) = self.carry.get_mut(idx) {
+            c.extend_from_slice(tail);
+        }
+    }
+
+    /// Flushes carried partial characters as base64 (at the end).
+    fn flush_carry(&mut self, t: Duration) {
+        for (idx, b64_code) in [code::OUTPUT_B64, code::STDERR_B64, code::INPUT_B64]
+            .iter()
+            .enumerate()
+        {
+            let Some(c) = self.carry.get_mut(idx) else {
+                continue;
+            };
+            if !c.is_empty() {
+                let bytes = std::mem::take(c);
+                push_b64_event(&mut self.pending, t, b64_code, &bytes);
+            }
+        }
+    }
+
+    /// Writes the pending plaintext (and seals the segment when `seal`) on
+    /// the blocking pool; then throttles when testing asked for it.
+    async fn flush(&mut self, seal: bool) -> Result<(), RecordingError> {
+        let Some(mut store) = self.store.take() else {
+            return Err(RecordingError::Failed {
+                detail: "segment store lost".into(),
+            });
+        };
+        let buf = std::mem::take(&mut self.pending);
+        let n = buf.len();
+        let (cols, rows) = (self.cols, self.rows);
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut run = || -> std::io::Result<Option<segment::Sealed>> {
+                if !buf.is_empty() {
+                    store.write(&buf, cols, rows)?;
+                }
+                if seal {
+                    store.seal()
+                } else {
+                    Ok(None)
+                }
+            };
+            let result = run();
+            let mut buf = buf;
+            buf.clear();
+            (store, buf, result)
+        })
+        .await;
+        let (store, buf, result) = match joined {
+            Ok(x) => x,
+            Err(e) => {
+                return Err(RecordingError::Failed {
+                    detail: format!("recording write task failed: {e}"),
+                })
+            }
+        };
+        self.store = Some(store);
+        self.pending = buf;
+        let sealed = result.map_err(|e| RecordingError::Failed {
+            detail: format!(
+                "writing {}: {e}",
+                self.store
+                    .as_ref()
+                    .map(|s| s.dir().display().to_string())
+                    .unwrap_or_default()
+            ),
+        })?;
+        if let Some(s) = sealed {
+            self.seg_started = None;
+            audit::recording_segment(
+                &self.meta.id,
+                &self.meta.session_id,
+                s.seq,
+                &s.sha256,
+                &s.chain,
+            );
+        }
+        if let Some(bps) = self.throttle {
+            let secs = n as f64 / bps as f64;
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+        Ok(())
+    }
+
+    fn end_events(
+        &mut self,
+        t: Duration,
+        exit_status: Option<u32>,
+        reason: &str,
+        up: u64,
+        down: u64,
+    ) {
+        let t = self.time(t);
+        self.flush_carry(t);
+        if let Some(mut tracker) = self.sftp.take() {
+            let ops = tracker.finish();
+            self.push_ops(t, &ops);
+        }
+        if let Some(s) = exit_status {
+            push_event(&mut self.pending, t, code::EXIT, &s.to_string());
+        }
+        let end = serde_json::json!({
+            "reason": reason,
+            "exit_status": exit_status,
+            "bytes_up": up,
+            "bytes_down": down,
+        });
+        push_event(&mut self.pending, t, code::END, &end);
+    }
+
+    fn end_info(&self, exit_status: Option<u32>, reason: &str, up: u64, down: u64) -> EndInfo {
+        let now = format::unix_ms(SystemTime::now());
+        let (segments, final_chain) = self
+            .store
+            .as_ref()
+            .map(|s| (s.sealed(), s.last_chain()))
+            .unwrap_or_default();
+        EndInfo {
+            ended: format::rfc3339_ms(now),
+            ended_unix_ms: now,
+            duration_ms: u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX),
+            reason: reason.to_string(),
+            exit_status,
+            bytes_up: up,
+            bytes_down: down,
+            segments,
+            final_chain,
+        }
+    }
+
+    /// Writes `meta.json` with the end filled in (blocking; small).
+    async fn write_end(&mut self, end: EndInfo) -> std::io::Result<()> {
+        let mut meta = self.meta.clone();
+        meta.end = Some(end);
+        let dir = self
+            .store
+            .as_ref()
+            .map(|s| s.dir().to_path_buf())
+            .unwrap_or_default();
+        let json = serde_json::to_vec_pretty(&meta).map_err(std::io::Error::other)?;
+        tokio::task::spawn_blocking(move || segment::write_atomic(&dir, format::META_FILE, &json))
+            .await
+            .map_err(std::io::Error::other)?
+    }
+
+    async fn close(
+        &mut self,
+        t: Duration,
+        exit_status: Option<u32>,
+        reason: &str,
+        up: u64,
+        down: u64,
+    ) -> Result<(), RecordingError> {
+        self.end_events(t, exit_status, reason, up, down);
+        if let Err(e) = self.flush(true).await {
+            self.fail(e.clone()).await;
+            return Err(e);
+        }
+        let end = self.end_info(exit_status, reason, up, down);
+        let (segments, chain) = (end.segments, end.final_chain.clone());
+        if let Err(e) = self.write_end(end).await {
+            let e = RecordingError::Failed {
+                detail: format!("cannot write the final metadata: {e}"),
+            };
+            self.fail(e.clone()).await;
+            return Err(e);
+        }
+        self.done = true;
+        self.shared.finished.store(true, Ordering::SeqCst);
+        audit::recording_finished(
+            &self.meta.id,
+            &self.meta.session_id,
+            segments,
+            &chain,
+            reason,
+        );
+        self.recorder.finished(&self.meta.id);
+        Ok(())
+    }
+
+    /// Writing failed: keep what is sealed, drop the open segment, record
+    /// why (best effort: the disk may be full), and refuse further data.
+    async fn fail(&mut self, e: RecordingError) {
+        self.shared.set_error(e.clone());
+        self.done = true;
+        let detail = e.detail();
+        tracing::warn!(recording_id = %self.meta.id, error = %detail, "recording failed; ending the session");
+        audit::recording_failed(
+            &self.meta.id,
+            &self.meta.session_id,
+            &self.meta.user,
+            &self.meta.target,
+            &detail,
+        );
+        if let Some(store) = self.store.as_mut() {
+            store.discard_open();
+        }
+        let end = self.end_info(None, &format!("recording failed: {detail}"), 0, 0);
+        let _ = self.write_end(end).await;
+        self.recorder.finished(&self.meta.id);
+    }
+}
+
+impl Drop for Writer {
+    /// The task was dropped without closing (the runtime is shutting
+    /// down): seal what there is, synchronously, as `aborted`.
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let t = self.started.elapsed();
+        self.end_events(t, None, "aborted (gateway stopped)", 0, 0);
+        let end = self.end_info(None, "aborted (gateway stopped)", 0, 0);
+        if let Some(store) = self.store.as_mut() {
+            let (cols, rows) = (self.cols, self.rows);
+            if let Ok(sealed) = store
+                .write(&self.pending, cols, rows)
+                .and_then(|_| store.seal())
+            {
+                if let Some(s) = sealed {
+                    audit::recording_segment(
+                        &self.meta.id,
+                        &self.meta.session_id,
+                        s.seq,
+                        &s.sha256,
+                        &s.chain,
+                    );
+                }
+                let mut meta = self.meta.clone();
+                let mut end = end;
+                end.segments = store.sealed();
+                end.final_chain = store.last_chain();
+                meta.end = Some(end);
+                if let Ok(json) = serde_json::to_vec_pretty(&meta) {
+                    let _ = segment::write_atomic(store.dir(), format::META_FILE, &json);
+                }
+            }
+        }
+        self.recorder.finished(&self.meta.id);
+    }
+}

@@ -1,0 +1,135 @@
+//! The configured devices: one boringtun session state per peer, looked up
+//! by static key (handshake initiations), by receiver index (everything
+//! after), and by tunnel address (outgoing packets).
+//!
+//! Security behaviour: a peer's tunnel address comes only from the
+//! configuration and is bound to its key; the UDP endpoint is learnt only
+//! from packets that authenticated as that peer.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime};
+
+use boringtun::noise::rate_limiter::RateLimiter;
+use boringtun::noise::Tunn;
+use boringtun::x25519::{PublicKey, StaticSecret};
+
+use super::keys::b64;
+use super::PeerConfig;
+
+/// Spoofed-packet audit events for one peer are at most this frequent.
+pub const SPOOF_REPORT_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// One device and its WireGuard state.
+pub struct PeerState {
+    pub cfg: PeerConfig,
+    /// Base64 public key, as audit events and `wg` name it.
+    pub key_b64: String,
+    pub tunn: Tunn,
+    /// Where its authenticated packets last came from.
+    pub endpoint: Option<SocketAddr>,
+    /// The local address those packets reached (replies leave from it).
+    pub local_ip: Option<IpAddr>,
+    pub last_handshake: Option<SystemTime>,
+    pub spoofed: u64,
+    pub spoofed_reported: u64,
+    pub spoof_reported_at: Option<Instant>,
+    pub refused_reported_at: Option<Instant>,
+}
+
+/// All peers.
+pub struct Peers {
+    list: Vec<PeerState>,
+    by_key: HashMap<[u8; 32], usize>,
+    by_addr: HashMap<IpAddr, usize>,
+    /// `receiver_index >> 8` of the first peer (random per start, so that
+    /// stale indices from before a restart mostly match nobody).
+    index_base: u32,
+}
+
+/// Peer indices are 24 bits: boringtun keeps the low 8 bits of a session
+/// index for itself.
+const INDEX_SPACE: u32 = 1 << 24;
+
+impl Peers {
+    /// Sessions for `configs`, for a gateway with `secret`. `limiter` is
+    /// what each session checks handshakes against (the engine checks the
+    /// shared limiter before, so this one only verifies MACs).
+    pub fn new(
+        secret: &StaticSecret,
+        configs: Vec<PeerConfig>,
+        limiter: Arc<RateLimiter>,
+        random: u32,
+    ) -> Peers {
+        let n = u32::try_from(configs.len()).unwrap_or(INDEX_SPACE);
+        let index_base = random % INDEX_SPACE.saturating_sub(n).max(1);
+        let mut peers = Peers {
+            list: Vec::with_capacity(configs.len()),
+            by_key: HashMap::new(),
+            by_addr: HashMap::new(),
+            index_base,
+        };
+        for (i, cfg) in configs.into_iter().enumerate() {
+            let Ok(i32) = u32::try_from(i) else { break };
+            let index = index_base.saturating_add(i32);
+            if index >= INDEX_SPACE {
+                break;
+            }
+            let tunn = Tunn::new(
+                secret.clone(),
+                PublicKey::from(cfg.public_key),
+                cfg.preshared_key,
+                None,
+                index,
+                Some(limiter.clone()),
+            );
+            peers.by_key.insert(cfg.public_key, i);
+            peers.by_addr.insert(cfg.address, i);
+            peers.list.push(PeerState {
+                key_b64: b64(&cfg.public_key),
+                cfg,
+                tunn,
+                endpoint: None,
+                local_ip: None,
+                last_handshake: None,
+                spoofed: 0,
+                spoofed_reported: 0,
+                spoof_reported_at: None,
+                refused_reported_at: None,
+            });
+        }
+        peers
+    }
+
+    pub fn by_key(&self, key: &[u8; 32]) -> Option<usize> {
+        self.by_key.get(key).copied()
+    }
+
+    pub fn by_addr(&self, addr: &IpAddr) -> Option<usize> {
+        self.by_addr.get(addr).copied()
+    }
+
+    /// The peer a receiver index belongs to.
+    pub fn by_index(&self, receiver_idx: u32) -> Option<usize> {
+        let i = (receiver_idx >> 8).checked_sub(self.index_base)?;
+        let i = usize::try_from(i).ok()?;
+        (i < self.list.len()).then_some(i)
+    }
+
+    pub fn get(&self, i: usize) -> Option<&PeerState> {
+        self.list.get(i)
+    }
+
+    pub fn get_mut(&mut self, i: usize) -> Option<&mut PeerState> {
+        self.list.get_mut(i)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &PeerState> {
+        self.list.iter()
+    }
+
+    pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut PeerState> {
+        self.list.iter_mut()
+    }
+}

@@ -1,0 +1,581 @@
+//! The userspace TCP/IP stack (smoltcp) and its connection table.
+//!
+//! smoltcp has no listen backlog, so a socket is allocated when a SYN for a
+//! service port arrives — if the sending peer is under its connection cap
+//! and the total is under the gateway's — and fed that one SYN. A SYN that
+//! gets no socket (cap reached, or a port no service listens on) is answered
+//! with a RST by smoltcp; a packet for any other address never gets here.
+//! Once the handshake completes the connection is handed to the service as a
+//! [`super::TunnelStream`].
+//!
+//! The stack lives behind one mutex shared by the tunnel thread (which feeds
+//! packets in and takes packets out) and the streams (which read and write
+//! the sockets' buffers directly: the socket buffers are the only buffers).
+//! Each connection's buffers are sized from a global budget so that the
+//! data in flight stays bounded however many connections are open.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use smoltcp::iface::{Config, Interface, PollIngressSingleResult, SocketHandle, SocketSet};
+use smoltcp::socket::tcp;
+use smoltcp::time::Instant as SInstant;
+use smoltcp::wire::{HardwareAddress, IpAddress, IpCidr, IpListenEndpoint};
+use tokio::sync::Notify;
+
+use super::device::Device;
+
+/// Largest per-direction TCP buffer of one connection (window scaling lets
+/// the peer keep this much in flight).
+pub const TCP_BUFFER_MAX: usize = 256 * 1024;
+/// Smallest per-direction buffer, when many connections share the budget.
+pub const TCP_BUFFER_MIN: usize = 16 * 1024;
+/// The elastic part of all connections' buffers (both directions): beyond
+/// it every connection gets [`TCP_BUFFER_MIN`], so the total stays below
+/// this plus `2 * TCP_BUFFER_MIN` per connection (256 MiB at the default
+/// cap of 4096 connections).
+pub const TCP_BUFFER_BUDGET: usize = 128 * 1024 * 1024;
+
+/// A connection that has not finished its TCP handshake by then is dropped.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Keepalive probes on idle connections, and the time after which an
+/// unanswered connection is aborted (a laptop that went away).
+const KEEPALIVE: Duration = Duration::from_secs(30);
+const USER_TIMEOUT: Duration = Duration::from_secs(120);
+/// After the service drops its stream, the peer has this long to finish
+/// the close before the connection is reset.
+const LINGER: Duration = Duration::from_secs(20);
+
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// SYN received, handshake not complete.
+    Pending,
+    /// Handed to the service.
+    Open,
+    /// The service dropped its stream at this time; closing.
+    Released(SInstant),
+}
+
+/// One TCP connection of a peer.
+#[derive(Debug)]
+struct Conn {
+    peer: usize,
+    remote: SocketAddr,
+    port: u16,
+    phase: Phase,
+    opened: std::time::Instant,
+    bytes_in: u64,
+    bytes_out: u64,
+    /// Reset by us after the linger time.
+    reset: bool,
+    /// Its buffers' size (both directions).
+    buffers: usize,
+}
+
+/// A connection that completed its handshake: to be handed to the service.
+#[derive(Debug)]
+pub struct Accepted {
+    pub handle: SocketHandle,
+    pub peer: usize,
+    pub remote: SocketAddr,
+    pub local: SocketAddr,
+}
+
+/// A connection that is gone: to be audited.
+#[derive(Debug)]
+pub struct Closed {
+    pub peer: usize,
+    pub remote: SocketAddr,
+    pub port: u16,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub duration: Duration,
+    pub reason: &'static str,
+}
+
+/// Why a SYN got no socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    PeerCap,
+    TotalCap,
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn reason(self) -> &'static str {
+        match self {
+            Refusal::PeerCap => "the device's connection limit is reached",
+            Refusal::TotalCap => "the gateway's tunnel connection limit is reached",
+            Refusal::ShuttingDown => "gatehouse is shutting down",
+        }
+    }
+}
+
+/// The stack and its connections.
+pub struct Stack {
+    iface: Interface,
+    sockets: SocketSet<'static>,
+    conns: HashMap<SocketHandle, Conn>,
+    by_tuple: HashMap<(IpAddr, u16, u16), SocketHandle>,
+    per_peer: HashMap<usize, usize>,
+    pending: Vec<SocketHandle>,
+    released: Vec<SocketHandle>,
+    gateway: IpAddr,
+    ports: Vec<u16>,
+    max_per_peer: usize,
+    max_total: usize,
+    accepting: bool,
+    /// Bytes of socket buffers allocated (both directions, all sockets).
+    allocated: usize,
+    epoch: std::time::Instant,
+}
+
+/// What the tunnel thread and the streams share.
+pub struct Shared {
+    stack: Mutex<Stack>,
+    /// Wakes the tunnel thread: a stream wrote data, read enough to open
+    /// the window, or was dropped.
+    pub wake: Notify,
+}
+
+/// Settings of the stack.
+pub struct StackConfig {
+    pub gateway: IpAddr,
+    pub prefix_len: u8,
+    pub ports: Vec<u16>,
+    pub max_per_peer: usize,
+    pub max_total: usize,
+    pub random_seed: u64,
+}
+
+impl Shared {
+    pub fn new(cfg: StackConfig, device: &mut Device) -> Arc<Shared> {
+        let epoch = std::time::Instant::now();
+        let mut config = Config::new(HardwareAddress::Ip);
+        config.random_seed = cfg.random_seed;
+        let mut iface = Interface::new(config, device, SInstant::from_micros(0));
+        iface.update_ip_addrs(|addrs| {
+            let _ = addrs.push(IpCidr::new(IpAddress::from(cfg.gateway), cfg.prefix_len));
+        });
+        Arc::new(Shared {
+            stack: Mutex::new(Stack {
+                iface,
+                sockets: SocketSet::new(Vec::new()),
+                conns: HashMap::new(),
+                by_tuple: HashMap::new(),
+                per_peer: HashMap::new(),
+                pending: Vec::new(),
+                released: Vec::new(),
+                gateway: cfg.gateway,
+                ports: cfg.ports,
+                max_per_peer: cfg.max_per_peer,
+                max_total: cfg.max_total,
+                accepting: true,
+                allocated: 0,
+                epoch,
+            }),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Locks the stack. A panic elsewhere while holding it does not make
+    /// the tunnel unusable: the data is plain buffers and counters.
+    pub fn lock(&self) -> MutexGuard<'_, Stack> {
+        self.stack.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `AsyncRead` for a connection: straight from the socket's buffer.
+    pub fn poll_read(
+        &self,
+        handle: SocketHandle,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut st = self.lock();
+        let Stack { sockets, conns, .. } = &mut *st;
+        let Some(sock) = conn_socket(sockets, conns, handle) else {
+            return Poll::Ready(Ok(()));
+        };
+        if sock.can_recv() {
+            let before = sock.recv_queue();
+            let cap = sock.recv_capacity();
+            match sock.recv_slice(buf.initialize_unfilled()) {
+                Ok(n) => {
+                    buf.advance(n);
+                    if let Some(c) = conns.get_mut(&handle) {
+                        c.bytes_in = c.bytes_in.saturating_add(n as u64);
+                    }
+                    drop(st);
+                    // The window the peer sees was at most half open: tell
+                    // the tunnel thread so that it advertises the new one.
+                    if before.saturating_mul(2) >= cap {
+                        self.wake.notify_one();
+                    }
+                    return Poll::Ready(Ok(()));
+                }
+                Err(tcp::RecvError::Finished) => return Poll::Ready(Ok(())),
+                Err(tcp::RecvError::InvalidState) => {
+                    return Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+                }
+            }
+        }
+        if !sock.may_recv() {
+            // FIN received, reset, or timed out: end of stream.
+            return Poll::Ready(Ok(()));
+        }
+        sock.register_recv_waker(cx.waker());
+        Poll::Pending
+    }
+
+    /// `AsyncWrite` for a connection: straight into the socket's buffer.
+    pub fn poll_write(
+        &self,
+        handle: SocketHandle,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut st = self.lock();
+        let Stack { sockets, conns, .. } = &mut *st;
+        let Some(sock) = conn_socket(sockets, conns, handle) else {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        };
+        if !sock.may_send() {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        if sock.can_send() {
+            let n = sock.send_slice(data).unwrap_or(0);
+            if let Some(c) = conns.get_mut(&handle) {
+                c.bytes_out = c.bytes_out.saturating_add(n as u64);
+            }
+            drop(st);
+            self.wake.notify_one();
+            return Poll::Ready(Ok(n));
+        }
+        sock.register_send_waker(cx.waker());
+        Poll::Pending
+    }
+
+    /// `AsyncWrite::poll_shutdown`: FIN after the queued data.
+    pub fn shutdown(&self, handle: SocketHandle) {
+        let mut st = self.lock();
+        let Stack { sockets, conns, .. } = &mut *st;
+        if let Some(sock) = conn_socket(sockets, conns, handle) {
+            sock.close();
+        }
+        drop(st);
+        self.wake.notify_one();
+    }
+
+    /// The service dropped its stream: close, and let the tunnel thread reap.
+    pub fn release(&self, handle: SocketHandle) {
+        let mut st = self.lock();
+        let now = st.now();
+        let Stack { sockets, conns, .. } = &mut *st;
+        if let Some(c) = conns.get_mut(&handle) {
+            c.phase = Phase::Released(now);
+        }
+        if let Some(sock) = conn_socket(sockets, conns, handle) {
+            sock.close();
+        }
+        st.released.push(handle);
+        drop(st);
+        self.wake.notify_one();
+    }
+}
+
+/// The socket of a connection. Every handle in `conns` refers to a TCP
+/// socket in `sockets` (they are added and removed together), which is what
+/// makes smoltcp's panicking `get_mut` safe to call here.
+fn conn_socket<'a>(
+    sockets: &'a mut SocketSet<'static>,
+    conns: &HashMap<SocketHandle, Conn>,
+    handle: SocketHandle,
+) -> Option<&'a mut tcp::Socket<'static>> {
+    conns
+        .contains_key(&handle)
+        .then(|| sockets.get_mut::<tcp::Socket>(handle))
+}
+
+impl Stack {
+    /// smoltcp's clock.
+    pub fn now(&self) -> SInstant {
+        SInstant::from_micros(i64::try_from(self.epoch.elapsed().as_micros()).unwrap_or(i64::MAX))
+    }
+
+    /// Stops allocating sockets for new connections (shutdown).
+    pub fn stop_accepting(&mut self) {
+        self.accepting = false;
+    }
+
+    /// Live connections.
+    pub fn connections(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Live connections of one peer.
+    pub fn peer_connections(&self, peer: usize) -> usize {
+        self.per_peer.get(&peer).copied().unwrap_or(0)
+    }
+
+    /// Feeds every queued packet to the stack, allocating a socket for each
+    /// acceptable SYN first. Returns the refusals (peer, remote, port, why).
+    pub fn ingress(&mut self, device: &mut Device) -> Vec<(usize, SocketAddr, u16, Refusal)> {
+        let mut refused = Vec::new();
+        let now = self.now();
+        while let Some(front) = device.rx.front() {
+            let mut listener = None;
+            if let Some(syn) = front.syn {
+                let peer = front.peer;
+                let src = super::packet::source(front.bytes());
+                if let Some(src) = src {
+                    let tuple = (src, syn.src_port, syn.dst_port);
+                    if self.ports.contains(&syn.dst_port) && !self.by_tuple.contains_key(&tuple) {
+                        match self.admit(peer) {
+                            Ok(()) => {
+                                listener = self
+                                    .listen(syn.dst_port)
+                                    .map(|(h, size)| (h, size, peer, tuple));
+                            }
+                            Err(why) => refused.push((
+                                peer,
+                                SocketAddr::new(src, syn.src_port),
+                                syn.dst_port,
+                                why,
+                            )),
+                        }
+                    }
+                }
+            }
+            let r = self
+                .iface
+                .poll_ingress_single(now, device, &mut self.sockets);
+            if let Some((h, size, peer, (ip, sport, dport))) = listener {
+                // `h` was added just above and nothing removed it since.
+                let state = self.sockets.get::<tcp::Socket>(h).state();
+                let taken = state != tcp::State::Listen && state != tcp::State::Closed;
+                if taken {
+                    self.conns.insert(
+                        h,
+                        Conn {
+                            peer,
+                            remote: SocketAddr::new(ip, sport),
+                            port: dport,
+                            phase: Phase::Pending,
+                            opened: std::time::Instant::now(),
+                            bytes_in: 0,
+                            bytes_out: 0,
+                            reset: false,
+                            buffers: 2 * size,
+                        },
+                    );
+                    self.by_tuple.insert((ip, sport, dport), h);
+                    *self.per_peer.entry(peer).or_insert(0) += 1;
+                    self.pending.push(h);
+                } else {
+                    self.sockets.remove(h);
+                    self.allocated = self.allocated.saturating_sub(2 * size);
+                }
+            }
+            if r == PollIngressSingleResult::None {
+                break;
+            }
+        }
+        refused
+    }
+
+    /// Sends what the sockets have to send, until the device queue is full.
+    pub fn egress(&mut self, device: &mut Device) {
+        let now = self.now();
+        self.iface.poll_maintenance(now);
+        while device.tx_len() < super::device::TX_QUEUE {
+            if self.iface.poll_egress(now, device, &mut self.sockets)
+                == smoltcp::iface::PollResult::None
+            {
+                break;
+            }
+        }
+    }
+
+    /// How long until the stack wants to be polled again.
+    pub fn poll_delay(&mut self) -> Option<Duration> {
+        let now = self.now();
+        self.iface
+            .poll_delay(now, &self.sockets)
+            .map(|d| Duration::from_micros(d.total_micros()))
+    }
+
+    fn admit(&self, peer: usize) -> Result<(), Refusal> {
+        if !self.accepting {
+            return Err(Refusal::ShuttingDown);
+        }
+        if self.peer_connections(peer) >= self.max_per_peer {
+            return Err(Refusal::PeerCap);
+        }
+        if self.conns.len() >= self.max_total {
+            return Err(Refusal::TotalCap);
+        }
+        Ok(())
+    }
+
+    /// A fresh listening socket for one SYN, with buffers from the budget.
+    fn listen(&mut self, port: u16) -> Option<(SocketHandle, usize)> {
+        let size = buffer_size(self.allocated);
+        let rx = tcp::SocketBuffer::new(vec![0u8; size]);
+        let tx = tcp::SocketBuffer::new(vec![0u8; size]);
+        let mut s = tcp::Socket::new(rx, tx);
+        s.set_nagle_enabled(false);
+        s.set_ack_delay(None);
+        s.set_timeout(Some(HANDSHAKE_TIMEOUT.into()));
+        let ep = IpListenEndpoint {
+            addr: Some(IpAddress::from(self.gateway)),
+            port,
+        };
+        s.listen(ep).ok()?;
+        self.allocated += 2 * size;
+        Some((self.sockets.add(s), size))
+    }
+
+    /// Connections whose handshake completed (to hand to the service), and
+    /// connections that are over (to audit), in one pass over the few
+    /// pending and released ones.
+    pub fn housekeeping(&mut self) -> (Vec<Accepted>, Vec<Closed>) {
+        let now = self.now();
+        let mut accepted = Vec::new();
+        let mut closed = Vec::new();
+        let pending = std::mem::take(&mut self.pending);
+        for h in pending {
+            let state = conn_socket(&mut self.sockets, &self.conns, h).map(|s| s.state());
+            match state {
+                Some(tcp::State::SynReceived) => {
+                    let stale = self
+                        .conns
+                        .get(&h)
+                        .is_some_and(|c| c.opened.elapsed() > HANDSHAKE_TIMEOUT);
+                    if stale {
+                        self.remove(h);
+                    } else {
+                        self.pending.push(h);
+                    }
+                }
+                Some(tcp::State::Established) | Some(tcp::State::CloseWait) => {
+                    if let Some(s) = conn_socket(&mut self.sockets, &self.conns, h) {
+                        s.set_timeout(Some(USER_TIMEOUT.into()));
+                        s.set_keep_alive(Some(KEEPALIVE.into()));
+                    }
+                    if let Some(c) = self.conns.get_mut(&h) {
+                        c.phase = Phase::Open;
+                        accepted.push(Accepted {
+                            handle: h,
+                            peer: c.peer,
+                            remote: c.remote,
+                            local: SocketAddr::new(self.gateway, c.port),
+                        });
+                    }
+                }
+                // Reset, timed out, or back to Listen after a RST: it never
+                // became a connection.
+                _ => {
+                    self.remove(h);
+                }
+            }
+        }
+        let released = std::mem::take(&mut self.released);
+        for h in released {
+            let Some(since) = self.conns.get(&h).map(|c| c.phase) else {
+                continue;
+            };
+            let Some(state) = conn_socket(&mut self.sockets, &self.conns, h).map(|s| s.state())
+            else {
+                continue;
+            };
+            let done = matches!(state, tcp::State::Closed | tcp::State::TimeWait);
+            let expired = matches!(since, Phase::Released(t) if now - t > LINGER.into());
+            if done {
+                if let Some(c) = self.remove(h) {
+                    closed.push(Closed {
+                        peer: c.peer,
+                        remote: c.remote,
+                        port: c.port,
+                        bytes_in: c.bytes_in,
+                        bytes_out: c.bytes_out,
+                        duration: c.opened.elapsed(),
+                        reason: if c.reset {
+                            "reset: the peer did not finish closing"
+                        } else {
+                            "closed"
+                        },
+                    });
+                }
+                continue;
+            }
+            if expired {
+                // The next egress sends the RST; the pass after removes it.
+                if let Some(s) = conn_socket(&mut self.sockets, &self.conns, h) {
+                    s.abort();
+                }
+                if let Some(c) = self.conns.get_mut(&h) {
+                    c.reset = true;
+                }
+            }
+            self.released.push(h);
+        }
+        (accepted, closed)
+    }
+
+    fn remove(&mut self, h: SocketHandle) -> Option<Conn> {
+        let c = self.conns.remove(&h)?;
+        self.sockets.remove(h);
+        self.allocated = self.allocated.saturating_sub(c.buffers);
+        self.by_tuple
+            .remove(&(c.remote.ip(), c.remote.port(), c.port));
+        if let Some(n) = self.per_peer.get_mut(&c.peer) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.per_peer.remove(&c.peer);
+            }
+        }
+        Some(c)
+    }
+}
+
+/// Per-direction buffer size for a new connection when `allocated` bytes
+/// of buffers exist: a slice of what is left of the budget, between
+/// [`TCP_BUFFER_MIN`] and [`TCP_BUFFER_MAX`]. The first few hundred
+/// connections get full-size buffers; after that they shrink, so that the
+/// total converges below the budget instead of growing with the count.
+pub fn buffer_size(allocated: usize) -> usize {
+    let share = TCP_BUFFER_BUDGET.saturating_sub(allocated) / 64;
+    share.clamp(TCP_BUFFER_MIN, TCP_BUFFER_MAX) & !4095
+}
+
+#[cfg(test)]
+#[allow(clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buffers_shrink_with_many_connections_but_stay_usable() {
+        assert_eq!(buffer_size(0), TCP_BUFFER_MAX);
+        let mut allocated = 0;
+        let mut sizes = Vec::new();
+        for _ in 0..4096 {
+            let s = buffer_size(allocated);
+            sizes.push(s);
+            allocated += 2 * s;
+        }
+        assert!(sizes[..200].iter().all(|&s| s == TCP_BUFFER_MAX));
+        assert!(sizes.iter().all(|&s| s >= TCP_BUFFER_MIN));
+        // At the default total cap, the buffers stay within the budget
+        // plus the floor.
+        assert!(
+            allocated <= TCP_BUFFER_BUDGET + 4096 * 2 * TCP_BUFFER_MIN,
+            "{allocated}"
+        );
+        assert!(allocated <= 256 << 20);
+    }
+}
