@@ -125,6 +125,51 @@ class TreeCpu:
         return sum(self.seen.values())
 
 
+def _tree_cpu_with_children(pid):
+    """utime + stime + cutime + cstime (seconds) of `pid` and every live
+    descendant: with the reaped children folded in, this is all the CPU the
+    tree has used, including processes that already exited."""
+    total = 0.0
+    for p in [pid] + descendants(pid):
+        st = _stat_fields(p)
+        if st is not None:
+            rest = st[1]
+            total += sum(int(x) for x in rest[11:15]) / CLK_TCK
+    return total
+
+
+def _system_busy_seconds():
+    """CPU seconds the whole machine spent not idle (all CPUs)."""
+    with open("/proc/stat") as f:
+        vals = [int(x) for x in f.readline().split()[1:]]
+    return (sum(vals[:8]) - vals[3] - vals[4]) / CLK_TCK
+
+
+class Disturbance:
+    """How much CPU processes other than the benchmark's used while a row
+    ran: the machine's busy time minus that of this process's tree.
+    Approximate (interrupt time is not always charged to a process), but a
+    concurrent build or test suite shows up plainly."""
+
+    def __init__(self):
+        self.t0 = time.monotonic()
+        self.sys0 = _system_busy_seconds()
+        self.own0 = _tree_cpu_with_children(os.getpid())
+
+    def result(self):
+        wall = time.monotonic() - self.t0
+        sys_busy = _system_busy_seconds() - self.sys0
+        own = _tree_cpu_with_children(os.getpid()) - self.own0
+        foreign = max(0.0, sys_busy - own)
+        return {
+            "wall_s": wall,
+            "busy_cpu_s": sys_busy,
+            "bench_cpu_s": own,
+            "other_cpu_s": foreign,
+            "other_pct": 100.0 * foreign / max(1e-9, wall * (os.cpu_count() or 1)),
+        }
+
+
 def wait_for_port(port, timeout, proc=None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -133,7 +133,11 @@ def render(info, res):
     a("|---|---|")
     a(f"| machine | {info['cores']} cores, {info['cpu']}, {info['mem_gib']:.0f} GiB, kernel {info['kernel']} |")
     rows_idle = ", ".join(f"{k} {v}%" for k, v in (info.get("idle_before_rows") or {}).items())
-    a(f"| load | CPUs idle in the second before each row: {rows_idle}; load average {info['loadavg_before']} before, {info['loadavg_after']} after |")
+    others = ", ".join(f"{k} {v}%" for k, v in (info.get("others_during_rows") or {}).items())
+    a(
+        f"| other load | CPUs idle just before each row: {rows_idle}; share of the CPUs used by other processes during each row: "
+        f"{others}; load average {info['loadavg_before']} before, {info['loadavg_after']} after |"
+    )
     a(f"| OpenSSH | {info['openssh']} (client, target sshd, jump host sshd) |")
     a(f"| gatehouse | {info['gatehouse']} |")
     a(f"| rustc | {info['rustc']} |")

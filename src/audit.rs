@@ -34,7 +34,10 @@ pub fn init_logging() {
         std::env::var_os("JOURNAL_STREAM").is_some() || std::env::var_os("INVOCATION_ID").is_some();
     if under_systemd {
         if let Ok(layer) = tracing_journald::layer() {
-            let layer = layer.with_syslog_identifier("gatehouse".to_string());
+            // No `F_` prefix: MESSAGE_ID must be journald's own field.
+            let layer = layer
+                .with_syslog_identifier("gatehouse".to_string())
+                .with_field_prefix(None);
             let _ = tracing_subscriber::registry()
                 .with(filter)
                 .with(layer)

@@ -319,6 +319,15 @@ fn exec_is_recorded_with_command_output_stderr_and_exit_status() {
     let log = w.gw.setup().dir().join("gatehouse.stderr");
     let verified = rec_ok(&w.gw, &["verify", &id, "--audit", log.to_str().unwrap()]);
     assert!(verified.contains(&format!("{id}: ok")), "{verified}");
+    // A recording deleted whole is caught by the audit log.
+    std::fs::remove_dir_all(recordings_dir(&w.gw).join(&id)).unwrap();
+    let out = rec(&w.gw, &["verify", "--audit", log.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains(&id) && stdout(&out).contains("(deleted)"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]

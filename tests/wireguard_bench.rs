@@ -111,8 +111,11 @@ fn measure(ns: &str, dir: &std::path::Path, mode: &str, host: &str, port: u16, b
     let mut c = Command::new("python3");
     c.arg(&script)
         .args([mode, host, &port.to_string(), &bytes.to_string()]);
-    let out = common::run_with_timeout(&mut in_ns(ns, &c), Duration::from_secs(120))
-        .expect("benchmark client timed out");
+    let out = common::run_with_timeout(&mut in_ns(ns, &c), Duration::from_secs(120));
+    let Some(out) = out else {
+        let status = std::fs::read_to_string(dir.join("status.json")).unwrap_or_default();
+        panic!("benchmark client timed out; tunnel status:\n{status}");
+    };
     assert!(
         out.status.success(),
         "client failed: {}",
@@ -192,7 +195,7 @@ fn wireguard_tcp_throughput() {
                 ports: vec![SINK_PORT, SOURCE_PORT],
                 max_connections_per_peer: 64,
                 max_connections: 1024,
-                status_file: None,
+                status_file: Some(dir.path().join("status.json")),
             },
             service,
             stop_rx,
@@ -261,8 +264,12 @@ fn wireguard_tcp_throughput() {
         ("gatehouse down", vec![]),
         ("wireguard-go down", vec![]),
     ];
+    let only = std::env::var("GH_BENCH_ONLY").unwrap_or_default();
     for _ in 0..runs {
         for (name, samples) in rows.iter_mut() {
+            if !only.is_empty() && !name.contains(only.as_str()) {
+                continue;
+            }
             let host = if name.starts_with("gatehouse") {
                 "10.77.0.1"
             } else {
@@ -273,7 +280,9 @@ fn wireguard_tcp_throughput() {
             } else {
                 ("down", SOURCE_PORT)
             };
-            samples.push(measure(&client_ns, dir.path(), mode, host, port, bytes));
+            let m = measure(&client_ns, dir.path(), mode, host, port, bytes);
+            eprintln!("{name}: {m} Mbit/s");
+            samples.push(m);
         }
     }
     println!(

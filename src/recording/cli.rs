@@ -4,6 +4,7 @@
 //! that fails verification.
 
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime};
@@ -158,8 +159,6 @@ pub fn run(settings: &Settings, cmd: RecordingsCommand) -> anyhow::Result<ExitCo
     }
 }
 
-use std::os::unix::fs::OpenOptionsExt;
-
 fn list(
     root: &std::path::Path,
     user: Option<String>,
@@ -246,8 +245,12 @@ fn verify(
 ) -> anyhow::Result<ExitCode> {
     let index = match &audit {
         Some(p) => {
-            let bytes = std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))?;
-            Some(AuditIndex::parse(&String::from_utf8_lossy(&bytes)))
+            let f =
+                std::fs::File::open(p).with_context(|| format!("cannot read {}", p.display()))?;
+            Some(
+                AuditIndex::from_reader(std::io::BufReader::new(f))
+                    .with_context(|| format!("cannot read {}", p.display()))?,
+            )
         }
         None => None,
     };

@@ -33,7 +33,10 @@
 //! `gatehouse recordings verify` (no key) recomputes all of it and names the
 //! segment that is missing, reordered, truncated, altered or replaced;
 //! `--audit FILE` also checks the chain against the audit log, which a
-//! compromised gateway cannot rewrite once it has been shipped.
+//! compromised gateway cannot rewrite once it has been shipped. (The chain
+//! holds no secret — the gateway has none — so someone with root on the
+//! gateway could rewrite a recording and its manifest consistently; the
+//! shipped audit log is what catches that.)
 //!
 //! **Plaintext of a segment.** JSON lines. The first is an asciicast v2
 //! header (width, height, timestamp, env.TERM) with gatehouse's metadata
@@ -47,6 +50,13 @@
 //! (`asciinema cat` prints its text output). Input is recorded only when the
 //! role has `record_input = true`; sftp channels record operations parsed
 //! from the protocol (see [`sftp`]), never file contents.
+//!
+//! **Audit events** (emitted here, not by the caller): `recording.started`
+//! (recording id, session id, user, login, target, kind), `recording.segment`
+//! (seq, sha256, chain) for every sealed segment, `recording.finished`
+//! (segments, final chain, reason), `recording.failed` (a recording could not
+//! be created, or writing failed mid-session), `recording.removed`
+//! (retention).
 //!
 //! **Backpressure.** Between a [`Recording`] and its writer task is a queue
 //! of 16 chunks of at most 32 KiB; the writer encrypts and writes on the
@@ -64,9 +74,11 @@ pub mod reader;
 mod retention;
 mod segment;
 pub mod sftp;
+pub mod verify;
 mod writer;
 
 use std::collections::HashSet;
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -338,8 +350,6 @@ impl Recorder {
         self.inner.active_count()
     }
 }
-
-use std::os::unix::fs::DirBuilderExt;
 
 /// Creates and removes a probe file in `dir`.
 fn probe_writable(dir: &Path) -> std::io::Result<()> {

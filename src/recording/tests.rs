@@ -976,3 +976,52 @@ async fn exported_cast_is_accepted_by_asciinema_cat_and_segments_by_age() {
     let plain = String::from_utf8(out.stdout).unwrap();
     assert!(plain.contains("second line"), "{plain}");
 }
+
+#[tokio::test]
+async fn a_shell_without_a_pty_size_gets_a_playable_default() {
+    let f = fixture();
+    let kind = RecordingKind::Shell {
+        term: String::new(),
+        cols: 0,
+        rows: 0,
+    };
+    let r = f.rec.start(meta(kind, false)).await.unwrap();
+    r.output(b"no pty\n").await.unwrap();
+    r.finish(None, "closed", 0, 0).await.unwrap();
+    let cast = export_cast(&f, r.id());
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(
+        (header["width"].as_u64(), header["height"].as_u64()),
+        (Some(80), Some(24))
+    );
+    assert!(header.get("env").is_none(), "{header}");
+}
+
+#[tokio::test]
+async fn the_audit_check_reads_journald_json_too() {
+    let f = fixture();
+    let id = recording_with_segments(&f, 1).await;
+    let entries = manifest(&f.root.join(&id));
+    // `journalctl -o json`: tracing-journald's F_ prefix, numbers as strings.
+    let mut log = String::new();
+    for e in &entries {
+        let chain = if e.seq == 1 {
+            "00".repeat(32)
+        } else {
+            e.chain.clone()
+        };
+        log.push_str(
+            &serde_json::json!({"F_EVENT": "recording.segment", "F_RECORDING_ID": id,
+                "F_SEQ": e.seq.to_string(), "F_CHAIN": chain, "MESSAGE": "x"})
+            .to_string(),
+        );
+        log.push('\n');
+    }
+    log.push_str("not json\n");
+    let index = AuditIndex::from_reader(log.as_bytes()).unwrap();
+    let stored = reader::open(&f.root, &id).unwrap();
+    let mut v = reader::verify(&stored);
+    index.check(&stored, &mut v);
+    assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+    assert!(v.problems[0].contains("segment 1 (000001.age): chain hash differs from the audit log"));
+}

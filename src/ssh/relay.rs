@@ -280,9 +280,14 @@ impl Bridge {
         self.up_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
         if let Some(r) = self.rec.get() {
-            if let Err(e) = r.input(data).await {
-                recording_failed(&self.user, self.id, &self.stats, &e).await;
-                return false;
+            match r.input(data).await {
+                Ok(()) => {}
+                // The channel's recording was finished: the channel is closing.
+                Err(RecordingError::Closed) => return false,
+                Err(e) => {
+                    recording_failed(&self.user, self.id, &self.stats, &e).await;
+                    return false;
+                }
             }
         }
         self.up
