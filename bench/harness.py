@@ -139,17 +139,20 @@ def _tree_cpu_with_children(pid):
 
 
 def _system_busy_seconds():
-    """CPU seconds the whole machine spent not idle (all CPUs)."""
+    """CPU seconds all processes spent in user and system mode (all CPUs).
+    Interrupt and softirq time (the loopback network's, mostly) is left
+    out: the kernel charges it to no process, so it could not be told
+    apart from another process's."""
     with open("/proc/stat") as f:
-        vals = [int(x) for x in f.readline().split()[1:]]
-    return (sum(vals[:8]) - vals[3] - vals[4]) / CLK_TCK
+        user, nice, system = (int(x) for x in f.readline().split()[1:4])
+    return (user + nice + system) / CLK_TCK
 
 
 class Disturbance:
     """How much CPU processes other than the benchmark's used while a row
-    ran: the machine's busy time minus that of this process's tree.
-    Approximate (interrupt time is not always charged to a process), but a
-    concurrent build or test suite shows up plainly."""
+    ran: the machine's user + system time minus that of this process's
+    tree. Approximate, but a concurrent build or test suite shows up
+    plainly."""
 
     def __init__(self):
         self.t0 = time.monotonic()
@@ -208,6 +211,35 @@ def run_checked(args, timeout=60, **kw):
             f"`{' '.join(map(str, args))}` exited {out.returncode}:\n{out.stdout}{out.stderr}"
         )
     return out.stdout
+
+
+def become_subreaper():
+    """ssh exits without waiting for its `-J` proxy ssh, which would then be
+    reparented to init and its CPU time lost to the accounting of the
+    benchmark's own CPU (see `Disturbance`). As a child subreaper this
+    process inherits such orphans and `reap_orphans` collects them."""
+    import ctypes
+
+    PR_SET_CHILD_SUBREAPER = 36
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def reap_orphans(keep):
+    """Waits for zombie children other than the pids in `keep` (which
+    belong to `subprocess.Popen` objects that wait for themselves)."""
+    for pid in children(os.getpid()):
+        if pid in keep:
+            continue
+        st = _stat_fields(pid)
+        if st is not None and st[1][0] == "Z":
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass
 
 
 def raise_nofile():

@@ -12,6 +12,7 @@ import os
 import select
 import subprocess
 import tempfile
+import threading
 import time
 
 from harness import BenchError, Procs, TreeCpu, cpu_seconds, rss_kib
@@ -51,8 +52,12 @@ def summary(samples):
 
 
 def _run_client(w, args, timeout, stdin=subprocess.DEVNULL, poll=()):
-    """Runs a client to completion, polling `poll` (TreeCpu) meanwhile.
-    Returns wall seconds; BenchError with stderr on failure or timeout."""
+    """Runs a client to completion, polling `poll` (TreeCpu) every 20 ms
+    meanwhile. Returns wall seconds (and, with `poll`, the client tree's CPU
+    seconds); BenchError with stderr on failure or timeout.
+
+    A thread blocks in waitpid, so the end is seen the moment the client
+    exits (`Popen.wait(timeout=...)` polls with sleeps of up to 50 ms)."""
     with tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
         p = subprocess.Popen(
@@ -64,26 +69,28 @@ def _run_client(w, args, timeout, stdin=subprocess.DEVNULL, poll=()):
             start_new_session=True,
         )
         w.procs.track(p)
+        ended = []
+        done = threading.Event()
+
+        def waiter():
+            p.wait()
+            ended.append(time.perf_counter())
+            done.set()
+
+        threading.Thread(target=waiter, daemon=True).start()
+        # The client too: ssh and its `-J` proxy ssh, sftp and its ssh.
+        client = TreeCpu(p.pid, include_root=True)
+        trees = list(poll) + [client] if poll else []
         deadline = t0 + timeout
-        if poll:
-            # The client too: ssh and its `-J` proxy ssh, scp/sftp and theirs.
-            client = TreeCpu(p.pid, include_root=True)
-            poll = list(poll) + [client]
-            while p.poll() is None:
-                for tree in poll:
-                    tree.poll()
-                if time.perf_counter() > deadline:
-                    Procs.kill(p)
-                    raise BenchError(f"timed out after {timeout}s: {' '.join(args)}")
-                time.sleep(0.02)
-        else:
-            # A blocking wait sees the exit at once and costs no CPU.
-            try:
-                p.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
+        while not done.wait(0.02 if trees else max(0.0, deadline - time.perf_counter())):
+            for tree in trees:
+                tree.poll()
+            if time.perf_counter() > deadline:
                 Procs.kill(p)
+                done.wait(10)
+                w.procs.procs.remove(p)
                 raise BenchError(f"timed out after {timeout}s: {' '.join(args)}")
-        wall = time.perf_counter() - t0
+        wall = ended[0] - t0
         w.procs.procs.remove(p)
         if p.returncode != 0:
             err.seek(0)

@@ -107,7 +107,12 @@ def build_world(args, p, procs, root):
     for cipher in CIPHERS:
         short = cipher.split("-")[0]
         name = f"target-{short}"
-        w.targets[cipher] = harness.Sshd(procs, w.root, name, [user_key], cipher)
+        # SHLVL=1: Debian's bash sources ~/.bashrc for a command run by sshd
+        # only in a top-level shell; this machine's root .bashrc costs
+        # ~0.25 s (pyenv init), the same on every path, which is not SSH.
+        w.targets[cipher] = harness.Sshd(
+            procs, w.root, name, [user_key], cipher, extra=["SetEnv SHLVL=1"]
+        )
         w.target_name[cipher] = name
     w.jump = harness.Sshd(
         procs,
@@ -122,6 +127,9 @@ def build_world(args, p, procs, root):
     targets = [(w.target_name[c], w.targets[c].port, w.targets[c].host_key) for c in CIPHERS]
     targets.append(("echo", w.echo.port, w.echo.host_key))
     w.gw = harness.Gatehouse(procs, w.gw_bin, w.root, "bench", user_key, w.login, targets)
+    for kv in args.gatehouse_env:
+        name, _, value = kv.partition("=")
+        w.gw.env[name] = value
     for sshd in w.targets.values():
         sshd.set_authorized([user_key, w.gw.client_pubkey])
     secret = w.gw.enroll()
@@ -299,6 +307,14 @@ def main():
     ap.add_argument("--no-write", action="store_true", help="do not touch BENCHMARKS.md in full mode")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, configs)")
     ap.add_argument(
+        "--gatehouse-env",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for `gatehouse run`, for experiments (e.g. TOKIO_WORKER_THREADS=1); "
+        "recorded in the results",
+    )
+    ap.add_argument(
         "--wait-idle",
         type=float,
         default=None,
@@ -322,6 +338,7 @@ def main():
     signal.signal(signal.SIGALRM, overall)
     wait_idle = args_wait_idle(args, p)
     nofile = harness.raise_nofile()
+    harness.become_subreaper()
     root = Path(tempfile.mkdtemp(prefix="gh-bench-"))
     try:
         print(f"gatehouse benchmark ({'quick' if p.quick else 'full'} mode); RLIMIT_NOFILE {nofile}", flush=True)
@@ -337,6 +354,8 @@ def main():
         print(f"  world up in {time.monotonic() - started:.0f}s ({root})", flush=True)
         info = machine_info(w)
         info["legs"] = probe_algorithms(w)
+        if args.gatehouse_env:
+            info["gatehouse"] += "; environment " + " ".join(args.gatehouse_env)
         results = {}
         idle_per_row = {}
         others_per_row = {}
@@ -353,6 +372,7 @@ def main():
                 print(f"== {name} (CPUs {row_idle:.0f}% idle before it)", flush=True)
                 dist = harness.Disturbance()
                 results[name] = fn(w, p)
+                harness.reap_orphans({pr.pid for pr in procs.procs})
                 others = dist.result()
                 others_per_row[name] = round(others["other_pct"])
                 print(
