@@ -277,8 +277,14 @@ fn quickstart_starts_a_gateway_the_stock_client_logs_in_to() {
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::null()),
     );
+    // Quickstart writes its files, then listens; wait for both (another
+    // process on this machine could own a port we thought was free).
     assert!(
-        wait_for_port(port, Duration::from_secs(20)),
+        wait_until(Duration::from_secs(30), || {
+            demo.join("demo.totp").exists()
+                && demo.join("ssh_config").exists()
+                && port_is_listening(port)
+        }),
         "quickstart did not start listening"
     );
     let mut out = String::new();
