@@ -221,6 +221,9 @@ impl Engine {
     /// The loop. Returns after shutdown, once tunnel connections closed or
     /// the grace period passed.
     pub async fn run(mut self) {
+        // A fresh socket is not known to be writable until the reactor saw
+        // it: wait, or the first sends (resumed sessions) would be dropped.
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.sock.writable()).await;
         self.resume();
         let mut next_timers = Instant::now();
         let mut next_status = Instant::now();
@@ -587,11 +590,7 @@ impl Engine {
     /// Encrypts queued packets into GSO batches and sends them. Returns true
     /// when the socket is full (the rest waits for it to drain).
     fn transmit(&mut self) -> bool {
-        let max_segments = if std::env::var_os("GH_NO_GSO").is_some() {
-            1
-        } else {
-            self.udp.max_gso_segments().max(1)
-        };
+        let max_segments = self.udp.max_gso_segments().max(1);
         while let Some(pkt) = self.device.pop_tx() {
             let route = packet::destination(pkt.bytes())
                 .and_then(|d| self.peers.by_addr(&d))

@@ -430,6 +430,7 @@ impl Stack {
         let mut s = tcp::Socket::new(rx, tx);
         s.set_nagle_enabled(false);
         s.set_ack_delay(None);
+        s.set_congestion_control(congestion());
         s.set_timeout(Some(HANDSHAKE_TIMEOUT.into()));
         let ep = IpListenEndpoint {
             addr: Some(IpAddress::from(self.gateway)),
@@ -543,6 +544,15 @@ impl Stack {
     }
 }
 
+/// smoltcp has no SACK: a burst that overruns the peer's receive path (a
+/// wireguard-go client with default 208 KiB socket buffers drops most of a
+/// 256 KiB burst) costs a retransmission timeout per hole, and without a
+/// congestion window the connection stalls outright. CUBIC keeps the bursts
+/// to what the path delivers.
+fn congestion() -> tcp::CongestionControl {
+    tcp::CongestionControl::Cubic
+}
+
 /// Per-direction buffer size for a new connection when `allocated` bytes
 /// of buffers exist: a slice of what is left of the budget, between
 /// [`TCP_BUFFER_MIN`] and [`TCP_BUFFER_MAX`]. The first few hundred
@@ -554,9 +564,233 @@ pub fn buffer_size(allocated: usize) -> usize {
 }
 
 #[cfg(test)]
-#[allow(clippy::indexing_slicing)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::tunnel::packet::{classify, Verdict};
+    use smoltcp::phy;
+    use std::collections::VecDeque;
+
+    const GW: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 1));
+    const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 10));
+
+    /// A client-side device: what the client stack sends is collected in
+    /// `out`; what is pushed to `inq` it receives.
+    #[derive(Default)]
+    struct Pipe {
+        inq: VecDeque<Vec<u8>>,
+        out: VecDeque<Vec<u8>>,
+    }
+    struct PRx(Vec<u8>);
+    struct PTx<'a>(&'a mut VecDeque<Vec<u8>>);
+    impl phy::RxToken for PRx {
+        fn consume<R, F: FnOnce(&[u8]) -> R>(self, f: F) -> R {
+            f(&self.0)
+        }
+    }
+    impl phy::TxToken for PTx<'_> {
+        fn consume<R, F: FnOnce(&mut [u8]) -> R>(self, len: usize, f: F) -> R {
+            let mut v = vec![0; len];
+            let r = f(&mut v);
+            self.0.push_back(v);
+            r
+        }
+    }
+    impl phy::Device for Pipe {
+        type RxToken<'a> = PRx;
+        type TxToken<'a> = PTx<'a>;
+        fn receive(&mut self, _: SInstant) -> Option<(PRx, PTx<'_>)> {
+            let p = self.inq.pop_front()?;
+            Some((PRx(p), PTx(&mut self.out)))
+        }
+        fn transmit(&mut self, _: SInstant) -> Option<PTx<'_>> {
+            Some(PTx(&mut self.out))
+        }
+        fn capabilities(&self) -> phy::DeviceCapabilities {
+            let mut c = phy::DeviceCapabilities::default();
+            c.medium = phy::Medium::Ip;
+            c.max_transmission_unit = 1420;
+            c
+        }
+    }
+
+    struct Net {
+        shared: Arc<Shared>,
+        dev: Device,
+        client: Interface,
+        pipe: Pipe,
+        sockets: SocketSet<'static>,
+        accepted: Vec<Accepted>,
+        t: i64,
+    }
+
+    impl Net {
+        fn new(max_per_peer: usize) -> Net {
+            let mut dev = Device::default();
+            let shared = Shared::new(
+                StackConfig {
+                    gateway: GW,
+                    prefix_len: 24,
+                    ports: vec![22],
+                    max_per_peer,
+                    max_total: 100,
+                    random_seed: 1,
+                },
+                &mut dev,
+            );
+            let mut pipe = Pipe::default();
+            let mut cfg = Config::new(HardwareAddress::Ip);
+            cfg.random_seed = 2;
+            let mut client = Interface::new(cfg, &mut pipe, SInstant::from_millis(0));
+            client.update_ip_addrs(|a| {
+                let _ = a.push(IpCidr::new(IpAddress::from(PEER), 24));
+            });
+            Net {
+                shared,
+                dev,
+                client,
+                pipe,
+                sockets: SocketSet::new(Vec::new()),
+                accepted: Vec::new(),
+                t: 0,
+            }
+        }
+
+        /// Hands a packet to the gateway the way the engine does.
+        fn deliver(&mut self, p: &[u8]) {
+            if let Verdict::Accept(a) = classify(p, PEER, GW) {
+                let mut b = self.dev.take();
+                b.space()[..p.len()].copy_from_slice(p);
+                b.set_len(p.len());
+                b.peer = 0;
+                b.syn = a.syn;
+                self.dev.rx.push_back(b);
+            }
+        }
+
+        fn run(&mut self, rounds: usize) {
+            for _ in 0..rounds {
+                self.t += 10;
+                let now = SInstant::from_millis(self.t);
+                self.client.poll(now, &mut self.pipe, &mut self.sockets);
+                while let Some(p) = self.pipe.out.pop_front() {
+                    self.deliver(&p);
+                }
+                {
+                    let mut st = self.shared.lock();
+                    st.ingress(&mut self.dev);
+                    let (acc, _) = st.housekeeping();
+                    self.accepted.extend(acc);
+                    st.egress(&mut self.dev);
+                }
+                while let Some(b) = self.dev.pop_tx() {
+                    self.pipe.inq.push_back(b.bytes().to_vec());
+                    self.dev.give(b);
+                }
+            }
+        }
+
+        fn connect(&mut self, port: u16) -> SocketHandle {
+            let mut s = tcp::Socket::new(
+                tcp::SocketBuffer::new(vec![0; 65536]),
+                tcp::SocketBuffer::new(vec![0; 65536]),
+            );
+            s.connect(self.client.context(), (IpAddress::from(GW), 22), port)
+                .unwrap();
+            self.sockets.add(s)
+        }
+    }
+
+    fn read_all(shared: &Shared, h: SocketHandle) -> Vec<u8> {
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let mut rb = tokio::io::ReadBuf::new(&mut buf);
+            match shared.poll_read(h, &mut cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    out.extend_from_slice(rb.filled())
+                }
+                _ => return out,
+            }
+        }
+    }
+
+    /// A hand-made IPv4/TCP packet from the peer to the gateway.
+    fn tcp_packet(sport: u16, dport: u16, seq: u32, ack: u32, flags: u8) -> Vec<u8> {
+        let mut t = Vec::new();
+        t.extend_from_slice(&sport.to_be_bytes());
+        t.extend_from_slice(&dport.to_be_bytes());
+        t.extend_from_slice(&seq.to_be_bytes());
+        t.extend_from_slice(&ack.to_be_bytes());
+        t.extend_from_slice(&[5 << 4, flags, 0x10, 0, 0, 0, 0, 0]);
+        let mut p = vec![
+            0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 10, 77, 0, 10, 10, 77, 0, 1,
+        ];
+        p.extend_from_slice(&t);
+        p
+    }
+
+    #[test]
+    fn a_connection_survives_hostile_packets_and_other_ports_are_reset() {
+        let mut net = Net::new(8);
+        let h = net.connect(40000);
+        net.run(20);
+        assert_eq!(net.accepted.len(), 1, "the connection was accepted once");
+        let gw_handle = net.accepted[0].handle;
+        assert_eq!(net.accepted[0].remote, SocketAddr::new(PEER, 40000));
+
+        // Hostile or broken packets on the same tuple and beside it.
+        let junk: Vec<Vec<u8>> = vec![
+            tcp_packet(40000, 22, 12345, 999, 0x04), // RST, sequence out of window
+            tcp_packet(40000, 22, 1, 0, 0x02),       // SYN again on a live tuple
+            tcp_packet(40000, 22, 7, 7, 0x3f),       // every flag
+            tcp_packet(40000, 22, 7, 7, 0x10)[..30].to_vec(), // truncated
+            vec![0x45; 3],
+            tcp_packet(40001, 23, 1, 0, 0x02), // SYN to a port nobody serves
+        ];
+        for p in &junk {
+            net.deliver(p);
+        }
+        net.run(5);
+        assert_eq!(net.accepted.len(), 1, "no second connection from junk");
+        // A SYN to another port got a RST, not a socket.
+        assert!(net.shared.lock().connections() == 1);
+
+        // The real connection still carries data both ways.
+        net.sockets
+            .get_mut::<tcp::Socket>(h)
+            .send_slice(b"still here")
+            .unwrap();
+        net.run(10);
+        assert_eq!(read_all(&net.shared, gw_handle), b"still here");
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(matches!(
+            net.shared.poll_write(gw_handle, &mut cx, b"and back"),
+            Poll::Ready(Ok(8))
+        ));
+        net.run(10);
+        let mut buf = [0u8; 64];
+        let n = net
+            .sockets
+            .get_mut::<tcp::Socket>(h)
+            .recv_slice(&mut buf)
+            .unwrap();
+        assert_eq!(&buf[..n], b"and back");
+    }
+
+    #[test]
+    fn the_per_peer_cap_refuses_further_connections() {
+        let mut net = Net::new(2);
+        let hs: Vec<_> = (0..3).map(|i| net.connect(41000 + i)).collect();
+        net.run(30);
+        assert_eq!(net.accepted.len(), 2);
+        let refused = hs
+            .iter()
+            .filter(|h| net.sockets.get::<tcp::Socket>(**h).state() == tcp::State::Closed)
+            .count();
+        assert_eq!(refused, 1, "the third connection was reset");
+    }
 
     #[test]
     fn buffers_shrink_with_many_connections_but_stay_usable() {

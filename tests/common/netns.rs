@@ -540,7 +540,8 @@ impl WgWorld {
             .tempdir()
             .expect("tempdir");
         let key = super::gen_ed25519(keys.path(), "alice");
-        let sshd = super::Sshd::start(&[]);
+        // Many parallel logins through one device reach sshd at once.
+        let sshd = super::Sshd::start_with(&[], &["MaxStartups 200"]);
         let login = sshd.login.clone();
         let builder = super::GatehouseBuilder::new()
             .user("alice", &["web"], &[&key.public_line])
