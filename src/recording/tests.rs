@@ -1025,3 +1025,48 @@ async fn the_audit_check_reads_journald_json_too() {
     assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
     assert!(v.problems[0].contains("segment 1 (000001.age): chain hash differs from the audit log"));
 }
+
+/// Regression: sftp data that yields no operation (the middle of a long
+/// READ) marks the segment active but leaves nothing to seal. The time
+/// seal then found nothing, kept its deadline in the past and the writer
+/// flushed in a loop without reading its queue: a 1 GiB `sftp get`
+/// stalled after a few seconds (found by the benchmark).
+#[tokio::test]
+async fn sftp_data_without_operations_keeps_the_queue_moving_past_a_time_seal() {
+    let f = fixture();
+    f.rec
+        .set_segment_interval_for_tests(Duration::from_millis(30));
+    let r = f.rec.start(meta(RecordingKind::Sftp, false)).await.unwrap();
+    let u32b = |v: u32| v.to_be_bytes().to_vec();
+    r.input(&sftp_packet(1, &[&u32b(3)])).await.unwrap();
+    r.output(&sftp_packet(2, &[&u32b(3)])).await.unwrap();
+    // One huge DATA reply (id 7), fed in pieces: no operation until it ends.
+    let body_len: u32 = 64 * 1024 * 1024;
+    let mut head = (body_len + 9).to_be_bytes().to_vec();
+    head.push(103);
+    head.extend(u32b(7));
+    head.extend(u32b(body_len));
+    r.output(&head).await.unwrap();
+    let piece = vec![0x5au8; 32 * 1024];
+    let start = std::time::Instant::now();
+    let fed = tokio::time::timeout(Duration::from_secs(20), async {
+        let mut sent = 0usize;
+        while sent < body_len as usize {
+            r.output(&piece).await.unwrap();
+            sent += piece.len();
+            if sent % (4 * 1024 * 1024) == 0 {
+                // Let the time seal come due with nothing to seal.
+                tokio::time::sleep(Duration::from_millis(40)).await;
+            }
+        }
+    })
+    .await;
+    assert!(
+        fed.is_ok(),
+        "writer stopped reading its queue after {:?}",
+        start.elapsed()
+    );
+    r.finish(Some(0), "closed", 0, u64::from(body_len))
+        .await
+        .unwrap();
+}

@@ -588,8 +588,13 @@ impl Writer {
                     .unwrap_or_default()
             ),
         })?;
-        if let Some(s) = sealed {
+        if seal {
+            // Also when there was nothing to seal (sftp data that produced no
+            // operation yet): otherwise the deadline stays in the past and
+            // `run` would flush in a loop instead of reading its queue.
             self.seg_started = None;
+        }
+        if let Some(s) = sealed {
             audit::recording_segment(
                 &self.meta.id,
                 &self.meta.session_id,
