@@ -6,6 +6,7 @@ group is not enough) on exit, on an exception and on SIGINT/SIGTERM/SIGHUP.
 Only loopback addresses are used. Standard library only.
 """
 
+import json
 import os
 import shutil
 import signal
@@ -422,11 +423,21 @@ class Gatehouse:
         self.user = user
         q = lambda s: '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
         names = ", ".join(q(t[0]) for t in targets)
+        # Sessions are recorded (there is no unrecorded mode), sealed to an
+        # auditor key nobody here uses; the benchmark deletes finished
+        # recordings between runs (`clear_recordings`) so that gigabytes of
+        # `cat` output do not pile up on disk.
+        auditor = keygen(self.dir / "auditor", "bench-auditor")
+        self.recordings = self.dir / "recordings"
         lines = [
             "[gateway]",
             f"state_dir = {q(str(state))}",
             f'ssh_listen = ["127.0.0.1:{self.port}"]',
             "max_connections = 4096",
+            "",
+            "[recordings]",
+            f"recipients = [{q(key_only(auditor))}]",
+            f"dir = {q(str(self.recordings))}",
             "",
             "[auth]",
             # One code login, then the lease admits every further login
@@ -500,6 +511,49 @@ class Gatehouse:
     @property
     def pid(self):
         return self.proc.pid
+
+    def recordings_bytes(self):
+        total = 0
+        for dirpath, _dirs, files in os.walk(self.recordings):
+            for name in files:
+                try:
+                    total += os.path.getsize(os.path.join(dirpath, name))
+                except OSError:
+                    pass
+        return total
+
+    def _recordings(self):
+        """[(path, ended?)] of the recording directories."""
+        out = []
+        try:
+            entries = list(os.scandir(self.recordings))
+        except OSError:
+            return out
+        for e in entries:
+            if not e.is_dir():
+                continue
+            try:
+                ended = json.loads((Path(e.path) / "meta.json").read_text()).get("end") is not None
+            except (OSError, ValueError):
+                ended = False
+            out.append((e.path, ended))
+        return out
+
+    def wait_recordings_ended(self, timeout=10.0):
+        """Until every recording has its end written (bounded)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(ended for _, ended in self._recordings()):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def clear_recordings(self):
+        """Removes the recordings of sessions that have ended; open ones are
+        left alone."""
+        for path, ended in self._recordings():
+            if ended:
+                shutil.rmtree(path, ignore_errors=True)
 
 
 class EchoTarget:

@@ -35,8 +35,14 @@ def spread(s, digits=0):
     return f"{f(s['median'], digits)} ({f(s['min'], digits)}–{f(s['max'], digits)})"
 
 
+def _ok(res):
+    """The rows that produced results (a failed row is {"error": ...})."""
+    return {k: v for k, v in res.items() if "error" not in v}
+
+
 def targets(res):
     """(measure, measured, target, met) for the issue's targets."""
+    res = _ok(res)
     out = []
     tp = res.get("throughput")
     if tp:
@@ -153,6 +159,11 @@ def render(info, res):
                 for leg in lst:
                     a(f"| {cipher} | {PATH_NAMES[path]} | {leg['leg']} | {leg.get('kex') or '–'} | {leg.get('cipher') or '–'} |")
         a("")
+    failed = {k: v["error"] for k, v in res.items() if "error" in v}
+    res = _ok(res)
+    for k, err in failed.items():
+        a(f"**Row `{k}` failed:** `{err[:400]}`")
+        a("")
     tg = targets(res)
     if tg:
         a("### Against the targets")
@@ -176,6 +187,27 @@ def render(info, res):
                 f"| {f(ratio(m['gatehouse']['median'], m['jump']['median']), 2)}× |"
             )
         a("")
+        fails = [
+            f"`{r['method']}` {r['cipher'].split('@')[0]} {path}: {len(v)} of {tp['reps'] + 1} failed ({v[0][:160]})"
+            for r in tp["rows"]
+            for path, v in (r.get("failures") or {}).items()
+            if v
+        ]
+        if fails:
+            a("**Failed transfers** (not in the medians): " + "; ".join(fails))
+            a("")
+        rec = [
+            f"`{r['method']}` {r['cipher'].split('@')[0]} {r['recorded_bytes_per_byte']['median']:.2f}"
+            for r in tp["rows"]
+            if (r.get("recorded_bytes_per_byte") or {}).get("median") is not None
+        ]
+        if rec:
+            a(
+                "gatehouse records every session it relays (sealed to an auditor key, fsynced every 4 MiB); "
+                "bytes of recording written per byte relayed: " + ", ".join(rec)
+                + " (binary output is kept as base64; sftp records operations, not file contents)."
+            )
+            a("")
         a("CPU seconds per GiB relayed (median (min–max)); the ratio is per run, gatehouse / the target's sshd session processes in that same run:")
         a("")
         a("| transfer | cipher | gatehouse | target sshd (via gatehouse) | ratio | OpenSSH jump host sshd | target sshd (direct) |")

@@ -121,11 +121,20 @@ def _transfer(w, cipher, method, path, remote_file, timeout):
         jump_tree = TreeCpu(w.jump.proc.pid, only_comm="sshd")
         trees.append(jump_tree)
     gw0 = cpu_seconds(w.gw.pid)
-    wall, client_cpu = _run_client(w, args, timeout, poll=trees)
+    try:
+        wall, client_cpu = _run_client(w, args, timeout, poll=trees)
+    finally:
+        if path == "gatehouse":
+            # Recordings of finished transfers are measured, then deleted so
+            # that gigabytes of `cat` output do not fill the disk.
+            w.gw.wait_recordings_ended()
+            recorded = w.gw.recordings_bytes()
+            w.gw.clear_recordings()
     gw1 = cpu_seconds(w.gw.pid)
     out = {"wall": wall, "target_cpu": target_tree.total(), "client_cpu": client_cpu}
     if path == "gatehouse":
         out["proxy_cpu"] = gw1 - gw0
+        out["recorded"] = recorded
     elif jump_tree is not None:
         out["proxy_cpu"] = jump_tree.total()
     return out
@@ -143,12 +152,25 @@ def throughput(w, p):
             proxy_cpu = {path: [] for path in PATHS}
             target_cpu = {path: [] for path in PATHS}
             client_cpu = {path: [] for path in PATHS}
+            recorded = []
+            # A transfer that fails or times out is reported and left out of
+            # the medians; it does not lose the rest of the row.
+            failures = {path: [] for path in PATHS}
             # Warm-up: page cache, sshd/gatehouse code paths, CPU frequency.
             for path in PATHS:
-                _transfer(w, cipher, method, path, w.warm_file, p.timeout)
+                try:
+                    _transfer(w, cipher, method, path, w.warm_file, p.timeout)
+                except BenchError as e:
+                    failures[path].append(f"warm-up: {e}")
             for _rep in range(p.reps):
                 for path in PATHS:
-                    r = _transfer(w, cipher, method, path, w.big_file, p.timeout)
+                    try:
+                        r = _transfer(w, cipher, method, path, w.big_file, p.timeout)
+                    except BenchError as e:
+                        failures[path].append(str(e))
+                        continue
+                    if "recorded" in r:
+                        recorded.append(r["recorded"] / size)
                     wall[path].append(r["wall"])
                     target_cpu[path].append(r["target_cpu"] * GIB / size)
                     client_cpu[path].append(r["client_cpu"] * GIB / size)
@@ -188,6 +210,8 @@ def throughput(w, p):
                         },
                     },
                     "cpu_ratio": summary(ratio),
+                    "recorded_bytes_per_byte": summary(recorded),
+                    "failures": failures,
                 }
             )
             _progress(w, f"throughput {method} {cipher}", mibs)

@@ -234,11 +234,6 @@ impl SegmentStore {
         Ok(())
     }
 
-    /// Plaintext bytes in the open segment.
-    pub fn open_plain_bytes(&self) -> u64 {
-        self.open.as_ref().map(|s| s.plain).unwrap_or(0)
-    }
-
     /// Seals the open segment: finish, fsync, rename, fsync dir, manifest.
     /// Nothing to do (Ok(None)) when no segment is open.
     pub fn seal(&mut self) -> io::Result<Option<Sealed>> {

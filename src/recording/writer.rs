@@ -246,6 +246,9 @@ pub(super) fn spawn(
     let sftp = disk_meta.kind == Kind::Sftp;
     let w = Writer {
         store: Some(store),
+        job: None,
+        open_bytes: 0,
+        spare: Vec::new(),
         pending: Vec::with_capacity(FLUSH_AT + CHUNK * 2),
         seg_started: None,
         carry: Default::default(),
@@ -275,9 +278,34 @@ pub(super) fn spawn(
     }
 }
 
+/// What a blocking write hands back: the store, the emptied buffer (for
+/// reuse) and the outcome.
+type JobOut = (
+    SegmentStore,
+    Vec<u8>,
+    std::io::Result<Option<segment::Sealed>>,
+);
+type Job = tokio::task::JoinHandle<JobOut>;
+
+/// What woke the writer.
+enum Event {
+    Written(Box<Result<JobOut, tokio::task::JoinError>>),
+    Deadline,
+    Cmd(Option<Cmd>),
+}
+
 struct Writer {
-    /// None only while a blocking write holds it.
+    /// None while a blocking write holds it (see `job`).
     store: Option<SegmentStore>,
+    /// The blocking write in flight, if any. The writer encodes the next
+    /// events while the previous buffer is encrypted, hashed and written
+    /// (two stages in parallel); at most one write is in flight, so at
+    /// most two buffers of about [`FLUSH_AT`] exist per recording.
+    job: Option<Job>,
+    /// Plaintext handed to the open segment so far (including in flight).
+    open_bytes: u64,
+    /// An emptied buffer to encode into while the other one is written.
+    spare: Vec<u8>,
     pending: Vec<u8>,
     /// When the current segment got its first event since the last seal.
     seg_started: Option<Instant>,
@@ -348,9 +376,35 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Cmd>) {
         loop {
             let deadline = self.seg_started.map(|s| s + self.interval);
-            let cmd = tokio::select! {
-                biased;
-                _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => {
+            let has_job = self.job.is_some();
+            let event = {
+                let job = self.job.as_mut();
+                tokio::select! {
+                    biased;
+                    // A finished write is collected at once, so that a
+                    // sealed segment's audit event is not held back until
+                    // the next activity.
+                    done = async {
+                        match job {
+                            Some(j) => j.await,
+                            None => std::future::pending().await,
+                        }
+                    }, if has_job => Event::Written(Box::new(done)),
+                    _ = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now).into()), if deadline.is_some() => Event::Deadline,
+                    c = rx.recv() => Event::Cmd(c),
+                }
+            };
+            let cmd = match event {
+                Event::Written(done) => {
+                    self.job = None;
+                    if let Err(e) = self.written(*done) {
+                        rx.close();
+                        self.fail(e).await;
+                        return;
+                    }
+                    continue;
+                }
+                Event::Deadline => {
                     if let Err(e) = self.flush(true).await {
                         // Refuse further data at once, with the reason.
                         self.shared.set_error(e.clone());
@@ -360,7 +414,7 @@ impl Writer {
                     }
                     continue;
                 }
-                c = rx.recv() => c,
+                Event::Cmd(c) => c,
             };
             match cmd {
                 None => {
@@ -430,11 +484,7 @@ impl Writer {
             }
             Cmd::Finish { .. } => {}
         }
-        let open = self
-            .store
-            .as_ref()
-            .map(|s| s.open_plain_bytes())
-            .unwrap_or(0);
+        let open = self.open_bytes;
         if open.saturating_add(self.pending.len() as u64) >= SEGMENT_MAX
             || self
                 .seg_started
@@ -541,18 +591,31 @@ impl Writer {
         }
     }
 
-    /// Writes the pending plaintext (and seals the segment when `seal`) on
-    /// the blocking pool; then throttles when testing asked for it.
+    /// Hands the pending plaintext to the blocking pool to be encrypted and
+    /// written (and the segment sealed when `seal`), after collecting the
+    /// previous write. Returns without waiting for this one: its outcome is
+    /// collected by the next `flush` or by [`Writer::collect`], so a write
+    /// error ends the session at most one buffer later. Then throttles when
+    /// testing asked for it.
     async fn flush(&mut self, seal: bool) -> Result<(), RecordingError> {
+        self.collect().await?;
         let Some(mut store) = self.store.take() else {
             return Err(RecordingError::Failed {
                 detail: "segment store lost".into(),
             });
         };
-        let buf = std::mem::take(&mut self.pending);
+        let buf = std::mem::replace(&mut self.pending, std::mem::take(&mut self.spare));
         let n = buf.len();
+        self.open_bytes = self.open_bytes.saturating_add(n as u64);
+        if seal {
+            // Also when there is nothing to seal (sftp data that produced no
+            // operation yet): otherwise the deadline stays in the past and
+            // `run` would flush in a loop instead of reading its queue.
+            self.seg_started = None;
+            self.open_bytes = 0;
+        }
         let (cols, rows) = (self.cols, self.rows);
-        let joined = tokio::task::spawn_blocking(move || {
+        self.job = Some(tokio::task::spawn_blocking(move || {
             let mut run = || -> std::io::Result<Option<segment::Sealed>> {
                 if !buf.is_empty() {
                     store.write(&buf, cols, rows)?;
@@ -567,9 +630,30 @@ impl Writer {
             let mut buf = buf;
             buf.clear();
             (store, buf, result)
-        })
-        .await;
-        let (store, buf, result) = match joined {
+        }));
+        if let Some(bps) = self.throttle {
+            let secs = n as f64 / bps as f64;
+            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits for the write in flight (if any), takes the store back and
+    /// reports a sealed segment or the write's error.
+    async fn collect(&mut self) -> Result<(), RecordingError> {
+        let Some(job) = self.job.take() else {
+            return Ok(());
+        };
+        let done = job.await;
+        self.written(done)
+    }
+
+    /// Takes back what a finished write returned; see [`Writer::collect`].
+    fn written(
+        &mut self,
+        done: Result<JobOut, tokio::task::JoinError>,
+    ) -> Result<(), RecordingError> {
+        let (store, buf, result) = match done {
             Ok(x) => x,
             Err(e) => {
                 return Err(RecordingError::Failed {
@@ -578,7 +662,7 @@ impl Writer {
             }
         };
         self.store = Some(store);
-        self.pending = buf;
+        self.spare = buf;
         let sealed = result.map_err(|e| RecordingError::Failed {
             detail: format!(
                 "writing {}: {e}",
@@ -588,12 +672,6 @@ impl Writer {
                     .unwrap_or_default()
             ),
         })?;
-        if seal {
-            // Also when there was nothing to seal (sftp data that produced no
-            // operation yet): otherwise the deadline stays in the past and
-            // `run` would flush in a loop instead of reading its queue.
-            self.seg_started = None;
-        }
         if let Some(s) = sealed {
             audit::recording_segment(
                 &self.meta.id,
@@ -602,10 +680,6 @@ impl Writer {
                 &s.sha256,
                 &s.chain,
             );
-        }
-        if let Some(bps) = self.throttle {
-            let secs = n as f64 / bps as f64;
-            tokio::time::sleep(Duration::from_secs_f64(secs)).await;
         }
         Ok(())
     }
@@ -680,7 +754,11 @@ impl Writer {
         down: u64,
     ) -> Result<(), RecordingError> {
         self.end_events(t, exit_status, reason, up, down);
-        if let Err(e) = self.flush(true).await {
+        let flushed = match self.flush(true).await {
+            Ok(()) => self.collect().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = flushed {
             self.fail(e.clone()).await;
             return Err(e);
         }
@@ -711,6 +789,9 @@ impl Writer {
     async fn fail(&mut self, e: RecordingError) {
         self.shared.set_error(e.clone());
         self.done = true;
+        // Take the store back from a write in flight; its own outcome no
+        // longer matters (this recording has failed already).
+        let _ = self.collect().await;
         let detail = e.detail();
         tracing::warn!(recording_id = %self.meta.id, error = %detail, "recording failed; ending the session");
         audit::recording_failed(
@@ -731,7 +812,10 @@ impl Writer {
 
 impl Drop for Writer {
     /// The task was dropped without closing (the runtime is shutting
-    /// down): seal what there is, synchronously, as `aborted`.
+    /// down): seal what there is, synchronously, as `aborted`. (If a write
+    /// was in flight at that moment, the store is inside it and the open
+    /// segment is lost, as on `kill -9`; the daemon drains recordings
+    /// before it stops, so this is the last resort.)
     fn drop(&mut self) {
         if self.done {
             return;
