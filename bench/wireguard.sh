@@ -46,29 +46,58 @@ run_test() { # TEST-BINARY FILTER [ARGS...]
 
 echo "## WireGuard ($(date -u +%Y-%m-%dT%H:%MZ), $(nproc) cores, $((GH_BENCH_BYTES >> 20)) MiB x $GH_BENCH_RUNS runs)"
 echo
-tcp=$(run_test wireguard_bench wireguard_tcp_throughput --include-ignored)
-if ! grep -q '^BENCH ratio' <<<"$tcp"; then
-  echo "$tcp" >&2
-  echo "bench/wireguard.sh: the TCP benchmark failed" >&2
-  exit 1
-fi
-mbit() { grep "^BENCH $1:" <<<"$tcp" | sed -E 's/.*: ([0-9]+) Mbit\/s.*/\1/' | head -1; }
-gh_up=$(mbit "gatehouse up"); go_up=$(mbit "wireguard-go up")
-gh_down=$(mbit "gatehouse down"); go_down=$(mbit "wireguard-go down")
-ratio() { python3 -c "print(f'{$1/max($2,1):.2f}x')"; }
-echo "| path | client -> gateway | gateway -> client |"
-echo "|---|---|---|"
-echo "| TCP through gatehouse's tunnel (boringtun + smoltcp, in-process sink) | $gh_up Mbit/s | $gh_down Mbit/s |"
-echo "| TCP through wireguard-go to wireguard-go (kernel TCP) | $go_up Mbit/s | $go_down Mbit/s |"
-echo "| gatehouse / wireguard-go | $(ratio "$gh_up" "$go_up") | $(ratio "$gh_down" "$go_down") |"
+# The client matters: Debian 12's wireguard-go (0.0.20220316) leaves its UDP
+# socket at the kernel default (net.core.rmem_default, 208 KiB here), which
+# overflows under a burst that smoltcp (no SACK, no pacing) then recovers
+# from slowly; newer wireguard-go releases raise their own socket buffers to
+# several MiB, and the kernel module and the apps do not queue in a socket
+# at all. The row runs both ways: as installed, and with the defaults the
+# client's socket inherits raised to 4 MiB for the duration (net.core.*_default
+# is not per network namespace; restored on exit). Both sides of each
+# comparison use the same client.
+orig_rmem=$(sysctl -n net.core.rmem_default)
+orig_wmem=$(sysctl -n net.core.wmem_default)
+restore() { sysctl -q -w net.core.rmem_default="$orig_rmem" net.core.wmem_default="$orig_wmem" || true; }
+trap restore EXIT
 
+mbit() { grep "^BENCH $2:" <<<"$1" | sed -E 's/.*: ([0-9]+) Mbit\/s.*/\1/' | head -1; }
+ratio() { python3 -c "print(f'{$1/max($2,1):.2f}x')"; }
+echo "| client UDP socket buffers | path | client -> gateway | gateway -> client |"
+echo "|---|---|---|---|"
+for variant in default raised; do
+  if [[ $variant == raised ]]; then
+    sysctl -q -w net.core.rmem_default=4194304 net.core.wmem_default=4194304
+    label="4 MiB (as newer wireguard-go)"
+  else
+    label="$((orig_rmem / 1024)) KiB (kernel default; Debian 12 wireguard-go)"
+  fi
+  tcp=$(run_test wireguard_bench wireguard_tcp_throughput --include-ignored)
+  restore
+  if ! grep -q '^BENCH ratio' <<<"$tcp"; then
+    echo "$tcp" >&2
+    echo "bench/wireguard.sh: the TCP benchmark failed" >&2
+    exit 1
+  fi
+  gh_up=$(mbit "$tcp" "gatehouse up"); go_up=$(mbit "$tcp" "wireguard-go up")
+  gh_down=$(mbit "$tcp" "gatehouse down"); go_down=$(mbit "$tcp" "wireguard-go down")
+  echo "| $label | TCP through gatehouse's tunnel (boringtun + smoltcp, in-process sink) | $gh_up Mbit/s | $gh_down Mbit/s |"
+  echo "| $label | TCP through wireguard-go to wireguard-go (kernel TCP) | $go_up Mbit/s | $go_down Mbit/s |"
+  echo "| $label | **gatehouse / wireguard-go** | **$(ratio "$gh_up" "$go_up")** | **$(ratio "$gh_down" "$go_down")** |"
+done
+
+secs_of_wg() { sed -E 's/.* in ([0-9.]+)s.*/\1/' <<<"$1"; }
 ssh_wg=$(run_test wireguard one_gib_transfer_through_the_tunnel_completes | grep -o '1 GiB through the tunnel.*' || true)
+sysctl -q -w net.core.rmem_default=4194304 net.core.wmem_default=4194304
+ssh_wg_raised=$(run_test wireguard one_gib_transfer_through_the_tunnel_completes | grep -o '1 GiB through the tunnel.*' || true)
+restore
 ssh_tcp=$(run_test ssh_jump one_gib_transfer_completes_with_gateway_rss_bounded | grep -o '1 GiB in [^,]*' || true)
-secs_wg=$(sed -E 's/.* in ([0-9.]+)s.*/\1/' <<<"$ssh_wg")
+secs_wg=$(secs_of_wg "$ssh_wg")
+secs_wg_raised=$(secs_of_wg "$ssh_wg_raised")
 secs_tcp=$(sed -E 's/1 GiB in ([0-9.]+)(m?s).*/\1 \2/' <<<"$ssh_tcp" | awk '{printf "%.1f", ($2=="ms") ? $1/1000 : $1}')
 mbit_of() { python3 -c "print(f'{(1<<30)*8/float($1)/1e6:.0f}')" 2>/dev/null || echo "?"; }
 echo
-echo "| SSH relay, 1 GiB down (\`ssh -J\` to web-1, \`head -c 1G /dev/zero\`) | seconds | Mbit/s |"
+echo "| SSH relay, 1 GiB down (\`ssh -J\` to web-1, \`head -c 1G /dev/zero\`, recorded) | seconds | Mbit/s |"
 echo "|---|---|---|"
-echo "| over the WireGuard tunnel (client namespace -> 10.77.0.1:22) | ${secs_wg:-?} | $(mbit_of "${secs_wg:-0}") |"
+echo "| over the WireGuard tunnel, client socket buffers $((orig_rmem / 1024)) KiB | ${secs_wg:-?} | $(mbit_of "${secs_wg:-0}") |"
+echo "| over the WireGuard tunnel, client socket buffers 4 MiB | ${secs_wg_raised:-?} | $(mbit_of "${secs_wg_raised:-0}") |"
 echo "| over plain TCP on loopback (127.0.0.1) | ${secs_tcp:-?} | $(mbit_of "${secs_tcp:-0}") |"

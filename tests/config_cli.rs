@@ -63,6 +63,64 @@ fn malformed_config_reports_every_error_with_line_and_column_and_exits_64() {
 }
 
 #[test]
+fn wireguard_device_errors_name_line_and_column_and_start_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("config.toml");
+    let (port, wg_port) = (free_port(), free_port());
+    // Lines: 12 first device (fine), 13 the same address again, 14 outside
+    // the range, 15 the gateway's own address, 16 not a key, 17 the first
+    // device's key again.
+    std::fs::write(
+        &cfg,
+        format!(
+            "[gateway]\nstate_dir = \"{}\"\nssh_listen = [\"127.0.0.1:{port}\"]\n\n\
+             [wireguard]\nlisten = \"127.0.0.1:{wg_port}\"\naddress = \"10.77.0.1/24\"\n\n\
+             [[users]]\nname = \"alice\"\nwireguard = [\n\
+             {{ public_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\", address = \"10.77.0.10\" }},\n\
+             {{ public_key = \"AgICAgICAgICAgICAgICAgICAgICAgICAgICAgICAgI=\", address = \"10.77.0.10\" }},\n\
+             {{ public_key = \"AwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwMDAwM=\", address = \"10.78.0.5\" }},\n\
+             {{ public_key = \"BAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQ=\", address = \"10.77.0.1\" }},\n\
+             {{ public_key = \"bm90IGEga2V5\", address = \"10.77.0.20\" }},\n\
+             {{ public_key = \"AQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQEBAQE=\", address = \"10.77.0.21\" }},\n\
+             ]\n",
+            dir.path().join("state").display()
+        ),
+    )
+    .unwrap();
+    let path = cfg.display().to_string();
+    let out = gatehouse(&["check", "--config", &path]);
+    assert_eq!(out.status.code(), Some(64));
+    let err = stderr(&out);
+    for (line, what) in [
+        (13, "already a device's address on line 12"),
+        (14, "outside the tunnel range 10.77.0.1/24"),
+        (15, "the gateway's own tunnel address"),
+        (16, "not a WireGuard public key"),
+        (17, "already a device on line 12"),
+    ] {
+        let found = err
+            .lines()
+            .any(|l| l.starts_with(&format!("{path}:{line}:")) && l.contains(what));
+        assert!(found, "missing {path}:{line}: ... {what} in:\n{err}");
+    }
+    assert!(
+        !err.contains(&format!("{path}:12:")),
+        "the valid device was reported:\n{err}"
+    );
+    let run = run_with_timeout(
+        gatehouse_command().args(["run", "--config", &path]),
+        Duration::from_secs(10),
+    )
+    .expect("run exits");
+    assert_eq!(run.status.code(), Some(64));
+    assert!(!port_is_listening(port));
+    assert!(
+        !dir.path().join("state").exists(),
+        "a bad config changed the state directory"
+    );
+}
+
+#[test]
 fn config_example_is_valid() {
     let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml");
     let out = gatehouse(&["check", "--config", example.to_str().unwrap()]);

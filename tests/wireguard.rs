@@ -35,32 +35,6 @@ fn run(cmd: &mut Command, t: Duration) -> std::process::Output {
     run_with_timeout(cmd, t).unwrap_or_else(|| panic!("timed out: {cmd:?}"))
 }
 
-fn wg_pubkey(private: &str) -> String {
-    let mut p = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wg pubkey");
-    use std::io::Write;
-    p.stdin
-        .take()
-        .expect("stdin")
-        .write_all(private.as_bytes())
-        .expect("write");
-    String::from_utf8_lossy(&p.wait_with_output().expect("wg pubkey").stdout)
-        .trim()
-        .to_string()
-}
-
-fn wg_genkey() -> String {
-    let out = Command::new("wg")
-        .arg("genkey")
-        .output()
-        .expect("wg genkey");
-    String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
 /// The running daemon's status file.
 fn status(w: &WgWorld) -> serde_json::Value {
     let path = w.gw.setup().state_dir().join("wireguard-status.json");
@@ -88,7 +62,7 @@ fn peer_add_client_file_reaches_the_target_through_the_tunnel() {
         & 0o777;
     assert_eq!(mode, 0o600, "client file mode");
     let conf = ClientConf::parse(&std::fs::read_to_string(&dev.conf).expect("read"));
-    assert_eq!(wg_pubkey(conf.get("PrivateKey")), dev.public_key);
+    assert_eq!(netns::wg_pubkey(conf.get("PrivateKey")), dev.public_key);
     assert_eq!(conf.get("Address"), format!("{}/32", dev.address));
     assert_eq!(conf.get("AllowedIPs"), format!("{TUNNEL_GATEWAY}/32"));
     assert_eq!(conf.get("PersistentKeepalive"), "25");
@@ -223,7 +197,7 @@ fn a_key_that_is_not_configured_gets_no_handshake() {
     let w = WgWorld::start(lab, 1, |b| b);
     let dev = w.devices[0].clone();
     // The same client file with a key gatehouse has never heard of.
-    let stranger = wg_genkey();
+    let (stranger, _) = netns::wg_genkey();
     let text = std::fs::read_to_string(&dev.conf).expect("read");
     let text: String = text
         .lines()
@@ -251,7 +225,7 @@ fn a_key_that_is_not_configured_gets_no_handshake() {
     let ev =
         w.gw.wait_for_event(|e| e["event"] == "wg.unknown_peer", Duration::from_secs(5))
             .expect("a wg.unknown_peer audit event");
-    assert_eq!(ev["public_key"], wg_pubkey(&stranger).as_str());
+    assert_eq!(ev["public_key"], netns::wg_pubkey(&stranger).as_str());
     assert!(w.gw.events("wg.handshake").is_empty());
 }
 

@@ -11,7 +11,6 @@
 
 mod common;
 
-use std::io::Write;
 use std::net::{IpAddr, SocketAddr};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -79,30 +78,6 @@ def serve(port, f):
 threading.Thread(target=serve, args=(5001, sink), daemon=True).start()
 serve(5002, source)
 "#;
-
-fn wg_genkey() -> (String, String) {
-    let out = Command::new("wg")
-        .arg("genkey")
-        .output()
-        .expect("wg genkey");
-    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let mut p = Command::new("wg")
-        .arg("pubkey")
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("wg pubkey");
-    p.stdin
-        .take()
-        .expect("stdin")
-        .write_all(private.as_bytes())
-        .expect("write key");
-    let out = p.wait_with_output().expect("wg pubkey");
-    (
-        private,
-        String::from_utf8_lossy(&out.stdout).trim().to_string(),
-    )
-}
 
 /// Runs the python client in `ns`; Mbit/s.
 fn measure(ns: &str, dir: &std::path::Path, mode: &str, host: &str, port: u16, bytes: u64) -> f64 {
@@ -176,7 +151,7 @@ fn wireguard_tcp_throughput() {
         });
     });
     let gw_key = keys::PrivateKey::generate().expect("key");
-    let (dev_private, dev_public) = wg_genkey();
+    let (dev_private, dev_public) = netns::wg_genkey();
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let tunnel = {
         let _guard = rt.enter();
@@ -215,8 +190,8 @@ fn wireguard_tcp_throughput() {
     let _gh_client = WgClient::start(&client_ns, &gh_conf, None, &[]);
 
     // wireguard-go to wireguard-go, kernel TCP on both ends.
-    let (srv_private, srv_public) = wg_genkey();
-    let (cli_private, cli_public) = wg_genkey();
+    let (srv_private, srv_public) = netns::wg_genkey();
+    let (cli_private, cli_public) = netns::wg_genkey();
     let srv_conf = dir.path().join("wggo-server.conf");
     std::fs::write(
         &srv_conf,

@@ -657,3 +657,32 @@ pub fn peer_add(
         client: n,
     }
 }
+
+/// `wg pubkey` of a base64 private key.
+pub fn wg_pubkey(private: &str) -> String {
+    use std::io::Write;
+    let mut p = Command::new("wg")
+        .arg("pubkey")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("wg pubkey");
+    p.stdin
+        .take()
+        .expect("stdin")
+        .write_all(private.as_bytes())
+        .expect("write key");
+    let out = p.wait_with_output().expect("wg pubkey");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A fresh key pair from `wg genkey` / `wg pubkey`: (private, public).
+pub fn wg_genkey() -> (String, String) {
+    let out = Command::new("wg")
+        .arg("genkey")
+        .output()
+        .expect("wg genkey");
+    let private = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let public = wg_pubkey(&private);
+    (private, public)
+}
