@@ -7,8 +7,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Format tag in `meta.json` and every segment header.
-pub const FORMAT: &str = "gatehouse-recording/1";
+/// Format tag in `meta.json` and every segment header. Format 2 stores
+/// binary data as raw frames (see [`code::OUTPUT_BIN`]); format 1 stored it
+/// as base64 strings. Readers accept both.
+pub const FORMAT: &str = "gatehouse-recording/2";
 /// Plaintext metadata of one recording (no key needed to read it).
 pub const META_FILE: &str = "meta.json";
 /// One JSON line per sealed segment: size, SHA-256, chain hash.
@@ -212,19 +214,26 @@ pub struct SegmentHeader {
 /// Event codes inside segments. Each event is a JSON array
 /// `[seconds, code, data]` like asciicast v2; `o`, `i` and `r` are asciicast's
 /// own, the others are ignored by asciicast players.
+///
+/// Binary data (bytes that are not tidy UTF-8 text) is a *raw frame*: the
+/// line `[seconds, "ob", N]` (data is the byte count), then exactly N bytes
+/// as they were relayed, then a newline. A segment with terminal text only
+/// is therefore a plain asciicast file; one with binary output is read by
+/// `gatehouse recordings` (export turns it into plain asciicast). Format 1
+/// segments carry a base64 string instead of the count; readers take both.
 pub mod code {
     /// Target -> user output, data is UTF-8 text.
     pub const OUTPUT: &str = "o";
-    /// Target -> user output, data is base64 (bytes that are not tidy text).
-    pub const OUTPUT_B64: &str = "ob";
+    /// Target -> user output, binary: a raw frame (format 1: base64).
+    pub const OUTPUT_BIN: &str = "ob";
     /// Target -> user extended data (stderr), text.
     pub const STDERR: &str = "e";
-    /// Stderr, base64.
-    pub const STDERR_B64: &str = "eb";
+    /// Stderr, binary: a raw frame.
+    pub const STDERR_BIN: &str = "eb";
     /// User -> target input (only with `record_input`), text.
     pub const INPUT: &str = "i";
-    /// Input, base64.
-    pub const INPUT_B64: &str = "ib";
+    /// Input, binary: a raw frame.
+    pub const INPUT_BIN: &str = "ib";
     /// Window resize, data `"COLSxROWS"`.
     pub const RESIZE: &str = "r";
     /// An SFTP operation, data is a JSON object.

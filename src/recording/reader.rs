@@ -181,7 +181,7 @@ pub enum Event {
         t: f64,
         stream: DataStream,
         bytes: Vec<u8>,
-        /// Stored as text (false: stored as base64, i.e. binary).
+        /// Stored as text (false: stored as binary, raw or base64).
         text: bool,
     },
     Resize {
@@ -220,52 +220,113 @@ impl Event {
     }
 }
 
-fn parse_event(line: &[u8]) -> Option<Event> {
+/// One event line: a complete event, or the header of a raw frame whose
+/// bytes follow the line.
+enum Parsed {
+    Event(Event),
+    Frame {
+        t: f64,
+        stream: DataStream,
+        len: usize,
+    },
+}
+
+fn parse_event(line: &[u8]) -> Option<Parsed> {
     let (t, c, data): (f64, String, serde_json::Value) = serde_json::from_slice(line).ok()?;
     let t = if t.is_finite() && t >= 0.0 { t } else { 0.0 };
     let text = |d: &serde_json::Value| d.as_str().map(|s| s.as_bytes().to_vec());
-    let b64 = |d: &serde_json::Value| {
-        d.as_str()
-            .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok())
-    };
     let data_ev = |stream, bytes: Option<Vec<u8>>, is_text| {
-        bytes.map(|bytes| Event::Data {
-            t,
-            stream,
-            bytes,
-            text: is_text,
+        bytes.map(|bytes| {
+            Parsed::Event(Event::Data {
+                t,
+                stream,
+                bytes,
+                text: is_text,
+            })
         })
     };
-    match c.as_str() {
-        code::OUTPUT => data_ev(DataStream::Output, text(&data), true),
-        code::OUTPUT_B64 => data_ev(DataStream::Output, b64(&data), false),
-        code::STDERR => data_ev(DataStream::Stderr, text(&data), true),
-        code::STDERR_B64 => data_ev(DataStream::Stderr, b64(&data), false),
-        code::INPUT => data_ev(DataStream::Input, text(&data), true),
-        code::INPUT_B64 => data_ev(DataStream::Input, b64(&data), false),
+    // Binary data: a raw frame (format 2: the byte count) or base64 (format 1).
+    let binary = |stream, d: &serde_json::Value| match d {
+        serde_json::Value::Number(n) => Some(Parsed::Frame {
+            t,
+            stream,
+            len: usize::try_from(n.as_u64()?).ok()?,
+        }),
+        _ => data_ev(
+            stream,
+            d.as_str()
+                .and_then(|s| base64::engine::general_purpose::STANDARD.decode(s).ok()),
+            false,
+        ),
+    };
+    let ev = match c.as_str() {
+        code::OUTPUT => return data_ev(DataStream::Output, text(&data), true),
+        code::OUTPUT_BIN => return binary(DataStream::Output, &data),
+        code::STDERR => return data_ev(DataStream::Stderr, text(&data), true),
+        code::STDERR_BIN => return binary(DataStream::Stderr, &data),
+        code::INPUT => return data_ev(DataStream::Input, text(&data), true),
+        code::INPUT_BIN => return binary(DataStream::Input, &data),
         code::RESIZE => {
             let s = data.as_str()?;
             let (c, r) = s.split_once('x')?;
-            Some(Event::Resize {
+            Event::Resize {
                 t,
                 cols: c.parse().ok()?,
                 rows: r.parse().ok()?,
-            })
+            }
         }
-        code::SFTP => Some(Event::Sftp {
+        code::SFTP => Event::Sftp {
             t,
             op: Box::new(serde_json::from_value::<SftpOp>(data).ok()?),
-        }),
-        code::EXIT => Some(Event::Exit {
+        },
+        code::EXIT => Event::Exit {
             t,
             status: data.as_str()?.parse().ok()?,
-        }),
-        code::END => Some(Event::End { t, info: data }),
-        other => Some(Event::Other {
+        },
+        code::END => Event::End { t, info: data },
+        other => Event::Other {
             t,
             code: other.to_string(),
-        }),
+        },
+    };
+    Some(Parsed::Event(ev))
+}
+
+/// The events after a segment's header line: JSON lines, each raw frame's
+/// bytes right after its line. Err names what is wrong.
+fn parse_events(mut rest: &[u8]) -> Result<Vec<Event>, String> {
+    let mut events = Vec::new();
+    while !rest.is_empty() {
+        let (line, after) = match rest.iter().position(|b| *b == b'\n') {
+            Some(i) => {
+                let (l, a) = rest.split_at(i);
+                (l, a.get(1..).unwrap_or_default())
+            }
+            None => (rest, &[][..]),
+        };
+        rest = after;
+        if line.is_empty() {
+            continue;
+        }
+        match parse_event(line) {
+            Some(Parsed::Event(ev)) => events.push(ev),
+            Some(Parsed::Frame { t, stream, len }) => {
+                let (bytes, after) = rest
+                    .split_at_checked(len)
+                    .ok_or_else(|| format!("a binary frame of {len} bytes is cut short"))?;
+                events.push(Event::Data {
+                    t,
+                    stream,
+                    bytes: bytes.to_vec(),
+                    text: false,
+                });
+                rest = after.strip_prefix(b"\n").unwrap_or(after);
+            }
+            // An unreadable line (a newer writer's event): skipped.
+            None => {}
+        }
     }
+    Ok(events)
 }
 
 /// One decrypted segment.
@@ -319,11 +380,15 @@ pub fn decrypt_segment(
     if plain.len() as u64 > MAX_SEGMENT_PLAIN {
         return Err(damaged("larger than any segment gatehouse writes".into()));
     }
-    let mut lines = plain.as_slice().split(|b| *b == b'\n');
-    let header: SegmentHeader = lines
-        .next()
-        .and_then(|l| serde_json::from_slice(l).ok())
-        .ok_or_else(|| damaged("no segment header".into()))?;
+    let (first, body) = match plain.iter().position(|b| *b == b'\n') {
+        Some(i) => {
+            let (l, b) = plain.split_at(i);
+            (l, b.get(1..).unwrap_or_default())
+        }
+        None => (plain.as_slice(), &[][..]),
+    };
+    let header: SegmentHeader =
+        serde_json::from_slice(first).map_err(|_| damaged("no segment header".into()))?;
     let g = &header.gatehouse;
     if g.recording_id != stored.id || g.segment != e.seq || g.prev_chain != prev_chain {
         return Err(ReadError::Tampered {
@@ -336,15 +401,7 @@ pub fn decrypt_segment(
             ),
         });
     }
-    let mut events = Vec::new();
-    for line in lines {
-        if line.is_empty() {
-            continue;
-        }
-        if let Some(ev) = parse_event(line) {
-            events.push(ev);
-        }
-    }
+    let events = parse_events(body).map_err(damaged)?;
     Ok(Segment { header, events })
 }
 
@@ -369,4 +426,57 @@ pub fn read_all(
         prev = e.chain.clone();
     }
     Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stdout_of(events: &[Event]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for e in events {
+            if let Event::Data {
+                stream: DataStream::Output,
+                bytes,
+                ..
+            } = e
+            {
+                out.extend_from_slice(bytes);
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn raw_frames_are_read_exactly_even_when_they_hold_newlines() {
+        let mut body = b"[0.1,\"o\",\"text\\n\"]\n[0.2,\"ob\",5]\n\n[\"x\n\n[0.3,\"x\",\"0\"]\n".to_vec();
+        body.extend_from_slice(b"[0.4,\"ob\",0]\n\n");
+        let events = parse_events(&body).unwrap();
+        assert_eq!(stdout_of(&events), b"text\n\n[\"x\n");
+        assert!(matches!(events.get(2), Some(Event::Exit { status: 0, .. })));
+        assert!(matches!(
+            events.get(1),
+            Some(Event::Data { text: false, .. })
+        ));
+    }
+
+    #[test]
+    fn format_1_base64_events_still_read() {
+        let body = b"[0.1,\"ob\",\"AP/+\"]\n[0.2,\"eb\",\"AQ==\"]\n";
+        let events = parse_events(body).unwrap();
+        assert_eq!(stdout_of(&events), [0, 255, 254]);
+        assert!(matches!(
+            events.get(1),
+            Some(Event::Data { stream: DataStream::Stderr, bytes, text: false, .. }) if bytes == &[1]
+        ));
+    }
+
+    #[test]
+    fn a_frame_longer_than_the_segment_is_damage_not_a_panic() {
+        let body = b"[0.1,\"ob\",1000000000000]\nshort";
+        let err = parse_events(body).unwrap_err();
+        assert!(err.contains("cut short"), "{err}");
+        let huge = b"[0.1,\"ob\",18446744073709551615]\n";
+        assert!(parse_events(huge).is_err());
+    }
 }

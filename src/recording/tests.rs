@@ -22,6 +22,11 @@ struct Keys {
     ssh_pub: String,
 }
 
+/// What the relay hands a recording: shared bytes.
+fn b(data: impl AsRef<[u8]>) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(data.as_ref())
+}
+
 fn keys(dir: &Path) -> Keys {
     let id = age::x25519::Identity::generate();
     let x25519 = dir.join("auditor.age");
@@ -153,16 +158,16 @@ async fn shell_round_trip_decrypts_with_x25519_and_ssh_keys() {
     assert!(dir.join("meta.json").exists());
     assert!(dir.join("000000.age").exists());
     assert_eq!(manifest(&dir).len(), 1);
-    r.output(b"hello \xe2\x82").await.unwrap(); // a euro sign split across chunks
-    r.output(b"\xac world\r\n").await.unwrap();
-    r.output(&[0, 255, 254, 0, 1]).await.unwrap();
-    r.stderr(b"warn\n").await.unwrap();
+    r.output(b(b"hello \xe2\x82")).await.unwrap(); // a euro sign split across chunks
+    r.output(b(b"\xac world\r\n")).await.unwrap();
+    r.output(b(&[0, 255, 254, 0, 1])).await.unwrap();
+    r.stderr(b(b"warn\n")).await.unwrap();
     r.resize(100, 30).await.unwrap();
-    r.input(b"ls\r").await.unwrap();
+    r.input(b(b"ls\r")).await.unwrap();
     r.finish(Some(0), "closed", 3, 25).await.unwrap();
     r.finish(Some(0), "closed", 3, 25).await.unwrap(); // idempotent
     assert!(matches!(
-        r.output(b"late").await,
+        r.output(b(b"late")).await,
         Err(RecordingError::Closed)
     ));
 
@@ -228,8 +233,8 @@ async fn shell_round_trip_decrypts_with_x25519_and_ssh_keys() {
 async fn input_is_not_stored_unless_the_role_records_it() {
     let f = fixture();
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
-    r.input(b"secret-password\r").await.unwrap();
-    r.output(b"$ ").await.unwrap();
+    r.input(b(b"secret-password\r")).await.unwrap();
+    r.output(b(b"$ ")).await.unwrap();
     r.finish(None, "closed", 16, 2).await.unwrap();
     let ev = show_json(&f, r.id(), &f.keys.x25519);
     assert!(stream_bytes(&ev, "input").is_empty());
@@ -259,6 +264,63 @@ fn decrypt_all_raw(f: &Fixture, id: &str) -> Vec<u8> {
 }
 
 #[tokio::test]
+async fn binary_output_is_stored_as_raw_frames_not_base64() {
+    let f = fixture();
+    let r = f
+        .rec
+        .start(meta(
+            RecordingKind::Exec {
+                command: "cat blob".into(),
+            },
+            false,
+        ))
+        .await
+        .unwrap();
+    // 1 MiB that is not UTF-8 (a pseudo-random byte stream), in relay-sized
+    // pieces, with a text line between two of them.
+    let mut x: u32 = 0x1234_5678;
+    let blob: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            (x >> 24) as u8
+        })
+        .collect();
+    let (a, rest) = blob.split_at(300_000);
+    r.output(b(a)).await.unwrap();
+    r.output(b(b"a text line\n")).await.unwrap();
+    r.output(b(rest)).await.unwrap();
+    r.finish(Some(0), "closed", 0, blob.len() as u64 + 12).await.unwrap();
+
+    let plain = decrypt_all_raw(&f, r.id());
+    // The bytes are in the plaintext as they were relayed...
+    assert!(plain.windows(4096).any(|w| w == &a[..4096]), "raw bytes stored");
+    // ...and the recording is barely larger than what was relayed (base64
+    // would make it at least 4/3 as large).
+    let sealed: u64 = manifest(&f.root.join(r.id())).iter().map(|e| e.size).sum();
+    let relayed = blob.len() as u64;
+    assert!(
+        plain.len() as u64 <= relayed + relayed / 50 && sealed <= relayed + relayed / 25,
+        "plaintext {} / sealed {sealed} bytes for {relayed} relayed",
+        plain.len()
+    );
+    assert!(
+        plain.windows(5).any(|w| w == b"\"ob\","),
+        "a raw frame's event line"
+    );
+    // Read back exactly, text and binary in order.
+    let ev = show_json(&f, r.id(), &f.keys.ssh);
+    let mut want = a.to_vec();
+    want.extend_from_slice(b"a text line\n");
+    want.extend_from_slice(rest);
+    assert_eq!(stream_bytes(&ev, "stdout"), want, "binary output is lossless");
+    assert!(ev.iter().any(|e| e["type"] == "stdout" && e["text"] == "a text line\n"));
+    let v = reader::verify(&reader::open(&f.root, r.id()).unwrap());
+    assert!(v.ok() && v.finished, "{v:?}");
+}
+
+#[tokio::test]
 async fn exec_records_command_output_stderr_and_exit_status() {
     let f = fixture();
     let r = f
@@ -271,10 +333,10 @@ async fn exec_records_command_output_stderr_and_exit_status() {
         ))
         .await
         .unwrap();
-    r.output(b"hi\n").await.unwrap();
-    r.stderr(b"oops\n").await.unwrap();
+    r.output(b(b"hi\n")).await.unwrap();
+    r.stderr(b(b"oops\n")).await.unwrap();
     let binary: Vec<u8> = (0..=255u8).cycle().take(100_000).collect();
-    r.output(&binary).await.unwrap();
+    r.output(b(&binary)).await.unwrap();
     r.finish(Some(7), "closed", 0, 100_008).await.unwrap();
     let ev = show_json(&f, r.id(), &f.keys.ssh);
     assert_eq!(ev[0]["command"], "echo hi; exit 7");
@@ -324,37 +386,37 @@ async fn sftp_operations_are_recorded_without_file_contents() {
     let f = fixture();
     let r = f.rec.start(meta(RecordingKind::Sftp, false)).await.unwrap();
     let u32b = |v: u32| v.to_be_bytes().to_vec();
-    r.input(&sftp_packet(1, &[&u32b(3)])).await.unwrap();
-    r.output(&sftp_packet(2, &[&u32b(3)])).await.unwrap();
-    r.input(&sftp_packet(
+    r.input(b(&sftp_packet(1, &[&u32b(3)]))).await.unwrap();
+    r.output(b(&sftp_packet(2, &[&u32b(3)]))).await.unwrap();
+    r.input(b(&sftp_packet(
         3,
         &[&u32b(1), &s(b"/srv/upload.bin"), &u32b(0x1a), &u32b(0)],
-    ))
+    )))
     .await
     .unwrap();
-    r.output(&sftp_packet(102, &[&u32b(1), &s(b"H")]))
+    r.output(b(&sftp_packet(102, &[&u32b(1), &s(b"H")])))
         .await
         .unwrap();
     let content = b"TOP-SECRET-FILE-CONTENT".repeat(100);
-    r.input(&sftp_packet(
+    r.input(b(&sftp_packet(
         6,
         &[&u32b(2), &s(b"H"), &0u64.to_be_bytes(), &s(&content)],
-    ))
+    )))
     .await
     .unwrap();
     let ok = |id: u32| sftp_packet(101, &[&u32b(id), &u32b(0), &s(b""), &s(b"")]);
-    r.output(&ok(2)).await.unwrap();
-    r.input(&sftp_packet(4, &[&u32b(3), &s(b"H")]))
+    r.output(b(&ok(2))).await.unwrap();
+    r.input(b(&sftp_packet(4, &[&u32b(3), &s(b"H")])))
         .await
         .unwrap();
-    r.output(&ok(3)).await.unwrap();
-    r.input(&sftp_packet(
+    r.output(b(&ok(3))).await.unwrap();
+    r.input(b(&sftp_packet(
         18,
         &[&u32b(4), &s(b"/srv/upload.bin"), &s(b"/srv/final.bin")],
-    ))
+    )))
     .await
     .unwrap();
-    r.output(&ok(4)).await.unwrap();
+    r.output(b(&ok(4))).await.unwrap();
     r.finish(Some(0), "closed", 3000, 100).await.unwrap();
     let ev = show_json(&f, r.id(), &f.keys.x25519);
     let ops: Vec<&Value> = ev.iter().filter(|e| e["type"] == "sftp").collect();
@@ -385,11 +447,11 @@ async fn sftp_operations_are_recorded_without_file_contents() {
 async fn an_unparseable_sftp_stream_fails_the_recording() {
     let f = fixture();
     let r = f.rec.start(meta(RecordingKind::Sftp, false)).await.unwrap();
-    r.input(&[0, 0, 0, 0, 9]).await.unwrap();
+    r.input(b(&[0, 0, 0, 0, 9])).await.unwrap();
     // The writer fails asynchronously; the next call (or finish) reports it.
     let mut failed = None;
     for _ in 0..100 {
-        if let Err(e) = r.input(b"x").await {
+        if let Err(e) = r.input(b(b"x")).await {
             failed = Some(e);
             break;
         }
@@ -408,7 +470,7 @@ async fn recording_with_segments(f: &Fixture, n: usize) -> String {
         .set_segment_interval_for_tests(Duration::from_millis(50));
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
     for i in 0..n {
-        r.output(format!("burst {i}\r\n").as_bytes()).await.unwrap();
+        r.output(b(format!("burst {i}\r\n").as_bytes())).await.unwrap();
         let want = i + 2;
         let dir = f.root.join(r.id());
         let deadline = Instant::now() + Duration::from_secs(5);
@@ -438,7 +500,7 @@ async fn segments_are_sealed_by_time_and_by_size() {
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
     let chunk = vec![b'a'; 1024 * 1024];
     for _ in 0..10 {
-        r.output(&chunk).await.unwrap();
+        r.output(b(&chunk)).await.unwrap();
     }
     r.finish(None, "closed", 0, 0).await.unwrap();
     let m = manifest(&f.root.join(r.id()));
@@ -652,7 +714,7 @@ async fn audit_log_catches_a_consistently_rewritten_recording() {
 async fn a_wrong_key_is_refused_without_showing_content() {
     let f = fixture();
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
-    r.output(b"CONFIDENTIAL\r\n").await.unwrap();
+    r.output(b(b"CONFIDENTIAL\r\n")).await.unwrap();
     r.finish(None, "closed", 0, 0).await.unwrap();
     let other = keys(f._tmp.path().join("..").as_path());
     let stored = reader::open(&f.root, r.id()).unwrap();
@@ -763,7 +825,7 @@ async fn a_slow_writer_slows_the_session_and_bounds_the_queue() {
     let t0 = Instant::now();
     let mut sent = 0;
     while sent < total {
-        r.output(&chunk).await.unwrap();
+        r.output(b(&chunk)).await.unwrap();
         sent += chunk.len();
     }
     let fed = t0.elapsed();
@@ -791,10 +853,10 @@ async fn a_dropped_recording_is_sealed_as_aborted() {
     let f = fixture();
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
     let id = r.id().to_string();
-    r.output(b"before the crash\r\n").await.unwrap();
+    r.output(b(b"before the crash\r\n")).await.unwrap();
     let clone = r.clone();
     drop(r);
-    clone.output(b"still open\r\n").await.unwrap();
+    clone.output(b(b"still open\r\n")).await.unwrap();
     drop(clone);
     assert!(
         f.rec.drain(Duration::from_secs(10)).await,
@@ -813,7 +875,7 @@ async fn a_write_failure_ends_the_recording_and_keeps_sealed_segments() {
         .set_segment_interval_for_tests(Duration::from_millis(50));
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
     let dir = f.root.join(r.id());
-    r.output(b"sealed part\r\n").await.unwrap();
+    r.output(b(b"sealed part\r\n")).await.unwrap();
     let deadline = Instant::now() + Duration::from_secs(5);
     while manifest(&dir).len() < 2 && Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(10)).await;
@@ -825,7 +887,7 @@ async fn a_write_failure_ends_the_recording_and_keeps_sealed_segments() {
     std::fs::rename(&dir, &moved).unwrap();
     let mut err = None;
     for _ in 0..300 {
-        if let Err(e) = r.output(b"lost part\r\n").await {
+        if let Err(e) = r.output(b(b"lost part\r\n")).await {
             err = Some(e);
             break;
         }
@@ -935,11 +997,11 @@ async fn exported_cast_is_accepted_by_asciinema_cat_and_segments_by_age() {
     }
     let f = fixture();
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
-    r.output("colour \x1b[31mred\x1b[0m and ünïcödé\r\n".as_bytes())
+    r.output(b("colour \x1b[31mred\x1b[0m and ünïcödé\r\n".as_bytes()))
         .await
         .unwrap();
     r.resize(120, 40).await.unwrap();
-    r.output(b"second line\r\n").await.unwrap();
+    r.output(b(b"second line\r\n")).await.unwrap();
     r.finish(Some(0), "closed", 0, 0).await.unwrap();
     let cast = f._tmp.path().join("out.cast");
     std::fs::write(&cast, export_cast(&f, r.id())).unwrap();
@@ -986,7 +1048,7 @@ async fn a_shell_without_a_pty_size_gets_a_playable_default() {
         rows: 0,
     };
     let r = f.rec.start(meta(kind, false)).await.unwrap();
-    r.output(b"no pty\n").await.unwrap();
+    r.output(b(b"no pty\n")).await.unwrap();
     r.finish(None, "closed", 0, 0).await.unwrap();
     let cast = export_cast(&f, r.id());
     let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
@@ -1038,21 +1100,21 @@ async fn sftp_data_without_operations_keeps_the_queue_moving_past_a_time_seal() 
         .set_segment_interval_for_tests(Duration::from_millis(30));
     let r = f.rec.start(meta(RecordingKind::Sftp, false)).await.unwrap();
     let u32b = |v: u32| v.to_be_bytes().to_vec();
-    r.input(&sftp_packet(1, &[&u32b(3)])).await.unwrap();
-    r.output(&sftp_packet(2, &[&u32b(3)])).await.unwrap();
+    r.input(b(&sftp_packet(1, &[&u32b(3)]))).await.unwrap();
+    r.output(b(&sftp_packet(2, &[&u32b(3)]))).await.unwrap();
     // One huge DATA reply (id 7), fed in pieces: no operation until it ends.
     let body_len: u32 = 64 * 1024 * 1024;
     let mut head = (body_len + 9).to_be_bytes().to_vec();
     head.push(103);
     head.extend(u32b(7));
     head.extend(u32b(body_len));
-    r.output(&head).await.unwrap();
+    r.output(b(&head)).await.unwrap();
     let piece = vec![0x5au8; 32 * 1024];
     let start = std::time::Instant::now();
     let fed = tokio::time::timeout(Duration::from_secs(20), async {
         let mut sent = 0usize;
         while sent < body_len as usize {
-            r.output(&piece).await.unwrap();
+            r.output(b(&piece)).await.unwrap();
             sent += piece.len();
             if sent % (4 * 1024 * 1024) == 0 {
                 // Let the time seal come due with nothing to seal.

@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use base64::Engine;
+use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, code, EndInfo, Kind, Meta};
@@ -39,7 +39,7 @@ enum Cmd {
     Data {
         stream: Stream,
         t: Duration,
-        data: Vec<u8>,
+        data: Bytes,
     },
     Resize {
         t: Duration,
@@ -139,25 +139,33 @@ impl Recording {
         }
     }
 
-    async fn data(&self, stream: Stream, data: &[u8]) -> Result<(), RecordingError> {
-        for chunk in data.chunks(CHUNK) {
+    /// Queues `data` in pieces of at most [`CHUNK`] bytes. The pieces share
+    /// the caller's buffer (no copy): the relay hands over the `Bytes` it
+    /// forwards anyway.
+    async fn data(&self, stream: Stream, data: Bytes) -> Result<(), RecordingError> {
+        let mut off = 0;
+        while off < data.len() {
+            let end = data.len().min(off + CHUNK);
+            let piece = data.slice(off..end);
+            off = end;
+            let n = piece.len() as u64;
             let cmd = Cmd::Data {
                 stream,
                 t: self.now(),
-                data: chunk.to_vec(),
+                data: piece,
             };
-            self.send(cmd, chunk.len() as u64).await?;
+            self.send(cmd, n).await?;
         }
         Ok(())
     }
 
     /// Target -> user: stdout / terminal output.
-    pub async fn output(&self, data: &[u8]) -> Result<(), RecordingError> {
+    pub async fn output(&self, data: Bytes) -> Result<(), RecordingError> {
         self.data(Stream::Output, data).await
     }
 
     /// Target -> user: extended data (stderr).
-    pub async fn stderr(&self, data: &[u8]) -> Result<(), RecordingError> {
+    pub async fn stderr(&self, data: Bytes) -> Result<(), RecordingError> {
         self.data(Stream::Stderr, data).await
     }
 
@@ -165,7 +173,7 @@ impl Recording {
     /// sftp channel always parsed into operations (contents never stored).
     /// Still returns Err when the recording has failed, so the caller ends
     /// the session even when input is not stored.
-    pub async fn input(&self, data: &[u8]) -> Result<(), RecordingError> {
+    pub async fn input(&self, data: Bytes) -> Result<(), RecordingError> {
         if self.inner.record_input || self.inner.sftp {
             self.data(Stream::Input, data).await
         } else {
@@ -353,23 +361,20 @@ fn tidy(s: &str) -> bool {
     true
 }
 
-/// Pushes `[t, "code", "<base64 of bytes>"]\n` (base64 needs no JSON escaping).
-fn push_b64_event(buf: &mut Vec<u8>, t: Duration, code: &str, bytes: &[u8]) {
-    use base64::engine::general_purpose::STANDARD;
+/// Pushes `[t, "code", N]\n`, then the N bytes as they are, then `\n`:
+/// binary data is stored raw inside the sealed segment (format 2). Format 1
+/// stored it as base64 text, which cost a third more bytes to encrypt and
+/// hash, and the encoding itself (see BENCHMARKS.md).
+fn push_raw_event(buf: &mut Vec<u8>, t: Duration, code: &str, bytes: &[u8]) {
     buf.push(b'[');
     buf.extend_from_slice(format::fmt_time(t).as_bytes());
     buf.extend_from_slice(b",\"");
     buf.extend_from_slice(code.as_bytes());
-    buf.extend_from_slice(b"\",\"");
-    let start = buf.len();
-    let n = base64::encoded_len(bytes.len(), true).unwrap_or(0);
-    buf.resize(start + n, 0);
-    let written = buf
-        .get_mut(start..)
-        .map(|out| STANDARD.encode_slice(bytes, out).unwrap_or(0))
-        .unwrap_or(0);
-    buf.truncate(start + written);
-    buf.extend_from_slice(b"\"]\n");
+    buf.extend_from_slice(b"\",");
+    buf.extend_from_slice(bytes.len().to_string().as_bytes());
+    buf.extend_from_slice(b"]\n");
+    buf.extend_from_slice(bytes);
+    buf.push(b'\n');
 }
 
 impl Writer {
@@ -533,12 +538,12 @@ impl Writer {
     }
 
     /// Text when the bytes are tidy UTF-8 (an incomplete sequence at the end
-    /// waits for the next chunk), base64 otherwise: lossless either way.
+    /// waits for the next chunk), raw bytes otherwise: lossless either way.
     fn encode_bytes(&mut self, stream: Stream, t: Duration, data: &[u8]) {
-        let (text_code, b64_code) = match stream {
-            Stream::Output => (code::OUTPUT, code::OUTPUT_B64),
-            Stream::Stderr => (code::STDERR, code::STDERR_B64),
-            Stream::Input => (code::INPUT, code::INPUT_B64),
+        let (text_code, bin_code) = match stream {
+            Stream::Output => (code::OUTPUT, code::OUTPUT_BIN),
+            Stream::Stderr => (code::STDERR, code::STDERR_BIN),
+            Stream::Input => (code::INPUT, code::INPUT_BIN),
         };
         let idx = stream as usize;
         let carried = self
@@ -567,7 +572,7 @@ impl Writer {
         if !whole.is_empty() {
             match std::str::from_utf8(whole) {
                 Ok(s) if text && tidy(s) => push_event(&mut self.pending, t, text_code, &s),
-                _ => push_b64_event(&mut self.pending, t, b64_code, whole),
+                _ => push_raw_event(&mut self.pending, t, bin_code, whole),
             }
         }
         if let Some(c) = self.carry.get_mut(idx) {
@@ -575,9 +580,9 @@ impl Writer {
         }
     }
 
-    /// Flushes carried partial characters as base64 (at the end).
+    /// Flushes carried partial characters as raw bytes (at the end).
     fn flush_carry(&mut self, t: Duration) {
-        for (idx, b64_code) in [code::OUTPUT_B64, code::STDERR_B64, code::INPUT_B64]
+        for (idx, bin_code) in [code::OUTPUT_BIN, code::STDERR_BIN, code::INPUT_BIN]
             .iter()
             .enumerate()
         {
@@ -586,7 +591,7 @@ impl Writer {
             };
             if !c.is_empty() {
                 let bytes = std::mem::take(c);
-                push_b64_event(&mut self.pending, t, b64_code, &bytes);
+                push_raw_event(&mut self.pending, t, bin_code, &bytes);
             }
         }
     }

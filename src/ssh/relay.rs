@@ -167,7 +167,7 @@ impl Bridge {
                         // Recorded before the user sees it: nothing reaches
                         // the user that is not in the recording.
                         if let Some(r) = pump_rec.get() {
-                            if let Err(e) = r.output(&data).await {
+                            if let Err(e) = r.output(data.clone()).await {
                                 recording_failed(&user, id, &pump_stats, &e).await;
                                 reason = "recording failed";
                                 break;
@@ -179,7 +179,7 @@ impl Bridge {
                         pump_stats.add_down(data.len());
                         down += data.len() as u64;
                         if let Some(r) = pump_rec.get() {
-                            if let Err(e) = r.stderr(&data).await {
+                            if let Err(e) = r.stderr(data.clone()).await {
                                 recording_failed(&user, id, &pump_stats, &e).await;
                                 reason = "recording failed";
                                 break;
@@ -279,8 +279,9 @@ impl Bridge {
         self.stats.add_up(data.len());
         self.up_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
+        let data = Bytes::copy_from_slice(data);
         if let Some(r) = self.rec.get() {
-            match r.input(data).await {
+            match r.input(data.clone()).await {
                 Ok(()) => {}
                 // The channel's recording was finished: the channel is closing.
                 Err(RecordingError::Closed) => return false,
@@ -290,10 +291,7 @@ impl Bridge {
                 }
             }
         }
-        self.up
-            .data_bytes(Bytes::copy_from_slice(data))
-            .await
-            .is_ok()
+        self.up.data_bytes(data).await.is_ok()
     }
 
     #[allow(clippy::too_many_arguments)]
