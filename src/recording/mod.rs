@@ -59,7 +59,7 @@
 //! (retention).
 //!
 //! **Backpressure.** Between a [`Recording`] and its writer task is a queue
-//! of 16 chunks of at most 32 KiB; the writer encrypts and writes on the
+//! of 32 chunks of at most 32 KiB; the writer encrypts and writes on the
 //! blocking pool. A slow disk makes the `Recording` methods wait, which
 //! slows the session; memory stays bounded and nothing is dropped.
 //! `GATEHOUSE_TEST_RECORDER_THROTTLE_BPS` (test-only) limits the writer to

@@ -20,9 +20,9 @@ use crate::audit;
 /// Largest piece of data in one queued message.
 pub const CHUNK: usize = 32 * 1024;
 /// Messages the queue holds: at most `QUEUE_CAP * CHUNK` bytes wait.
-pub const QUEUE_CAP: usize = 16;
+pub const QUEUE_CAP: usize = 32;
 /// Plaintext buffered before it is handed to the blocking pool.
-const FLUSH_AT: usize = 256 * 1024;
+const FLUSH_AT: usize = 512 * 1024;
 /// A segment is sealed when its plaintext reaches this.
 pub const SEGMENT_MAX: u64 = 4 * 1024 * 1024;
 /// ... or when it has been open this long.
