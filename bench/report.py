@@ -205,7 +205,7 @@ def render(info, res):
             a(
                 "gatehouse records every session it relays (sealed to an auditor key, fsynced every 4 MiB); "
                 "bytes of recording written per byte relayed: " + ", ".join(rec)
-                + " (binary output is kept as base64; sftp records operations, not file contents)."
+                + " (binary output is kept as raw frames; sftp records operations, not file contents)."
             )
             a("")
         a("CPU seconds per GiB relayed (median (min–max)); the ratio is per run, gatehouse / the target's sshd session processes in that same run:")

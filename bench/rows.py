@@ -498,7 +498,7 @@ def profile(w, p):
         short = cipher.split("-")[0]
         data = w.root / f"perf-{short}.data"
         rec = subprocess.Popen(
-            ["perf", "record", "-e", "cpu-clock", "-F", "1999", "-p", str(w.gw.pid), "-o", str(data)],
+            ["perf", "record", "-e", "cpu-clock", "-F", "1999", *(["--call-graph", "dwarf,32768"] if os.environ.get("BENCH_PERF_CALLGRAPH") else []), "-p", str(w.gw.pid), "-o", str(data)],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
