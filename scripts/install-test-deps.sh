@@ -22,6 +22,7 @@ DEPS=(
   "wireguard-tools:wg"
   "wireguard-go:wireguard-go"
   "iproute2:ip"
+  "nftables:nft"
   "procps:ps,/usr/bin/kill"
   "tmux:tmux"
   "coreutils:sha256sum,timeout"

@@ -429,6 +429,7 @@ pub fn read_all(
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -449,7 +450,8 @@ mod tests {
 
     #[test]
     fn raw_frames_are_read_exactly_even_when_they_hold_newlines() {
-        let mut body = b"[0.1,\"o\",\"text\\n\"]\n[0.2,\"ob\",5]\n\n[\"x\n\n[0.3,\"x\",\"0\"]\n".to_vec();
+        let mut body =
+            b"[0.1,\"o\",\"text\\n\"]\n[0.2,\"ob\",5]\n\n[\"x\n\n[0.3,\"x\",\"0\"]\n".to_vec();
         body.extend_from_slice(b"[0.4,\"ob\",0]\n\n");
         let events = parse_events(&body).unwrap();
         assert_eq!(stdout_of(&events), b"text\n\n[\"x\n");

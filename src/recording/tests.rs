@@ -23,8 +23,8 @@ struct Keys {
 }
 
 /// What the relay hands a recording: shared bytes.
-fn b(data: impl AsRef<[u8]>) -> bytes::Bytes {
-    bytes::Bytes::copy_from_slice(data.as_ref())
+fn b(data: &[u8]) -> bytes::Bytes {
+    bytes::Bytes::copy_from_slice(data)
 }
 
 fn keys(dir: &Path) -> Keys {
@@ -291,11 +291,16 @@ async fn binary_output_is_stored_as_raw_frames_not_base64() {
     r.output(b(a)).await.unwrap();
     r.output(b(b"a text line\n")).await.unwrap();
     r.output(b(rest)).await.unwrap();
-    r.finish(Some(0), "closed", 0, blob.len() as u64 + 12).await.unwrap();
+    r.finish(Some(0), "closed", 0, blob.len() as u64 + 12)
+        .await
+        .unwrap();
 
     let plain = decrypt_all_raw(&f, r.id());
     // The bytes are in the plaintext as they were relayed...
-    assert!(plain.windows(4096).any(|w| w == &a[..4096]), "raw bytes stored");
+    assert!(
+        plain.windows(4096).any(|w| w == &a[..4096]),
+        "raw bytes stored"
+    );
     // ...and the recording is barely larger than what was relayed (base64
     // would make it at least 4/3 as large).
     let sealed: u64 = manifest(&f.root.join(r.id())).iter().map(|e| e.size).sum();
@@ -314,8 +319,14 @@ async fn binary_output_is_stored_as_raw_frames_not_base64() {
     let mut want = a.to_vec();
     want.extend_from_slice(b"a text line\n");
     want.extend_from_slice(rest);
-    assert_eq!(stream_bytes(&ev, "stdout"), want, "binary output is lossless");
-    assert!(ev.iter().any(|e| e["type"] == "stdout" && e["text"] == "a text line\n"));
+    assert_eq!(
+        stream_bytes(&ev, "stdout"),
+        want,
+        "binary output is lossless"
+    );
+    assert!(ev
+        .iter()
+        .any(|e| e["type"] == "stdout" && e["text"] == "a text line\n"));
     let v = reader::verify(&reader::open(&f.root, r.id()).unwrap());
     assert!(v.ok() && v.finished, "{v:?}");
 }
@@ -470,7 +481,9 @@ async fn recording_with_segments(f: &Fixture, n: usize) -> String {
         .set_segment_interval_for_tests(Duration::from_millis(50));
     let r = f.rec.start(meta(shell(), false)).await.unwrap();
     for i in 0..n {
-        r.output(b(format!("burst {i}\r\n").as_bytes())).await.unwrap();
+        r.output(b(format!("burst {i}\r\n").as_bytes()))
+            .await
+            .unwrap();
         let want = i + 2;
         let dir = f.root.join(r.id());
         let deadline = Instant::now() + Duration::from_secs(5);

@@ -37,6 +37,7 @@ use super::device::{Device, BUF_SIZE};
 use super::keys::b64;
 use super::packet::{self, Verdict};
 use super::peers::{Peers, SPOOF_REPORT_EVERY};
+use super::recovery::Recovery;
 use super::stack::{Accepted, Closed, Refusal, Shared};
 use super::status::{self, Counters, PeerStatus, Status};
 use super::{Peer, Service, TunnelStream};
@@ -62,6 +63,8 @@ const RESUME_WITHIN: Duration = Duration::from_secs(180);
 const UNKNOWN_REPORT_EVERY: Duration = Duration::from_secs(10);
 /// Shutdown waits this long for tunnel connections to close.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(12);
+/// How often the loss-recovery probe timer may run.
+const RECOVERY_POLL: Duration = Duration::from_millis(1);
 /// Size of the smallest WireGuard message the gateway sends in place of a
 /// data packet (a handshake initiation).
 const HANDSHAKE_INIT_SIZE: usize = 148;
@@ -89,6 +92,11 @@ pub struct Engine {
     unknown_unreported: u64,
     unknown_reported_at: Option<Instant>,
     v6_socket: bool,
+    /// Resends what smoltcp's own loss recovery would wait a second for.
+    recovery: Recovery,
+    /// When its probe timer is next due, and when it was last run.
+    recovery_due: Option<Instant>,
+    recovery_polled: Instant,
 }
 
 /// Encrypted datagrams for one endpoint, back to back, sent with one GSO
@@ -158,6 +166,24 @@ fn send_to(
     let _ = sock.try_io(Interest::WRITABLE, || udp.send(sock.into(), &t));
 }
 
+/// Queues a copy of a packet the stack sent before, ahead of new data
+/// (loss recovery). Skipped when the queue is full: the next duplicate
+/// ACK or probe asks again.
+fn send_again(device: &mut Device, pkt: &[u8]) {
+    if device.tx_len() >= super::device::TX_QUEUE {
+        return;
+    }
+    let mut copy = device.take();
+    match copy.space().get_mut(..pkt.len()) {
+        Some(dst) => {
+            dst.copy_from_slice(pkt);
+            copy.set_len(pkt.len());
+            device.unpop_tx(copy);
+        }
+        None => device.give(copy),
+    }
+}
+
 /// An address as people write it (IPv4 rather than `::ffff:a.b.c.d`).
 pub fn display_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
@@ -215,6 +241,9 @@ impl Engine {
             scratch: vec![0u8; BUF_SIZE],
             unknown_unreported: 0,
             unknown_reported_at: None,
+            recovery: Recovery::default(),
+            recovery_due: None,
+            recovery_polled: Instant::now(),
         })
     }
 
@@ -246,6 +275,7 @@ impl Engine {
                 (accepted, closed, refused, delay)
             };
             self.connections(accepted, closed, refused);
+            self.probe_losses();
             let sent = self.device.tx_len();
             blocked = self.transmit();
             let now = Instant::now();
@@ -265,10 +295,14 @@ impl Engine {
             if received > 0 || (sent > 0 && !blocked) {
                 continue;
             }
-            let wait = delay
+            let mut wait = delay
                 .unwrap_or(TIMER_TICK)
                 .min(next_timers.saturating_duration_since(now))
                 .min(next_status.saturating_duration_since(now));
+            if self.recovery.kept_bytes() > 0 {
+                let due = self.recovery_due.unwrap_or(now + RECOVERY_POLL);
+                wait = wait.min(due.saturating_duration_since(now).max(RECOVERY_POLL));
+            }
             let already_stopping = stopping.is_some();
             let shutdown = &mut self.shutdown;
             let stop_changed = async move {
@@ -494,6 +528,11 @@ impl Engine {
             Verdict::Accept(a) => {
                 buf.peer = idx;
                 buf.syn = a.syn;
+                // The peer's ACKs may say a segment was lost: send it again
+                // ahead of new data (see `recovery`).
+                if let Some(again) = self.recovery.on_receive(buf.bytes(), Instant::now()) {
+                    send_again(&mut self.device, again);
+                }
                 self.device.rx.push_back(buf);
                 return;
             }
@@ -552,6 +591,8 @@ impl Engine {
             (self.service)(stream, info);
         }
         for c in closed {
+            self.recovery
+                .forget((c.remote.ip(), c.remote.port(), c.port));
             let Some(peer) = self.peers.get(c.peer) else {
                 continue;
             };
@@ -587,10 +628,29 @@ impl Engine {
         }
     }
 
+    /// Runs the loss-recovery probe timer (at most every [`RECOVERY_POLL`],
+    /// and only while sent data is unacknowledged).
+    fn probe_losses(&mut self) {
+        if self.recovery.kept_bytes() == 0 {
+            self.recovery_due = None;
+            return;
+        }
+        let now = Instant::now();
+        if now.saturating_duration_since(self.recovery_polled) < RECOVERY_POLL
+            && self.recovery_due.is_none_or(|d| d > now)
+        {
+            return;
+        }
+        self.recovery_polled = now;
+        let device = &mut self.device;
+        self.recovery_due = self.recovery.poll(now, |p| send_again(device, p));
+    }
+
     /// Encrypts queued packets into GSO batches and sends them. Returns true
     /// when the socket is full (the rest waits for it to drain).
     fn transmit(&mut self) -> bool {
         let max_segments = self.udp.max_gso_segments().max(1);
+        let now = Instant::now();
         while let Some(pkt) = self.device.pop_tx() {
             let route = packet::destination(pkt.bytes())
                 .and_then(|d| self.peers.by_addr(&d))
@@ -609,6 +669,7 @@ impl Engine {
                 self.device.unpop_tx(pkt);
                 return true;
             }
+            self.recovery.on_send(pkt.bytes(), now);
             let off = self.out.len;
             let room = need.max(HANDSHAKE_INIT_SIZE);
             let Some(peer) = self.peers.get_mut(idx) else {
@@ -782,7 +843,12 @@ impl Engine {
             address: self.gateway.to_string(),
             public_key: b64(self.public.as_bytes()),
             connections: total,
-            counters: self.counters.clone(),
+            counters: Counters {
+                tcp_resent: self.recovery.stats.resent,
+                tcp_recoveries: self.recovery.stats.recoveries,
+                tcp_probes: self.recovery.stats.probes,
+                ..self.counters.clone()
+            },
             peers,
         };
         let write = move || {

@@ -34,6 +34,7 @@ mod engine;
 pub mod keys;
 pub mod packet;
 mod peers;
+mod recovery;
 mod stack;
 pub mod status;
 mod stream;

@@ -118,6 +118,85 @@ pub fn source(packet: &[u8]) -> Option<IpAddr> {
     }
 }
 
+/// The TCP fields of a packet that loss recovery ([`super::recovery`])
+/// follows, in either direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpSegment {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub src_port: u16,
+    pub dst_port: u16,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: u8,
+    pub window: u16,
+    /// Bytes of payload after the TCP header.
+    pub payload_len: usize,
+}
+
+/// TCP flag bits.
+pub const TCP_FIN: u8 = 0x01;
+pub const TCP_SYN: u8 = 0x02;
+pub const TCP_RST: u8 = 0x04;
+pub const TCP_ACK: u8 = 0x10;
+
+fn be32(b: &[u8], at: usize) -> Option<u32> {
+    let s = b.get(at..at.checked_add(4)?)?;
+    Some(u32::from_be_bytes(s.try_into().ok()?))
+}
+
+/// The TCP segment in `packet` (IPv4 without fragments, or IPv6 with TCP as
+/// the first next header), or None for anything else or anything malformed.
+pub fn tcp_segment(packet: &[u8]) -> Option<TcpSegment> {
+    let (src, dst, tcp) = match packet.first()? >> 4 {
+        4 => {
+            let ihl = usize::from(packet.first()? & 0x0f) * 4;
+            let total = usize::from(be16(packet, 2)?);
+            let frag = be16(packet, 6)?;
+            if ihl < IPV4_HEADER_MIN
+                || total < ihl
+                || *packet.get(9)? != PROTO_TCP
+                || frag & 0x2000 != 0
+                || frag & 0x1fff != 0
+            {
+                return None;
+            }
+            (
+                IpAddr::V4(ipv4_at(packet, 12)?),
+                IpAddr::V4(ipv4_at(packet, 16)?),
+                packet.get(ihl..total)?,
+            )
+        }
+        6 => {
+            let end = IPV6_HEADER.checked_add(usize::from(be16(packet, 4)?))?;
+            if *packet.get(6)? != PROTO_TCP {
+                return None;
+            }
+            (
+                IpAddr::V6(ipv6_at(packet, 8)?),
+                IpAddr::V6(ipv6_at(packet, 24)?),
+                packet.get(IPV6_HEADER..end)?,
+            )
+        }
+        _ => return None,
+    };
+    let data_offset = usize::from(tcp.get(12)? >> 4) * 4;
+    if data_offset < TCP_HEADER_MIN || data_offset > tcp.len() {
+        return None;
+    }
+    Some(TcpSegment {
+        src,
+        dst,
+        src_port: be16(tcp, 0)?,
+        dst_port: be16(tcp, 2)?,
+        seq: be32(tcp, 4)?,
+        ack: be32(tcp, 8)?,
+        flags: *tcp.get(13)?,
+        window: be16(tcp, 14)?,
+        payload_len: tcp.len().saturating_sub(data_offset),
+    })
+}
+
 struct Parsed {
     src: IpAddr,
     dst: IpAddr,

@@ -70,6 +70,17 @@ pub struct Counters {
     pub oversized: u64,
     /// Connection attempts refused by a cap.
     pub refused: u64,
+    /// TCP segments the tunnel sent again on a peer's duplicate or partial
+    /// ACKs (loss recovery beside smoltcp's, see `tunnel/recovery.rs`).
+    #[serde(default)]
+    pub tcp_resent: u64,
+    /// Loss recoveries started (three duplicate ACKs).
+    #[serde(default)]
+    pub tcp_recoveries: u64,
+    /// Of `tcp_resent`: segments sent again because no ACK came for twice
+    /// the RTT (a lost tail of a burst, or a lost resend).
+    #[serde(default)]
+    pub tcp_probes: u64,
 }
 
 /// Reads the file; None if it is missing or unreadable.
