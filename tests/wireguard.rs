@@ -580,6 +580,16 @@ fn losses_on_the_way_to_the_client_are_repaired_by_fast_recovery() {
         c["tcp_resent"].as_u64().unwrap_or(0) >= c["tcp_recoveries"].as_u64().unwrap_or(0),
         "{c}"
     );
+    // Operators see it in `gatehouse peers`.
+    let peers = stdout(&w.gw.setup().cli(&["peers"]));
+    let line = peers
+        .lines()
+        .find(|l| l.starts_with("TCP loss recovery:"))
+        .unwrap_or_else(|| panic!("no loss-recovery line:\n{peers}"));
+    assert!(
+        !line.starts_with("TCP loss recovery: 0 "),
+        "{line} (status: {c})"
+    );
 }
 
 #[test]

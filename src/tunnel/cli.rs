@@ -459,6 +459,18 @@ pub fn run_peers(settings: &Settings) -> anyhow::Result<ExitCode> {
             wg.address, wg.prefix_len
         );
     }
+    if let Some(s) = st.as_ref().filter(|_| live) {
+        let c = &s.counters;
+        println!();
+        println!(
+            "dropped since start: {} spoofed, {} not for the gateway, {} other protocols, {} malformed, {} invalid datagrams, {} unknown keys; {} connections refused by a cap; {} cookies sent",
+            c.spoofed, c.not_for_gateway, c.protocol, c.malformed, c.invalid, c.unknown_peer, c.refused, c.cookies_sent
+        );
+        println!(
+            "TCP loss recovery: {} segments resent ({} recoveries, {} probes)",
+            c.tcp_resent, c.tcp_recoveries, c.tcp_probes
+        );
+    }
     Ok(if live {
         ExitCode::SUCCESS
     } else {
