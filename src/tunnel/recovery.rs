@@ -104,7 +104,13 @@ impl Flow {
 
     /// When the front segment is probed if no ACK moves before.
     fn probe_at(&self) -> Option<Instant> {
-        if self.kept.is_empty() || self.probes >= MAX_PROBES {
+        let front = self.kept.front()?;
+        if self.probes >= MAX_PROBES {
+            return None;
+        }
+        // Only the segment at the ACK point can unblock the peer; when a
+        // bound left a hole before what is kept, smoltcp's timer repairs it.
+        if self.last_ack.is_some_and(|(ack, _)| ack != front.seq) {
             return None;
         }
         let mut pto = (self.rtt() * 2).max(PROBE_FLOOR);
@@ -587,6 +593,26 @@ mod tests {
             "{gaps:?}"
         );
         assert_eq!(r.stats.probes, 1 + u64::from(MAX_PROBES));
+    }
+
+    #[test]
+    fn nothing_is_probed_when_what_is_kept_does_not_start_at_the_ack_point() {
+        let t0 = Instant::now();
+        let mut r = Recovery::default();
+        r.on_send(&data(0), t0);
+        r.on_receive(&ack(1, 900), t0);
+        // Segment 1 was never kept (say a bound was reached): 2 and 3 are.
+        r.on_send(&data(2), t0);
+        r.on_send(&data(3), t0);
+        let mut out = Vec::new();
+        r.poll(t0 + Duration::from_secs(5), |p| out.push(p.to_vec()));
+        assert!(out.is_empty(), "segment 2 would not unblock the peer");
+        // With the front at the ACK point it is probed.
+        let mut r = Recovery::default();
+        sent(&mut r, 3, t0);
+        r.on_receive(&ack(1, 900), t0);
+        r.poll(t0 + Duration::from_secs(5), |p| out.push(p.to_vec()));
+        assert_eq!(out, vec![data(1)]);
     }
 
     #[test]
