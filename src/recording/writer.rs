@@ -332,13 +332,18 @@ struct Writer {
     done: bool,
 }
 
-/// Pushes `[t, "code", data]\n`.
-fn push_event(buf: &mut Vec<u8>, t: Duration, code: &str, data: &impl serde::Serialize) {
+/// Pushes `[t,"code",` — the start every event line shares.
+fn push_head(buf: &mut Vec<u8>, t: Duration, code: &str) {
     buf.push(b'[');
     buf.extend_from_slice(format::fmt_time(t).as_bytes());
     buf.extend_from_slice(b",\"");
     buf.extend_from_slice(code.as_bytes());
     buf.extend_from_slice(b"\",");
+}
+
+/// Pushes `[t, "code", data]\n`.
+fn push_event(buf: &mut Vec<u8>, t: Duration, code: &str, data: &impl serde::Serialize) {
+    push_head(buf, t, code);
     if serde_json::to_writer(&mut *buf, data).is_err() {
         buf.extend_from_slice(b"null");
     }
@@ -366,11 +371,7 @@ fn tidy(s: &str) -> bool {
 /// stored it as base64 text, which cost a third more bytes to encrypt and
 /// hash, and the encoding itself (see BENCHMARKS.md).
 fn push_raw_event(buf: &mut Vec<u8>, t: Duration, code: &str, bytes: &[u8]) {
-    buf.push(b'[');
-    buf.extend_from_slice(format::fmt_time(t).as_bytes());
-    buf.extend_from_slice(b",\"");
-    buf.extend_from_slice(code.as_bytes());
-    buf.extend_from_slice(b"\",");
+    push_head(buf, t, code);
     buf.extend_from_slice(bytes.len().to_string().as_bytes());
     buf.extend_from_slice(b"]\n");
     buf.extend_from_slice(bytes);
