@@ -8,6 +8,8 @@
 //! private key is ever passed to these functions — they take names,
 //! fingerprints, addresses and reasons only.
 
+use std::borrow::Cow;
+
 use tracing::info;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -56,7 +58,25 @@ pub fn init_logging() {
         .try_init();
 }
 
+/// Longest user name written into an event: a client may send any name.
+const MAX_SHOWN_NAME: usize = 64;
+
+/// A name a client chose, bounded for the log: longer names are cut (on a
+/// character boundary) and marked with their full length in bytes.
+pub fn client_name(name: &str) -> Cow<'_, str> {
+    if name.len() <= MAX_SHOWN_NAME {
+        return Cow::Borrowed(name);
+    }
+    let mut end = MAX_SHOWN_NAME;
+    while !name.is_char_boundary(end) {
+        end -= 1;
+    }
+    let head = name.get(..end).unwrap_or_default();
+    Cow::Owned(format!("{head}...({} bytes)", name.len()))
+}
+
 /// An authentication attempt and its result (`success`, `partial`, `failure`).
+/// A user name longer than 64 bytes is cut (see [`client_name`]).
 pub fn auth_attempt(
     user: &str,
     method: &str,
@@ -65,6 +85,8 @@ pub fn auth_attempt(
     result: &str,
     reason: &str,
 ) {
+    let user = client_name(user);
+    let user = user.as_ref();
     info!(
         target: TARGET,
         event = "auth.attempt",
@@ -79,7 +101,29 @@ pub fn auth_attempt(
     );
 }
 
-/// A user or source address was locked out.
+/// Refusals caused by a running lock, aggregated per source: the first at
+/// once, then at most one event per source per minute, `count` saying how
+/// many refusals it stands for. `event` is `auth.attempt` like any other
+/// refusal; `user` is the name in the last of them.
+pub fn locked_refusals(user: &str, source: &str, subject: &str, count: u64) {
+    let user = client_name(user);
+    let user = user.as_ref();
+    info!(
+        target: TARGET,
+        event = "auth.attempt",
+        message_id = ID_AUTH,
+        user,
+        method = "-",
+        key_fp = "-",
+        source,
+        result = "failure",
+        reason = format!("{subject} is locked out").as_str(),
+        count,
+        "authentication failure for {user} from {source}: {subject} is locked out ({count} refusals)"
+    );
+}
+
+/// A user or source was locked out (`user:NAME`, `source:ADDR`).
 pub fn lockout(subject: &str, until_unix: u64, source: &str) {
     info!(
         target: TARGET,

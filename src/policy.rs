@@ -5,6 +5,8 @@
 //! login. The only way to get an [`Authorized`] (which the upstream connector
 //! requires) is [`Policy::authorize`].
 
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -205,6 +207,7 @@ impl Policy {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use crate::config::{AuthSettings, Gateway, TargetKind};

@@ -6,22 +6,37 @@
 //! (only for a configured key of a configured, unlocked user), and only a
 //! `KeyVerified` plus an accepted code ([`Authenticator::verify_code`]) or a
 //! live lease ([`Authenticator::lease`]) yields an [`AuthenticatedUser`].
+//!
+//! Locks: the lockout table, the TOTP replay state and the leases each have
+//! their own short lock, and no disk write happens under any of them except
+//! the replay state's own file (which must be durable before a code is
+//! accepted). [`Authenticator::verify_code`] reads and writes files: call
+//! it from a blocking thread (`spawn_blocking`), not from an async worker.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod lease;
 pub mod lockout;
+pub mod refusals;
 pub mod totp;
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use russh::keys::{HashAlg, PublicKey};
 
+use crate::audit;
 use crate::config::Settings;
-use crate::state::{LockoutRecords, StateDir, StateError};
+use crate::state::{StateDir, StateError};
 use lease::{LeaseKey, Leases};
-use lockout::{Lockouts, NewLock, Subject};
+pub use lockout::NewLock;
+use lockout::{Lockouts, Subject};
+use refusals::Refusals;
+
+/// How long a code check waits for a lock it started to reach the disk.
+const LOCK_WRITE_WAIT: Duration = Duration::from_secs(2);
 
 /// How the second factor was satisfied.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,6 +108,7 @@ impl AuthenticatedUser {
 
     /// Test-only constructor for pure policy tests.
     #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
     pub(crate) fn for_tests(name: &str, roles: &[&str]) -> AuthenticatedUser {
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
@@ -116,7 +132,8 @@ impl AuthenticatedUser {
 pub enum KeyRefusal {
     /// Unknown user or a key that is not theirs (deliberately one variant).
     NotAuthorized,
-    /// The user or the source address is locked out until this unix time.
+    /// The user or the source is locked out until this unix time;
+    /// `subject` is `user:NAME` or `source:ADDR`.
     Locked { subject: String, until: u64 },
 }
 
@@ -125,9 +142,14 @@ pub enum KeyRefusal {
 pub enum CodeOutcome {
     Accepted(Box<AuthenticatedUser>),
     NotEnrolled,
-    Wrong,
-    /// Correct code for a step already used.
-    Reused,
+    /// Counted against the user; `lock` is the lock this failure started.
+    Wrong {
+        lock: Option<NewLock>,
+    },
+    /// Correct code for a step already used (counted like a wrong one).
+    Reused {
+        lock: Option<NewLock>,
+    },
     Locked {
         until: u64,
     },
@@ -139,8 +161,12 @@ pub struct Authenticator {
     settings: Arc<Settings>,
     state: Arc<StateDir>,
     users: HashMap<String, usize>,
-    lockouts: Mutex<Lockouts>,
+    lockouts: Lockouts,
+    /// Serialises the check-and-persist of TOTP steps, so that two
+    /// connections cannot both spend one step. Nothing else takes it.
+    replay: Mutex<()>,
     leases: Mutex<Leases>,
+    refusals: Arc<Mutex<Refusals>>,
 }
 
 pub fn unix_now() -> u64 {
@@ -161,17 +187,39 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 }
 
 impl Authenticator {
+    /// Loads the lockout records and starts their background writer. Inside
+    /// a tokio runtime, also starts the task that reports aggregated
+    /// refusals (see [`refusals`]) when their minute ends.
     pub fn new(settings: Arc<Settings>, state: Arc<StateDir>) -> Result<Self, StateError> {
-        let records = LockoutRecords::load(&state.lockouts_path())?;
-        let users = settings
+        let users: HashMap<String, usize> = settings
             .users
             .iter()
             .enumerate()
             .map(|(i, u)| (u.name.clone(), i))
             .collect();
+        let lockouts = Lockouts::open(&settings.auth, state.lockouts_path(), |u| {
+            users.contains_key(u)
+        })?;
+        let refusals = Arc::new(Mutex::new(Refusals::default()));
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            let weak = Arc::downgrade(&refusals);
+            rt.spawn(async move {
+                let mut tick = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    tick.tick().await;
+                    let Some(r) = weak.upgrade() else { break };
+                    let due = lock(&r).due(Instant::now());
+                    for rep in due {
+                        audit::locked_refusals(&rep.user, &rep.source, &rep.subject, rep.count);
+                    }
+                }
+            });
+        }
         Ok(Authenticator {
-            lockouts: Mutex::new(Lockouts::new(&settings.auth, records)),
+            lockouts,
+            replay: Mutex::new(()),
             leases: Mutex::new(Leases::new(settings.auth.mfa_lease)),
+            refusals,
             settings,
             state,
             users,
@@ -181,17 +229,35 @@ impl Authenticator {
     /// The lock, if any, that refuses `user` or `source` right now.
     pub fn locked(&self, user: &str, source: IpAddr) -> Option<KeyRefusal> {
         let now = unix_now();
-        let l = lock(&self.lockouts);
-        for s in [Subject::User(user), Subject::Source(source)] {
-            if let Some(until) = l.locked_until(&s, now) {
-                let subject = match s {
-                    Subject::User(u) => format!("user {u}"),
-                    Subject::Source(a) => format!("source {a}"),
-                };
-                return Some(KeyRefusal::Locked { subject, until });
-            }
+        let mut subjects = vec![Subject::Source(source)];
+        if self.users.contains_key(user) {
+            subjects.insert(0, Subject::User(user));
         }
-        None
+        subjects.into_iter().find_map(|s| {
+            self.lockouts
+                .locked_until(&s, now)
+                .map(|until| KeyRefusal::Locked {
+                    subject: s.label(),
+                    until,
+                })
+        })
+    }
+
+    /// Audits a refusal caused by a running lock, aggregated: the first
+    /// from a source at once, then one event per source per minute with the
+    /// number of refusals it stands for.
+    pub fn refused_while_locked(
+        &self,
+        user: &str,
+        source: IpAddr,
+        source_label: &str,
+        subject: &str,
+    ) {
+        let key = lockout::source_key(source);
+        let report = lock(&self.refusals).refused(key, source_label, user, subject, Instant::now());
+        if let Some(rep) = report {
+            audit::locked_refusals(&rep.user, &rep.source, &rep.subject, rep.count);
+        }
     }
 
     /// Would this key be accepted for this user (before signature check)?
@@ -228,20 +294,19 @@ impl Authenticator {
         })
     }
 
-    /// Counts one failed attempt against the user (when named) and the source.
-    pub fn record_failure(&self, user: Option<&str>, source: IpAddr) -> Vec<NewLock> {
-        let mut subjects = vec![Subject::Source(source)];
-        if let Some(u) = user {
-            subjects.insert(0, Subject::User(u));
-        }
-        let mut l = lock(&self.lockouts);
-        match l.record_failure(&subjects, unix_now()) {
-            Ok(locks) => locks,
-            Err(e) => {
-                tracing::error!(error = %e, "cannot persist lockout records");
-                Vec::new()
-            }
-        }
+    /// Counts one failure before any key was proven (only keys that are not
+    /// the user's, an unknown user, another user's WireGuard device) against
+    /// the source: the address for IPv4, the /64 for IPv6. Never against a
+    /// user. Returns the lock it started; that lock is written to disk at
+    /// once, in the background.
+    pub fn unproven_failure(&self, source: IpAddr) -> Option<NewLock> {
+        self.lockouts.failure(Subject::Source(source), unix_now()).0
+    }
+
+    /// A complete login clears the failure counts of its user and source.
+    fn succeeded(&self, kv: &KeyVerified) {
+        self.lockouts
+            .success(&[Subject::User(&kv.user), Subject::Source(kv.source_ip)]);
     }
 
     /// Whether the user has an enrolled TOTP secret.
@@ -253,6 +318,7 @@ impl Authenticator {
     pub fn lease(&self, kv: &KeyVerified) -> Option<AuthenticatedUser> {
         let key = lease_key(kv);
         if lock(&self.leases).is_valid(&key, Instant::now()) {
+            self.succeeded(kv);
             Some(self.admit(kv, AdmittedBy::Lease))
         } else {
             None
@@ -260,7 +326,11 @@ impl Authenticator {
     }
 
     /// Second factor by code. A step, once accepted for a user, is persisted
-    /// before the login proceeds and never accepted again.
+    /// before the login proceeds and never accepted again. A wrong or reused
+    /// code counts against the user (only a holder of her key gets here);
+    /// a lock it starts is on disk before this returns (up to 2 s).
+    ///
+    /// Blocking: reads the sealed secret and writes the replay state.
     pub fn verify_code(&self, kv: &KeyVerified, code: &str) -> Result<CodeOutcome, StateError> {
         if let Some(KeyRefusal::Locked { until, .. }) = self.locked(&kv.user, kv.source_ip) {
             return Ok(CodeOutcome::Locked { until });
@@ -268,30 +338,35 @@ impl Authenticator {
         let Some(secret) = self.state.totp_secret(&kv.user)? else {
             return Ok(CodeOutcome::NotEnrolled);
         };
-        // Serialise code checks so two connections cannot both spend one step.
-        let _guard = lock(&self.lockouts);
-        let last = self.state.last_totp_step(&kv.user)?;
         let now = unix_now();
-        match totp::verify(&secret, code, now, last) {
-            Some(step) => {
-                self.state.set_last_totp_step(&kv.user, step)?;
-                drop(_guard);
-                if let Err(e) = lock(&self.lockouts).record_success(&kv.user) {
-                    tracing::error!(error = %e, "cannot persist lockout records");
+        let accepted = {
+            let _replay = lock(&self.replay);
+            let last = self.state.last_totp_step(&kv.user)?;
+            match totp::verify(&secret, code, now, last) {
+                Some(step) => {
+                    self.state.set_last_totp_step(&kv.user, step)?;
+                    true
                 }
-                lock(&self.leases).grant(lease_key(kv), Instant::now());
-                Ok(CodeOutcome::Accepted(Box::new(
-                    self.admit(kv, AdmittedBy::Code),
-                )))
+                None => false,
             }
-            None => {
-                if totp::verify(&secret, code, now, 0).is_some() {
-                    Ok(CodeOutcome::Reused)
-                } else {
-                    Ok(CodeOutcome::Wrong)
-                }
-            }
+        };
+        if accepted {
+            self.succeeded(kv);
+            lock(&self.leases).grant(lease_key(kv), Instant::now());
+            return Ok(CodeOutcome::Accepted(Box::new(
+                self.admit(kv, AdmittedBy::Code),
+            )));
         }
+        let reused = totp::verify(&secret, code, now, 0).is_some();
+        let (new_lock, generation) = self.lockouts.failure(Subject::User(&kv.user), now);
+        if new_lock.is_some() && !self.lockouts.wait_written(generation, LOCK_WRITE_WAIT) {
+            tracing::warn!("a new lockout is not on disk yet");
+        }
+        Ok(if reused {
+            CodeOutcome::Reused { lock: new_lock }
+        } else {
+            CodeOutcome::Wrong { lock: new_lock }
+        })
     }
 
     fn admit(&self, kv: &KeyVerified, by: AdmittedBy) -> AuthenticatedUser {

@@ -1,20 +1,22 @@
 //! RFC 6238 TOTP: SHA-1, 6 digits, 30-second steps, ±1 step of clock skew.
 //! Codes are compared in constant time; the caller enforces that a step is
-//! accepted at most once per user.
+//! accepted at most once per user. Secrets are wiped from memory on drop
+//! (ours are [`Zeroizing`]; totp-rs's copies with its `zeroize` feature).
 
 use ring::rand::{SecureRandom, SystemRandom};
 use totp_rs::{Algorithm, Builder, Secret, Totp};
+use zeroize::Zeroizing;
 
 /// Length of a generated secret: 160 bits, as RFC 4226 recommends.
 pub const SECRET_LEN: usize = 20;
 /// Seconds per step.
 pub const STEP: u64 = 30;
 
-/// A fresh random secret.
-pub fn generate_secret() -> Result<Vec<u8>, &'static str> {
-    let mut s = vec![0u8; SECRET_LEN];
+/// A fresh random secret (wiped on drop).
+pub fn generate_secret() -> Result<Zeroizing<Vec<u8>>, &'static str> {
+    let mut s = Zeroizing::new(vec![0u8; SECRET_LEN]);
     SystemRandom::new()
-        .fill(&mut s)
+        .fill(s.as_mut_slice())
         .map_err(|_| "no system randomness")?;
     Ok(s)
 }
@@ -78,6 +80,7 @@ pub fn verify(secret: &[u8], code: &str, now: u64, last_step: u64) -> Option<u64
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 

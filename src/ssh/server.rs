@@ -94,7 +94,12 @@ pub struct Outer {
     local: Option<SocketAddr>,
     origin: Origin,
     authenticated: Arc<AtomicBool>,
-    failure_counted: bool,
+    /// A key that is not the user's (or an unknown user, or another user's
+    /// WireGuard device) was offered on this connection.
+    unproven_failure: bool,
+    /// One of the user's keys was proven (signature verified) on this
+    /// connection: offers of other keys before it were the agent's routine.
+    key_proven: bool,
     verified: Option<KeyVerified>,
     user: Option<AuthenticatedUser>,
     chans: HashMap<ChannelId, OuterChan>,
@@ -112,7 +117,8 @@ impl Outer {
             local: origin.local,
             origin,
             authenticated,
-            failure_counted: false,
+            unproven_failure: false,
+            key_proven: false,
             verified: None,
             user: None,
             chans: HashMap::new(),
@@ -133,13 +139,13 @@ impl Outer {
         audit::auth_attempt(user, method, key_fp, &self.source(), result, reason);
     }
 
-    /// A wrong key (or unknown user — deliberately the same) counts once per
-    /// connection: clients offer every key they hold.
-    fn fail_once(&mut self, user: &str) {
-        if !self.failure_counted {
-            self.failure_counted = true;
-            self.fail(Some(user));
-        }
+    /// Refuses an attempt because of a running lock: audited, aggregated per
+    /// source per minute.
+    fn refuse_locked(&self, user: &str, subject: &str) -> Auth {
+        self.gw
+            .auth
+            .refused_while_locked(user, self.peer.ip(), &self.source(), subject);
+        Auth::reject()
     }
 
     /// A WireGuard device belongs to one user: nobody else logs in through it.
@@ -152,13 +158,6 @@ impl Outer {
 
     fn user_name(&self) -> &str {
         self.user.as_ref().map(|u| u.name()).unwrap_or("-")
-    }
-
-    /// Counts a failure for the user and the source, auditing any lock it starts.
-    fn fail(&self, user: Option<&str>) {
-        for lock in self.gw.auth.record_failure(user, self.peer.ip()) {
-            audit::lockout(&lock.subject, lock.until, &self.source());
-        }
     }
 
     fn admitted(&mut self, user: AuthenticatedUser) {
@@ -344,6 +343,18 @@ impl Outer {
     }
 }
 
+impl Drop for Outer {
+    /// A connection that offered a wrong key (or an unknown user) and never
+    /// proved one of the user's keys counts one failure against its source.
+    fn drop(&mut self) {
+        if self.unproven_failure && !self.key_proven {
+            if let Some(lock) = self.gw.auth.unproven_failure(self.peer.ip()) {
+                audit::lockout(&lock.subject, lock.until, &self.source());
+            }
+        }
+    }
+}
+
 impl Handler for Outer {
     type Error = SshError;
 
@@ -362,14 +373,10 @@ impl Handler for Outer {
         let fp = fingerprint(offer.public_key);
         if let Some(KeyRefusal::Locked { subject, .. }) = self.gw.auth.locked(user, self.peer.ip())
         {
-            self.attempt(
-                user,
-                "publickey",
-                &fp,
-                "failure",
-                &format!("{subject} is locked out"),
-            );
-            return Ok(Auth::reject());
+            if !self.gw.auth.key_is_authorized(user, offer.public_key) {
+                self.unproven_failure = true;
+            }
+            return Ok(self.refuse_locked(user, &subject));
         }
         if self.device_refuses(user) {
             self.attempt(
@@ -379,14 +386,16 @@ impl Handler for Outer {
                 "failure",
                 "WireGuard device belongs to another user",
             );
-            self.fail_once(user);
+            self.unproven_failure = true;
             return Ok(Auth::reject());
         }
         if self.gw.auth.key_is_authorized(user, offer.public_key) {
             return Ok(Auth::Accept);
         }
-        // A wrong key (or unknown user — deliberately the same) counts once
-        // per connection: clients offer every key they hold.
+        // A wrong key (or unknown user — deliberately the same) never counts
+        // against the user named. Clients offer every key they hold, so it
+        // counts against the source only if this connection ends without
+        // proving a key of the user (see `Drop`).
         self.attempt(
             user,
             "publickey",
@@ -394,7 +403,7 @@ impl Handler for Outer {
             "failure",
             "key not authorized for user",
         );
-        self.fail_once(user);
+        self.unproven_failure = true;
         Ok(Auth::reject())
     }
 
@@ -422,14 +431,7 @@ impl Handler for Outer {
         {
             Ok(kv) => kv,
             Err(KeyRefusal::Locked { subject, .. }) => {
-                self.attempt(
-                    user,
-                    "publickey",
-                    &fp,
-                    "failure",
-                    &format!("{subject} is locked out"),
-                );
-                return Ok(Auth::reject());
+                return Ok(self.refuse_locked(user, &subject));
             }
             Err(KeyRefusal::NotAuthorized) => {
                 self.attempt(
@@ -439,9 +441,11 @@ impl Handler for Outer {
                     "failure",
                     "key not authorized for user",
                 );
+                self.unproven_failure = true;
                 return Ok(Auth::reject());
             }
         };
+        self.key_proven = true;
         if let Some(u) = self.gw.auth.lease(&kv) {
             self.attempt(
                 user,
@@ -519,20 +523,33 @@ impl Handler for Outer {
         }
         let code_bytes = response.next().unwrap_or_default();
         let code = String::from_utf8_lossy(&code_bytes).to_string();
-        let outcome = match self.gw.auth.verify_code(&kv, &code) {
-            Ok(o) => o,
-            Err(e) => {
-                tracing::error!(error = %e, "state error while checking a code");
-                self.attempt(
-                    user,
-                    "keyboard-interactive",
-                    kv.fingerprint(),
-                    "failure",
-                    "internal state error",
-                );
-                return Ok(Auth::reject());
-            }
-        };
+        // Reads the sealed secret and writes the replay state: off the async
+        // workers.
+        let gw = self.gw.clone();
+        let checked = kv.clone();
+        let outcome =
+            match tokio::task::spawn_blocking(move || gw.auth.verify_code(&checked, &code))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::state::StateError::Corrupt {
+                        path: "<code check>".into(),
+                        message: "the code check did not finish".into(),
+                    })
+                }) {
+                Ok(o) => o,
+                Err(e) => {
+                    tracing::error!(error = %e, "state error while checking a code");
+                    self.attempt(
+                        user,
+                        "keyboard-interactive",
+                        kv.fingerprint(),
+                        "failure",
+                        "internal state error",
+                    );
+                    return Ok(Auth::reject());
+                }
+            };
+        let reused = matches!(outcome, CodeOutcome::Reused { .. });
         match outcome {
             CodeOutcome::Accepted(u) => {
                 self.attempt(
@@ -565,21 +582,22 @@ impl Handler for Outer {
                 );
                 Ok(Auth::reject())
             }
-            wrong => {
-                let reason = if matches!(wrong, CodeOutcome::Reused) {
+            CodeOutcome::Wrong { lock } | CodeOutcome::Reused { lock } => {
+                let reason = if reused {
                     "code already used"
                 } else {
                     "wrong code"
                 };
-                audit::auth_attempt(
+                self.attempt(
                     user,
                     "keyboard-interactive",
                     kv.fingerprint(),
-                    &self.source(),
                     "failure",
                     reason,
                 );
-                self.fail(Some(user));
+                if let Some(lock) = lock {
+                    audit::lockout(&lock.subject, lock.until, &self.source());
+                }
                 if self.gw.auth.locked(user, self.peer.ip()).is_some() {
                     return Ok(Auth::reject());
                 }

@@ -7,6 +7,15 @@
 //! refused with a message saying how to fix it — gatehouse never "repairs"
 //! permissions silently, since a loose mode may mean someone already copied
 //! the secrets.
+//!
+//! Replacing a file is atomic and durable: the new contents go to a temp
+//! file with a name unique to that one write (process id + a counter,
+//! created with `O_EXCL`), which is fsynced, renamed over the old file, and
+//! then the directory is fsynced so the rename itself survives a crash.
+//! Secrets read from here (TOTP secrets, the master key) are wiped from
+//! memory when dropped.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod keys;
 mod records;
@@ -16,9 +25,12 @@ use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use zeroize::Zeroizing;
 
 pub use keys::KeyPair;
-pub use records::LockoutRecords;
+pub use records::{CoalescingWriter, LockoutRecords, Record};
 pub use seal::MasterKey;
 
 /// Errors from the state directory. Messages name paths, never contents.
@@ -121,8 +133,8 @@ impl StateDir {
         Ok(())
     }
 
-    /// The TOTP secret of `user`, if enrolled.
-    pub fn totp_secret(&self, user: &str) -> Result<Option<Vec<u8>>, StateError> {
+    /// The TOTP secret of `user`, if enrolled (wiped from memory on drop).
+    pub fn totp_secret(&self, user: &str) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
         let path = self.totp_path(user, "secret");
         let text = match fs::read_to_string(&path) {
             Ok(t) => t,
@@ -130,7 +142,7 @@ impl StateDir {
             Err(e) => return Err(StateError::io(&path, e)),
         };
         self.master
-            .open(text.trim(), aad_for(user).as_bytes())
+            .open_secret(text.trim(), aad_for(user).as_bytes())
             .map(Some)
             .map_err(|_| StateError::Unseal { path })
     }
@@ -310,27 +322,48 @@ pub(crate) fn write_secret_file(path: &Path, data: &[u8]) -> Result<(), StateErr
 }
 
 pub(crate) fn write_file_mode(path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    /// Distinguishes the writes of one process: two writers of the same file
+    /// (threads, tasks) never share a temp file.
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let n = WRITES.fetch_add(1, Ordering::Relaxed);
     let tmp = dir.join(format!(
-        ".{}.tmp{}",
+        ".{}.tmp{}.{n}",
         path.file_name().and_then(|n| n.to_str()).unwrap_or("state"),
         std::process::id()
     ));
+    let result = write_and_rename(&tmp, path, data, mode);
+    if result.is_err() {
+        // Leave no half-written temp file behind (it may not exist).
+        let _ = fs::remove_file(&tmp);
+    }
+    result?;
+    // The rename is only durable once the directory entry is on disk.
+    fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StateError::io(dir, e))
+}
+
+fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(), StateError> {
+    // create_new (O_EXCL): a stale temp file of a crashed run is never
+    // written through, and two writers can never share one.
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
-        .open(&tmp)
-        .map_err(|e| StateError::io(&tmp, e))?;
-    f.write_all(data).map_err(|e| StateError::io(&tmp, e))?;
-    f.sync_all().map_err(|e| StateError::io(&tmp, e))?;
+        .open(tmp)
+        .map_err(|e| StateError::io(tmp, e))?;
+    f.write_all(data).map_err(|e| StateError::io(tmp, e))?;
+    f.sync_all().map_err(|e| StateError::io(tmp, e))?;
     drop(f);
-    fs::rename(&tmp, path).map_err(|e| StateError::io(path, e))?;
-    Ok(())
+    fs::rename(tmp, path).map_err(|e| StateError::io(path, e))
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
 
@@ -346,7 +379,7 @@ mod tests {
         let on_disk = fs::read(root.join("totp/alice.secret")).unwrap();
         assert!(!on_disk.windows(10).any(|w| w == b"0123456789"));
         assert_eq!(
-            st.totp_secret("alice").unwrap().unwrap(),
+            st.totp_secret("alice").unwrap().unwrap().as_slice(),
             b"0123456789abcdefghij"
         );
         let fmode = fs::metadata(root.join("totp/alice.secret"))
@@ -373,6 +406,37 @@ mod tests {
             err.contains("master.key") && err.contains("chmod 600"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn concurrent_writers_of_one_file_never_collide_and_leave_no_temp_files() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("lockouts.json");
+        let writers: Vec<_> = (0..8u8)
+            .map(|i| {
+                let path = path.clone();
+                std::thread::spawn(move || {
+                    let data = vec![b'a' + i; 64 * 1024];
+                    for _ in 0..20 {
+                        write_secret_file(&path, &data).unwrap();
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().expect("a writer failed");
+        }
+        let end = fs::read(&path).unwrap();
+        assert_eq!(end.len(), 64 * 1024);
+        assert!(
+            end.iter().all(|&b| b == end[0]),
+            "the file mixes two writers' contents"
+        );
+        let names: Vec<_> = fs::read_dir(tmp.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, vec![std::ffi::OsString::from("lockouts.json")]);
     }
 
     #[test]
