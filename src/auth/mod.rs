@@ -254,6 +254,12 @@ impl Authenticator {
         subject: &str,
     ) {
         let key = lockout::source_key(source);
+        // Names that are not configured are not kept, not even here.
+        let user = if self.users.contains_key(user) {
+            user
+        } else {
+            "-"
+        };
         let report = lock(&self.refusals).refused(key, source_label, user, subject, Instant::now());
         if let Some(rep) = report {
             audit::locked_refusals(&rep.user, &rep.source, &rep.subject, rep.count);
