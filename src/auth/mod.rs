@@ -7,11 +7,12 @@
 //! `KeyVerified` plus an accepted code ([`Authenticator::verify_code`]) or a
 //! live lease ([`Authenticator::lease`]) yields an [`AuthenticatedUser`].
 //!
-//! Locks: the lockout table, the TOTP replay state and the leases each have
-//! their own short lock, and no disk write happens under any of them except
-//! the replay state's own file (which must be durable before a code is
-//! accepted). [`Authenticator::verify_code`] reads and writes files: call
-//! it from a blocking thread (`spawn_blocking`), not from an async worker.
+//! Locks: the lockout table, the TOTP replay state (one lock per user) and
+//! the leases each have their own short lock, and no disk write happens
+//! under any of them except the user's replay state under her own replay
+//! lock (it must be durable before a code is accepted).
+//! [`Authenticator::verify_code`] reads and writes files: call it from a
+//! blocking thread (`spawn_blocking`), not from an async worker.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -162,9 +163,10 @@ pub struct Authenticator {
     state: Arc<StateDir>,
     users: HashMap<String, usize>,
     lockouts: Lockouts,
-    /// Serialises the check-and-persist of TOTP steps, so that two
-    /// connections cannot both spend one step. Nothing else takes it.
-    replay: Mutex<()>,
+    /// Per configured user: serialises the check-and-persist of her TOTP
+    /// step, so that two connections cannot both spend one step. Nothing
+    /// else takes these; one user's code check never waits for another's.
+    replay: HashMap<String, Mutex<()>>,
     leases: Mutex<Leases>,
     refusals: Arc<Mutex<Refusals>>,
 }
@@ -217,7 +219,11 @@ impl Authenticator {
         }
         Ok(Authenticator {
             lockouts,
-            replay: Mutex::new(()),
+            replay: settings
+                .users
+                .iter()
+                .map(|u| (u.name.clone(), Mutex::new(())))
+                .collect(),
             leases: Mutex::new(Leases::new(settings.auth.mfa_lease)),
             refusals,
             settings,
@@ -345,8 +351,11 @@ impl Authenticator {
             return Ok(CodeOutcome::NotEnrolled);
         };
         let now = unix_now();
+        let Some(replay) = self.replay.get(&kv.user) else {
+            return Ok(CodeOutcome::NotEnrolled);
+        };
         let accepted = {
-            let _replay = lock(&self.replay);
+            let _replay = lock(replay);
             let last = self.state.last_totp_step(&kv.user)?;
             match totp::verify(&secret, code, now, last) {
                 Some(step) => {
