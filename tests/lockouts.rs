@@ -233,6 +233,27 @@ fn refusals_from_a_locked_source_are_aggregated_in_the_audit_log() {
     assert_eq!(refusals[0]["count"], 1);
 }
 
+#[test]
+fn one_code_sent_on_three_connections_at_the_same_moment_is_accepted_once() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b.auth_line("mfa_lease = \"0s\""));
+    let outs: Vec<_> = std::thread::scope(|s| {
+        let runs: Vec<_> = (0..3).map(|_| s.spawn(|| login(&w, &[]))).collect();
+        runs.into_iter().map(|r| r.join().unwrap()).collect()
+    });
+    let ok = outs.iter().filter(|o| o.status.success()).count();
+    assert_eq!(ok, 1, "one code admitted {ok} logins");
+    assert_eq!(w.gw.events("login").len(), 1);
+    let reused =
+        w.gw.events("auth.attempt")
+            .iter()
+            .filter(|e| e["reason"] == "code already used")
+            .count();
+    assert_eq!(reused, 2);
+}
+
 // ---- the flood -----------------------------------------------------------
 
 struct AnyHostKey;
