@@ -1409,7 +1409,8 @@ shell = "/bin/sh"
         assert_eq!(
             backlog.to_string(),
             "gatehouse.toml:4:3: gateway.listen_backlog: unknown key; expected one of: \
-             state_dir, ssh_listen, max_connections, auth_timeout, connect_timeout"
+             state_dir, ssh_listen, max_connections, auth_timeout, connect_timeout, \
+             max_startups, max_startups_per_source"
         );
     }
 
