@@ -89,9 +89,8 @@ fn one_source_with_idle_connections_cannot_take_the_slots_of_others() {
         "alice was kept out: {}",
         stderr(&out)
     );
-    let ev = w
-        .gw
-        .wait_for_event(
+    let ev =
+        w.gw.wait_for_event(
             |e| e["event"] == "connection.refused" && e["source"] == "127.0.0.2",
             Duration::from_secs(5),
         )
@@ -175,9 +174,7 @@ impl Drop for MasterGuard {
 /// `ssh -O check`: the master's pid while it runs.
 fn master_pid(w: &World, ctl: &Path) -> Option<u32> {
     let ctl_opt = format!("ControlPath={}", ctl.display());
-    let out = w
-        .client
-        .run(&["-o", &ctl_opt, "-O", "check", "gw"]);
+    let out = w.client.run(&["-o", &ctl_opt, "-O", "check", "gw"]);
     let text = stderr(&out) + &stdout(&out);
     text.split("pid=")
         .nth(1)?
@@ -191,7 +188,10 @@ fn master_pid(w: &World, ctl: &Path) -> Option<u32> {
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
         .ok()
-        .and_then(|s| s.rsplit_once(')').map(|(_, r)| r.trim_start().starts_with('Z')))
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .map(|(_, r)| r.trim_start().starts_with('Z'))
+        })
         .is_some_and(|zombie| !zombie)
 }
 
@@ -203,7 +203,9 @@ fn jump_through_master(w: &World, ctl: &Path) -> std::process::Output {
         ctl.display()
     );
     let dest = format!("{}@web-1", w.login);
-    let mut cmd = w.client.command(&["-o", &proxy, &dest, "echo", "via-master"]);
+    let mut cmd = w
+        .client
+        .command(&["-o", &proxy, &dest, "echo", "via-master"]);
     run_with_timeout(&mut cmd, Duration::from_secs(30)).expect("jump finishes")
 }
 
@@ -238,10 +240,9 @@ fn a_control_master_is_closed_at_max_connection_age_and_the_next_login_asks_for_
         !out.status.success() && !stdout(&out).contains("via-master"),
         "a jump through the closed master succeeded"
     );
-    let ev = w
-        .gw
-        .wait_for_event_named("connection.closed", Duration::from_secs(5))
-        .expect("a connection.closed audit event");
+    let ev =
+        w.gw.wait_for_event_named("connection.closed", Duration::from_secs(5))
+            .expect("a connection.closed audit event");
     assert!(
         ev["reason"]
             .as_str()
@@ -254,7 +255,10 @@ fn a_control_master_is_closed_at_max_connection_age_and_the_next_login_asks_for_
     w.client.set_code(&w.next_code());
     let out = w.client.run_jump(&w.login, "web-1", &["echo", "again"]);
     assert!(stdout(&out).contains("again"), "{}", stderr(&out));
-    assert!(w.client.askpass_invocations() > prompts, "no code was asked");
+    assert!(
+        w.client.askpass_invocations() > prompts,
+        "no code was asked"
+    );
 }
 
 #[test]
@@ -283,9 +287,8 @@ fn a_new_channel_on_a_master_of_a_locked_user_is_refused_and_the_master_closed()
         !stdout(&out).contains("via-master"),
         "a new channel of a locked user was served"
     );
-    let ev = w
-        .gw
-        .wait_for_event(
+    let ev =
+        w.gw.wait_for_event(
             |e| e["event"] == "connection.closed" && e["user"] == "alice",
             Duration::from_secs(5),
         )
@@ -327,9 +330,8 @@ fn a_tunnel_only_user_is_refused_on_the_plain_listener_with_a_message() {
         .askpass_prompts()
         .iter()
         .all(|p| !p.contains("Verification code")));
-    let ev = w
-        .gw
-        .wait_for_event(
+    let ev =
+        w.gw.wait_for_event(
             |e| {
                 e["event"] == "auth.attempt"
                     && e["user"] == "alice"
@@ -351,7 +353,12 @@ fn cpu_ticks(pid: u32) -> u64 {
     let after = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
     let fields: Vec<&str> = after.split_whitespace().collect();
     // Fields 14 and 15 of stat; `after` starts at field 3.
-    let f = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let f = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     f(14) + f(15)
 }
 
@@ -400,7 +407,10 @@ fn out_of_descriptors_the_accept_loop_answers_without_spinning_and_recovers() {
             conns.push(s);
         }
     }
-    assert!(told > 0, "nobody was told the gateway is out of descriptors");
+    assert!(
+        told > 0,
+        "nobody was told the gateway is out of descriptors"
+    );
     assert_eq!(hanging, 0, "connections left hanging without an answer");
     // Idle at the limit, with clients knocking: no spinning.
     let knocker = std::thread::spawn({
@@ -421,7 +431,10 @@ fn out_of_descriptors_the_accept_loop_answers_without_spinning_and_recovers() {
     std::thread::sleep(Duration::from_secs(3));
     let used = cpu_ticks(pid) - before;
     knocker.join().unwrap();
-    assert!(used < 30, "the gateway burned {used} ticks in 3 s at the limit");
+    assert!(
+        used < 30,
+        "the gateway burned {used} ticks in 3 s at the limit"
+    );
     // Recovery: descriptors free again, alice logs in.
     drop(conns);
     set(4096);

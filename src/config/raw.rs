@@ -274,7 +274,13 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
 
     let users = root.tables("users", diags, |t, diags| {
         t.deny_unknown(
-            &["name", "roles", "ssh_keys", "wireguard", "require_wireguard"],
+            &[
+                "name",
+                "roles",
+                "ssh_keys",
+                "wireguard",
+                "require_wireguard",
+            ],
             diags,
         );
         RawUser {

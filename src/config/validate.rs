@@ -32,8 +32,8 @@ use super::{AuthSettings, Gateway, Role, Settings, Target, TargetKind, TargetSel
 
 mod extra;
 mod limits;
-pub use limits::MAX_DURATION;
 pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
+pub use limits::MAX_DURATION;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(60);

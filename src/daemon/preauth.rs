@@ -170,7 +170,9 @@ impl PreAuth {
         });
         p.count += 1;
         p.reason = why;
-        if p.last_event.is_none_or(|t| now.duration_since(t) >= AUDIT_EVERY) {
+        if p.last_event
+            .is_none_or(|t| now.duration_since(t) >= AUDIT_EVERY)
+        {
             audit::connection_refused(&key.to_string(), why.reason(), p.count);
             p.count = 0;
             p.last_event = Some(now);
@@ -183,12 +185,17 @@ impl PreAuth {
         let now = Instant::now();
         let mut r = lock(&self.refused);
         r.retain(|key, p| {
-            if p.count > 0 && p.last_event.is_none_or(|t| now.duration_since(t) >= AUDIT_EVERY) {
+            if p.count > 0
+                && p.last_event
+                    .is_none_or(|t| now.duration_since(t) >= AUDIT_EVERY)
+            {
                 audit::connection_refused(&key.to_string(), p.reason.reason(), p.count);
                 p.count = 0;
                 p.last_event = Some(now);
             }
-            p.count > 0 || p.last_event.is_some_and(|t| now.duration_since(t) < AUDIT_EVERY)
+            p.count > 0
+                || p.last_event
+                    .is_some_and(|t| now.duration_since(t) < AUDIT_EVERY)
         });
     }
 

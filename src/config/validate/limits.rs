@@ -217,7 +217,10 @@ mod tests {
             "",
             "",
         ));
-        assert_eq!((s.gateway.pre_auth.total, s.gateway.pre_auth.per_source), (10, 3));
+        assert_eq!(
+            (s.gateway.pre_auth.total, s.gateway.pre_auth.per_source),
+            (10, 3)
+        );
         let e = errs(&config(
             &format!("{LISTEN}\nmax_startups = 4\nmax_startups_per_source = 5"),
             "",
