@@ -30,6 +30,11 @@ use crate::state::StateDir;
 
 /// How long shutdown waits for sessions to finish after telling them.
 const GRACE: Duration = Duration::from_secs(10);
+/// Refused connections being told why at once, per listener; more are
+/// closed without a message.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// How long a refused connection may take to receive its message.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
@@ -140,6 +145,7 @@ async fn accept_loop(
     let mut backoff = MIN_BACKOFF;
     let mut reserve = fdlimit::Reserve::new();
     let mut last_warning: Option<Instant> = None;
+    let refusers = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -176,12 +182,17 @@ async fn accept_loop(
             Ok(p) => p,
             Err(why) => {
                 pre_auth.refused(peer.ip(), why);
-                // The slot is held while the refusal is written (bounded by
-                // a short timeout), so refusals cannot pile up either.
-                tokio::spawn(async move {
-                    refuse(stream, why).await;
-                    drop(permit);
-                });
+                // A refusal never holds a connection slot (a flood of
+                // refused connections must not fill them); the tasks that
+                // write refusals are capped on their own, and past that cap
+                // a refused connection is simply closed.
+                drop(permit);
+                if let Ok(writer) = refusers.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, why).await;
+                        drop(writer);
+                    });
+                }
                 continue;
             }
         };
@@ -230,7 +241,7 @@ async fn refuse_with_reserve(
 async fn refuse(mut stream: tokio::net::TcpStream, why: preauth::Refusal) {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let bytes = preauth::refusal_bytes(why);
-    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
         stream.write_all(&bytes).await?;
         stream.shutdown().await?;
         // Read what the client already sent so the close is a FIN, not a
