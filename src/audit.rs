@@ -234,6 +234,41 @@ pub fn channel_refused(user: &str, kind: &str, host: &str, port: u32, source: &s
     );
 }
 
+// Connection-level decisions (src/daemon.rs and the re-checks of an
+// authenticated connection).
+const ID_CONN_REFUSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a68";
+const ID_CONN_CLOSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a69";
+
+/// Connections refused before any authentication (pre-authentication caps,
+/// no free file descriptor), aggregated: `count` refusals from `source`
+/// since the last such event for it (at most one per source per minute).
+pub fn connection_refused(source: &str, reason: &str, count: u64) {
+    info!(
+        target: TARGET,
+        event = "connection.refused",
+        message_id = ID_CONN_REFUSED,
+        source,
+        reason,
+        count,
+        "refused {count} connection(s) from {source}: {reason}"
+    );
+}
+
+/// gatehouse closed an authenticated connection (`user` is `-` before
+/// login): it reached `auth.max_connection_age`, or a re-check on a new
+/// channel found the user gone, the key withdrawn or the user locked.
+pub fn connection_closed(user: &str, source: &str, reason: &str) {
+    info!(
+        target: TARGET,
+        event = "connection.closed",
+        message_id = ID_CONN_CLOSED,
+        user,
+        source,
+        reason,
+        "closed the connection of {user} from {source}: {reason}"
+    );
+}
+
 // WireGuard (src/tunnel). Devices are named by their base64 public key and
 // tunnel address; `endpoint` is the UDP address packets came from.
 const ID_WG_HANDSHAKE: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a71";

@@ -1,15 +1,25 @@
 //! The wiring: open state, bind listeners, accept connections, shut down.
 //! This is the only module that knows every other one.
+//!
+//! Connection limits live here: `max_connections` slots, the
+//! pre-authentication caps ([`preauth`]), the authentication deadline, the
+//! age limit of an authenticated connection (`auth.max_connection_age`), and
+//! an accept loop that backs off, and still answers, when the process is out
+//! of file descriptors ([`fdlimit`]).
+
+mod fdlimit;
+mod preauth;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Semaphore};
 use tracing::Instrument;
 
+use crate::audit;
 use crate::auth::Authenticator;
 use crate::config::Settings;
 use crate::policy::Policy;
@@ -20,12 +30,19 @@ use crate::state::StateDir;
 
 /// How long shutdown waits for sessions to finish after telling them.
 const GRACE: Duration = Duration::from_secs(10);
+/// Refused connections being told why at once, per listener; more are
+/// closed without a message.
+const MAX_REFUSALS_IN_FLIGHT: usize = 64;
+/// How long a refused connection may take to receive its message.
+const REFUSAL_TIME: Duration = Duration::from_secs(1);
 
 /// Runs the gateway until `shutdown` resolves.
 pub async fn run(
     settings: Arc<Settings>,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
+    // Before anything opens a descriptor: soft limit up to the hard one.
+    fdlimit::check(&settings);
     let state = Arc::new(StateDir::open(&settings.gateway.state_dir)?);
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
@@ -64,10 +81,30 @@ pub async fn run(
         .context("cannot start the WireGuard tunnel")?;
     let max = settings.gateway.max_connections;
     let slots = Arc::new(Semaphore::new(max));
+    let pre_auth = preauth::PreAuth::new(settings.gateway.pre_auth.clone());
+    {
+        let pre_auth = pre_auth.clone();
+        let mut stop = stop_rx.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(60));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => pre_auth.flush(),
+                    _ = stop.changed() => { pre_auth.flush(); return; }
+                }
+            }
+        });
+    }
     for l in listeners {
         let addr = l.local_addr().ok();
         tracing::info!(listen = ?addr, host_key = %host_key.fingerprint(), "ssh listener ready");
-        tokio::spawn(accept_loop(l, gw.clone(), slots.clone(), stop_rx.clone()));
+        tokio::spawn(accept_loop(
+            l,
+            gw.clone(),
+            slots.clone(),
+            pre_auth.clone(),
+            stop_rx.clone(),
+        ));
     }
 
     shutdown.await;
@@ -92,14 +129,23 @@ pub async fn run(
 }
 
 /// Accepts until shutdown. Errors back off instead of ending the server;
-/// the semaphore caps concurrent connections.
+/// the semaphore caps concurrent connections; the pre-authentication caps
+/// refuse, with a message, what one source or a crowd of half-open logins
+/// would take. Out of descriptors, one kept in reserve lets the loop take a
+/// waiting connection off the queue with a message instead of spinning.
 async fn accept_loop(
     l: TcpListener,
     gw: Arc<Gateway>,
     slots: Arc<Semaphore>,
+    pre_auth: Arc<preauth::PreAuth>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut backoff = Duration::from_millis(5);
+    const MIN_BACKOFF: Duration = Duration::from_millis(5);
+    const MAX_BACKOFF: Duration = Duration::from_secs(1);
+    let mut backoff = MIN_BACKOFF;
+    let mut reserve = fdlimit::Reserve::new();
+    let mut last_warning: Option<Instant> = None;
+    let refusers = Arc::new(Semaphore::new(MAX_REFUSALS_IN_FLIGHT));
     loop {
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => return },
@@ -107,23 +153,55 @@ async fn accept_loop(
         };
         let (stream, peer) = tokio::select! {
             r = l.accept() => match r {
-                Ok(x) => { backoff = Duration::from_millis(5); x }
+                Ok(x) => { backoff = MIN_BACKOFF; x }
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed; backing off");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    let out_of_fds = fdlimit::is_out_of_descriptors(&e);
+                    if last_warning.is_none_or(|t| t.elapsed() >= Duration::from_secs(10)) {
+                        last_warning = Some(Instant::now());
+                        tracing::warn!(error = %e, "accept failed; backing off");
+                    }
+                    if out_of_fds && refuse_with_reserve(&l, &mut reserve, &pre_auth).await {
+                        // One waiting connection was answered and closed:
+                        // progress, not a spin. Go on with the queue.
+                        continue;
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => {}
+                        _ = stop.changed() => return,
+                    }
+                    backoff = (backoff * 2).min(MAX_BACKOFF);
                     continue;
                 }
             },
             _ = stop.changed() => return,
         };
+        // Keep (or get back) the reserve while descriptors are free.
+        reserve.refill();
+        let _ = stream.set_nodelay(true);
+        let pre = match pre_auth.try_acquire(peer.ip()) {
+            Ok(p) => p,
+            Err(why) => {
+                pre_auth.refused(peer.ip(), why);
+                // A refusal never holds a connection slot (a flood of
+                // refused connections must not fill them); the tasks that
+                // write refusals are capped on their own, and past that cap
+                // a refused connection is simply closed.
+                drop(permit);
+                if let Ok(writer) = refusers.clone().try_acquire_owned() {
+                    tokio::spawn(async move {
+                        refuse(stream, why).await;
+                        drop(writer);
+                    });
+                }
+                continue;
+            }
+        };
         let span = tracing::info_span!("conn", %peer);
         let gw = gw.clone();
         let origin = Origin::tcp(peer, stream.local_addr().ok());
-        let _ = stream.set_nodelay(true);
         tokio::spawn(
             async move {
-                serve_connection(gw, stream, origin).await;
+                serve(gw, stream, origin, Some(pre)).await;
                 drop(permit);
             }
             .instrument(span),
@@ -131,12 +209,70 @@ async fn accept_loop(
     }
 }
 
+/// Out of descriptors: frees the reserve, accepts one waiting connection,
+/// tells it why and closes it, then takes the reserve back. True if a
+/// connection was answered.
+async fn refuse_with_reserve(
+    l: &TcpListener,
+    reserve: &mut fdlimit::Reserve,
+    pre_auth: &preauth::PreAuth,
+) -> bool {
+    if !reserve.release() {
+        reserve.refill();
+        return false;
+    }
+    let answered = match tokio::time::timeout(Duration::from_millis(20), l.accept()).await {
+        Ok(Ok((stream, peer))) => {
+            let why = preauth::Refusal::NoDescriptors;
+            pre_auth.refused(peer.ip(), why);
+            // No waiting here: the descriptor must come back at once.
+            let _ = stream.try_write(&preauth::refusal_bytes(why));
+            let mut sink = [0u8; 512];
+            let _ = stream.try_read(&mut sink);
+            true
+        }
+        _ => false,
+    };
+    reserve.refill();
+    answered
+}
+
+/// Tells a refused client why (identification line + disconnect) and closes.
+async fn refuse(mut stream: tokio::net::TcpStream, why: preauth::Refusal) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let bytes = preauth::refusal_bytes(why);
+    let _ = tokio::time::timeout(REFUSAL_TIME, async {
+        stream.write_all(&bytes).await?;
+        stream.shutdown().await?;
+        // Read what the client already sent so the close is a FIN, not a
+        // reset that could discard the message before the client reads it.
+        let mut sink = [0u8; 1024];
+        while stream.read(&mut sink).await? > 0 {}
+        Ok::<(), std::io::Error>(())
+    })
+    .await;
+}
+
 /// One client connection, from any listener (TCP or the WireGuard tunnel):
-/// SSH with an authentication deadline.
+/// SSH with an authentication deadline, closed once it reaches
+/// `auth.max_connection_age`.
 pub async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin)
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
+    serve(gw, stream, origin, None).await;
+}
+
+/// [`serve_connection`], holding `pre_auth` until the user has logged in.
+async fn serve<S>(gw: Arc<Gateway>, stream: S, origin: Origin, pre_auth: Option<preauth::Permit>)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let opened = tokio::time::Instant::now();
+    let source = match &origin.wireguard {
+        Some(wg) => format!("wg:{}@{}", wg.public_key, wg.tunnel_address),
+        None => origin.addr.ip().to_string(),
+    };
     let authenticated = Arc::new(AtomicBool::new(false));
     let handler = Outer::new(gw.clone(), origin, authenticated.clone());
     let deadline = gw.settings.gateway.auth_timeout;
@@ -157,21 +293,49 @@ where
         }
     };
     let handle = session.handle();
+    let (close_tx, close_rx) = tokio::sync::oneshot::channel::<()>();
     let timer = {
         let handle = handle.clone();
         let authenticated = authenticated.clone();
+        let max_age = gw.settings.auth.max_connection_age;
         tokio::spawn(async move {
-            tokio::time::sleep(deadline).await;
-            if !authenticated.load(Ordering::SeqCst) {
-                tracing::info!("authentication deadline passed; disconnecting");
-                let _ = handle
-                    .disconnect(
-                        russh::Disconnect::ByApplication,
-                        "authentication timed out".into(),
-                        "en".into(),
+            let mut pre_auth = pre_auth;
+            // Until login: poll the flag, give the pre-auth slot back the
+            // moment it flips, and enforce the deadline.
+            let message = loop {
+                if authenticated.load(Ordering::SeqCst) {
+                    drop(pre_auth.take());
+                    break None;
+                }
+                let elapsed = opened.elapsed();
+                if elapsed >= deadline {
+                    tracing::info!("authentication deadline passed; disconnecting");
+                    break Some("authentication timed out".to_string());
+                }
+                tokio::time::sleep((deadline - elapsed).min(Duration::from_millis(100))).await;
+            };
+            let message = match message {
+                Some(m) => m,
+                None => {
+                    tokio::time::sleep_until(opened + max_age).await;
+                    let age = humantime::format_duration(max_age);
+                    audit::connection_closed(
+                        "-",
+                        &source,
+                        &format!("the connection reached auth.max_connection_age ({age})"),
+                    );
+                    format!(
+                        "gatehouse: this connection is older than {age} (auth.max_connection_age); \
+                         connect again"
                     )
-                    .await;
-            }
+                }
+            };
+            let _ = tokio::time::timeout(
+                Duration::from_secs(2),
+                handle.disconnect(russh::Disconnect::ByApplication, message, "en".into()),
+            )
+            .await;
+            let _ = close_tx.send(());
         })
     };
     let mut stop = gw.shutdown.clone();
@@ -181,6 +345,11 @@ where
             if let Err(e) = r {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+        }
+        _ = close_rx => {
+            // Disconnect sent (or timed out): a client that does not read
+            // does not keep the connection; dropping the session closes it.
+            let _ = tokio::time::timeout(Duration::from_secs(1), &mut session).await;
         }
         _ = stop.changed() => {
             let _ = handle

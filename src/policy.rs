@@ -251,12 +251,17 @@ mod tests {
                 max_connections: 1,
                 auth_timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
+                pre_auth: crate::config::PreAuthLimits {
+                    total: 1,
+                    per_source: 1,
+                },
             },
             auth: AuthSettings {
                 max_failures: 5,
                 failure_window: Duration::from_secs(600),
                 lockout: Duration::from_secs(900),
                 mfa_lease: Duration::from_secs(3600),
+                max_connection_age: Duration::from_secs(3600),
             },
             users: vec![],
             roles: vec![

@@ -391,3 +391,74 @@ fn quickstart_starts_a_gateway_the_stock_client_logs_in_to() {
         0o700
     );
 }
+
+#[test]
+fn durations_over_ten_years_are_reported_by_check_with_their_position() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = gen_ed25519(keys.path(), "alice");
+    let setup = GatehouseBuilder::new()
+        .auth_line("lockout = \"100000d\"")
+        .user("alice", &["web"], &[&key.public_line])
+        .role_with(
+            "web",
+            &["web-1"],
+            &["deploy"],
+            &["max_session = \"1000000000y\""],
+        )
+        .role_with(
+            "web2",
+            &["web-1"],
+            &["deploy"],
+            &["idle_timeout = \"9999999999999h\""],
+        )
+        .ssh_target("web-1", 22, &[&key.public_line])
+        .build();
+    let out = setup.check();
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let err = stderr(&out);
+    let text = setup.config_text();
+    let path = setup.config_path().display().to_string();
+    for (needle, field) in [
+        ("\"100000d\"", "auth.lockout"),
+        ("\"1000000000y\"", "roles[0].max_session"),
+        ("\"9999999999999h\"", "roles[1].idle_timeout"),
+    ] {
+        let offset = text.find(needle).expect(needle);
+        let line = text[..offset].matches('\n').count() + 1;
+        let column = offset - text[..offset].rfind('\n').map_or(0, |i| i + 1) + 1;
+        let at = format!("{path}:{line}:{column}: {field}");
+        assert!(err.contains(&at), "missing {at} in:\n{err}");
+    }
+    assert!(err.contains("3650d"), "{err}");
+    assert!(!err.contains("panicked"), "{err}");
+}
+
+#[test]
+fn an_empty_ssh_listen_is_valid_with_wireguard_and_an_error_naming_the_fix_without() {
+    let keys = tempfile::tempdir().unwrap();
+    let key = gen_ed25519(keys.path(), "alice");
+    let builder = GatehouseBuilder::new().user("alice", &[], &[&key.public_line]);
+    let setup = builder.build();
+    let text = setup.config_text();
+    let listen_line = text
+        .lines()
+        .find(|l| l.starts_with("ssh_listen"))
+        .unwrap()
+        .to_string();
+    setup.write_config(&text.replace(&listen_line, "ssh_listen = []"));
+    let out = setup.check();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("gateway.ssh_listen") && stderr(&out).contains("[wireguard]"),
+        "{}",
+        stderr(&out)
+    );
+    let port = free_port();
+    let with_wg = format!(
+        "{}\n[wireguard]\nlisten = \"127.0.0.1:{port}\"\naddress = \"10.77.0.1/24\"\n",
+        text.replace(&listen_line, "ssh_listen = []")
+    );
+    setup.write_config(&with_wg);
+    let out = setup.check();
+    assert!(out.status.success(), "{}", stderr(&out));
+}

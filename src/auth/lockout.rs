@@ -334,6 +334,7 @@ mod tests {
             failure_window: Duration::from_secs(60),
             lockout: Duration::from_secs(120),
             mfa_lease: Duration::from_secs(0),
+            max_connection_age: Duration::from_secs(3600),
         }
     }
 

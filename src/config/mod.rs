@@ -83,6 +83,21 @@ pub struct Gateway {
     pub auth_timeout: Duration,
     /// Timeout for connecting to a target (default 10s).
     pub connect_timeout: Duration,
+    /// Caps on connections that have not finished authenticating.
+    pub pre_auth: PreAuthLimits,
+}
+
+/// Caps on unauthenticated connections (OpenSSH's `MaxStartups` and
+/// `PerSourcePenalties` in spirit): one host cannot take every connection
+/// slot by opening connections and never logging in. A connection counts
+/// from its accept until its user has given key and code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreAuthLimits {
+    /// `gateway.max_startups`: unauthenticated connections in total (default 64).
+    pub total: usize,
+    /// `gateway.max_startups_per_source`: unauthenticated connections from one
+    /// source — the address for IPv4, the /64 for IPv6 (default 8).
+    pub per_source: usize,
 }
 
 /// `[auth]`
@@ -96,6 +111,10 @@ pub struct AuthSettings {
     pub lockout: Duration,
     /// Default 1h; zero disables the lease.
     pub mfa_lease: Duration,
+    /// An authenticated connection is closed once it is this old, so a
+    /// ControlMaster connection cannot outlive the second factor. Default:
+    /// `mfa_lease` (1h when the lease is disabled). Never zero.
+    pub max_connection_age: Duration,
 }
 
 /// `[[users]]`
@@ -106,6 +125,9 @@ pub struct User {
     pub ssh_keys: Vec<PublicKey>,
     /// WireGuard devices (empty unless `[wireguard]` is configured).
     pub wireguard: Vec<WireGuardPeer>,
+    /// Refused on plain TCP listeners: this user logs in only through one
+    /// of their WireGuard devices (default false; needs `[wireguard]`).
+    pub require_wireguard: bool,
 }
 
 /// How a role selects targets.

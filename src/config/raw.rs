@@ -102,6 +102,8 @@ pub(super) struct RawGateway {
     pub max_connections: Option<Spanned<i64>>,
     pub auth_timeout: Option<Spanned<String>>,
     pub connect_timeout: Option<Spanned<String>>,
+    pub max_startups: Option<Spanned<i64>>,
+    pub max_startups_per_source: Option<Spanned<i64>>,
 }
 
 /// `[auth]`
@@ -111,6 +113,7 @@ pub(super) struct RawAuth {
     pub failure_window: Option<Spanned<String>>,
     pub lockout: Option<Spanned<String>>,
     pub mfa_lease: Option<Spanned<String>>,
+    pub max_connection_age: Option<Spanned<String>>,
 }
 
 /// `[[users]]`
@@ -120,6 +123,7 @@ pub(super) struct RawUser {
     pub roles: Option<List<String>>,
     pub ssh_keys: Option<List<String>>,
     pub wireguard: Vec<Option<Spanned<RawWgPeer>>>,
+    pub require_wireguard: Option<Spanned<bool>>,
 }
 
 /// `[[roles]]`
@@ -190,6 +194,8 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 "max_connections",
                 "auth_timeout",
                 "connect_timeout",
+                "max_startups",
+                "max_startups_per_source",
             ],
             diags,
         );
@@ -201,13 +207,21 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 max_connections: t.integer("max_connections", diags),
                 auth_timeout: t.string("auth_timeout", false, diags),
                 connect_timeout: t.string("connect_timeout", false, diags),
+                max_startups: t.integer("max_startups", diags),
+                max_startups_per_source: t.integer("max_startups_per_source", diags),
             },
         )
     });
 
     let auth = root.table("auth", false, diags).map(|t| {
         t.deny_unknown(
-            &["max_failures", "failure_window", "lockout", "mfa_lease"],
+            &[
+                "max_failures",
+                "failure_window",
+                "lockout",
+                "mfa_lease",
+                "max_connection_age",
+            ],
             diags,
         );
         Spanned::new(
@@ -217,6 +231,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 failure_window: t.string("failure_window", false, diags),
                 lockout: t.string("lockout", false, diags),
                 mfa_lease: t.string("mfa_lease", false, diags),
+                max_connection_age: t.string("max_connection_age", false, diags),
             },
         )
     });
@@ -258,7 +273,16 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
     });
 
     let users = root.tables("users", diags, |t, diags| {
-        t.deny_unknown(&["name", "roles", "ssh_keys", "wireguard"], diags);
+        t.deny_unknown(
+            &[
+                "name",
+                "roles",
+                "ssh_keys",
+                "wireguard",
+                "require_wireguard",
+            ],
+            diags,
+        );
         RawUser {
             name: t.string("name", true, diags),
             roles: t.string_list("roles", false, diags),
@@ -270,6 +294,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                     address: p.string("address", true, diags),
                 }
             }),
+            require_wireguard: t.boolean("require_wireguard", diags),
         }
     });
 

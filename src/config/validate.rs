@@ -31,7 +31,9 @@ use super::raw::{
 use super::{AuthSettings, Gateway, Role, Settings, Target, TargetKind, TargetSelector, User};
 
 mod extra;
+mod limits;
 pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
+pub use limits::MAX_DURATION;
 
 const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 const DEFAULT_AUTH_TIMEOUT: Duration = Duration::from_secs(60);
@@ -172,7 +174,9 @@ pub fn load_str(text: &str, source: &Path) -> Result<Settings, ConfigErrors> {
 /// Parses a duration such as `0s`, `30s`, `10m`, `1h`, `400d` or `1h30m`.
 ///
 /// Units are `d`, `h`, `m` and `s`; a duration is one or more `<number><unit>`
-/// parts with no spaces, largest unit first, each unit at most once.
+/// parts with no spaces, largest unit first, each unit at most once. At most
+/// [`MAX_DURATION`] (10 years): every duration is added to clocks at run
+/// time, and a bound here means none of those can overflow.
 ///
 /// # Errors
 ///
@@ -221,10 +225,14 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
             .and_then(|n| n.checked_mul(seconds));
         total = part
             .and_then(|part| total.checked_add(part))
-            .ok_or_else(|| "duration is too long".to_string())?;
+            .ok_or_else(limits::too_long)?;
         rest = after;
     }
-    Ok(Duration::from_secs(total))
+    let total = Duration::from_secs(total);
+    if total > MAX_DURATION {
+        return Err(limits::too_long());
+    }
+    Ok(total)
 }
 
 /// Byte offset -> 1-based line and column.
@@ -322,6 +330,7 @@ impl Checker<'_, '_> {
                 failure_window: DEFAULT_FAILURE_WINDOW,
                 lockout: DEFAULT_LOCKOUT,
                 mfa_lease: DEFAULT_MFA_LEASE,
+                max_connection_age: limits::default_connection_age(DEFAULT_MFA_LEASE),
             }),
         };
         let known_targets = known_targets(&raw.targets);
@@ -357,6 +366,8 @@ impl Checker<'_, '_> {
         } else {
             users = None;
         }
+        let tunnel_only_ok = self.tunnel_only(raw, gateway.as_ref(), users.as_deref());
+        tunnel_only_ok?;
         Some(Settings {
             source: source.to_owned(),
             gateway: gateway?,
@@ -399,25 +410,20 @@ impl Checker<'_, '_> {
             DEFAULT_CONNECT_TIMEOUT,
             false,
         );
+        let pre_auth = self.pre_auth(g);
         Some(Gateway {
             state_dir: state_dir?,
             ssh_listen: ssh_listen?,
             max_connections: max_connections?,
             auth_timeout: auth_timeout?,
             connect_timeout: connect_timeout?,
+            pre_auth: pre_auth?,
         })
     }
 
     fn listen_addresses(&mut self, list: &List<String>) -> Option<Vec<SocketAddr>> {
         const PATH: &str = "gateway.ssh_listen";
-        if list.get_ref().is_empty() {
-            self.error(
-                list.span(),
-                PATH,
-                "must list at least one address, e.g. \"0.0.0.0:2222\"",
-            );
-            return None;
-        }
+        // An empty list is valid with [wireguard]; see `tunnel_only`.
         let mut seen: HashMap<SocketAddr, usize> = HashMap::new();
         self.each(list, PATH, |c, item, path| {
             let Ok(addr) = item.get_ref().parse::<SocketAddr>() else {
@@ -460,11 +466,13 @@ impl Checker<'_, '_> {
             DEFAULT_MFA_LEASE,
             true,
         );
+        let max_connection_age = self.connection_age(a, mfa_lease);
         Some(AuthSettings {
             max_failures: max_failures?,
             failure_window: failure_window?,
             lockout: lockout?,
             mfa_lease: mfa_lease?,
+            max_connection_age: max_connection_age?,
         })
     }
 
@@ -770,6 +778,8 @@ impl Checker<'_, '_> {
             ssh_keys: ssh_keys?,
             // Checked against [wireguard] as a whole in `extra.rs`.
             wireguard: Vec::new(),
+            // Checked against [wireguard] in `limits.rs`.
+            require_wireguard: u.require_wireguard.as_ref().is_some_and(|b| *b.get_ref()),
         })
     }
 
@@ -1399,7 +1409,8 @@ shell = "/bin/sh"
         assert_eq!(
             backlog.to_string(),
             "gatehouse.toml:4:3: gateway.listen_backlog: unknown key; expected one of: \
-             state_dir, ssh_listen, max_connections, auth_timeout, connect_timeout"
+             state_dir, ssh_listen, max_connections, auth_timeout, connect_timeout, \
+             max_startups, max_startups_per_source"
         );
     }
 

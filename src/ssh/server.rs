@@ -103,6 +103,9 @@ pub struct Outer {
     verified: Option<KeyVerified>,
     user: Option<AuthenticatedUser>,
     chans: HashMap<ChannelId, OuterChan>,
+    /// Set when a user who must use WireGuard proved their key on a plain
+    /// listener: shown once as keyboard-interactive instructions.
+    tunnel_only_notice: Option<String>,
 }
 
 fn methods(kinds: &[MethodKind]) -> Option<MethodSet> {
@@ -122,6 +125,7 @@ impl Outer {
             verified: None,
             user: None,
             chans: HashMap::new(),
+            tunnel_only_notice: None,
         }
     }
 
@@ -423,6 +427,9 @@ impl Handler for Outer {
             );
             return Ok(Auth::reject());
         }
+        if let Some(refusal) = self.refuse_plain_listener(user, &fp) {
+            return Ok(refusal);
+        }
         let source = self.source();
         let kv = match self
             .gw
@@ -477,6 +484,9 @@ impl Handler for Outer {
         _submethods: &str,
         response: Option<Response<'a>>,
     ) -> Result<Auth, Self::Error> {
+        if let Some(refusal) = self.tunnel_only_prompt(response.is_none()) {
+            return Ok(refusal);
+        }
         let Some(kv) = self.verified.clone().filter(|kv| kv.user() == user) else {
             // The code is a second factor only: never without the key.
             return Ok(Auth::Reject {
@@ -613,8 +623,14 @@ impl Handler for Outer {
         &mut self,
         channel: Channel<Msg>,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if !self.recheck_for_channel(session) {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let id = channel.id();
         drop(channel);
         self.chans.insert(id, OuterChan::default());
@@ -630,8 +646,14 @@ impl Handler for Outer {
         _originator_address: &str,
         _originator_port: u32,
         reply: russh::server::ChannelOpenHandle,
-        _session: &mut Session,
+        session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if !self.recheck_for_channel(session) {
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let Some(user) = self.user.clone() else {
             reply
                 .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
@@ -980,5 +1002,95 @@ impl Handler for Outer {
             }
         }
         Ok(())
+    }
+}
+
+// ---- Connection-level checks (require_wireguard, re-checks on every new
+// channel). Kept together so they merge as one block.
+impl Outer {
+    /// A user with `require_wireguard = true` who proved their key on a
+    /// plain TCP listener: audited, refused, and told why (once, as
+    /// keyboard-interactive instructions — the only place a stock client
+    /// shows a server's words during login). Checked after the signature so
+    /// a stranger learns nothing about the user.
+    fn refuse_plain_listener(&mut self, user: &str, fp: &str) -> Option<Auth> {
+        if self.origin.wireguard.is_some() {
+            return None;
+        }
+        let required = self
+            .gw
+            .settings
+            .users
+            .iter()
+            .any(|u| u.name == user && u.require_wireguard);
+        if !required {
+            return None;
+        }
+        self.attempt(
+            user,
+            "publickey",
+            fp,
+            "failure",
+            "user must connect through WireGuard (require_wireguard); this is a plain TCP listener",
+        );
+        self.tunnel_only_notice = Some(format!(
+            "gatehouse: {user} may log in only through WireGuard.\n\
+             Bring up your tunnel (wg-quick up) and connect to the gateway's tunnel address."
+        ));
+        Some(Auth::Reject {
+            proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+            partial_success: false,
+        })
+    }
+
+    /// The tunnel-only notice as a prompt with no question (first call),
+    /// then a refusal; `None` when there is no notice.
+    fn tunnel_only_prompt(&mut self, first: bool) -> Option<Auth> {
+        let notice = self.tunnel_only_notice.as_ref()?;
+        if !first {
+            self.tunnel_only_notice = None;
+            return Some(Auth::reject());
+        }
+        Some(Auth::Partial {
+            name: "gatehouse".into(),
+            instructions: notice.clone().into(),
+            prompts: vec![("Press Enter to close: ".into(), true)].into(),
+        })
+    }
+
+    /// Every new channel re-checks the person behind an existing connection
+    /// (a ControlMaster connection can live for hours): the user still
+    /// exists, still holds the key, and is not locked. On failure the
+    /// channel is refused, the connection closed with a message, and both
+    /// audited. True if the channel may proceed.
+    fn recheck_for_channel(&mut self, session: &mut Session) -> bool {
+        let Some(user) = self.user.as_ref() else {
+            // russh answers no channel before authentication; refuse anyway.
+            return false;
+        };
+        let reason = if !self.gw.auth.key_is_authorized(user.name(), user.key()) {
+            Some("the user or their key is no longer in the configuration".to_string())
+        } else {
+            self.gw
+                .auth
+                .locked(user.name(), self.peer.ip())
+                .map(|r| match r {
+                    KeyRefusal::Locked { subject, .. } => format!("{subject} is locked out"),
+                    #[allow(unreachable_patterns)]
+                    _ => "the user is locked out".to_string(),
+                })
+        };
+        let Some(reason) = reason else {
+            return true;
+        };
+        let name = user.name().to_string();
+        audit::channel_refused(&name, "channel", "-", 0, &self.source(), &reason);
+        audit::connection_closed(&name, &self.source(), &reason);
+        let _ = session.disconnect(
+            russh::Disconnect::ByApplication,
+            &format!("gatehouse: {reason}; the connection is closed"),
+            "en",
+        );
+        false
     }
 }
