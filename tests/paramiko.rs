@@ -24,9 +24,10 @@ const TOOLS: &[&str] = &["ssh-keygen", "sshd", "oathtool", PYTHON];
 /// script (`auth_timeout`, 15 s) is what a hang would run into.
 const QUICK: Duration = Duration::from_secs(10);
 
-/// The scripted paramiko client. argv: mode (`jump`, `login` or `client`), gateway
-/// port, gatehouse user, private key file, code, gateway host key
-/// (`type base64`), target name, target login, command. Prints one JSON
+/// The scripted paramiko client. argv: mode (`jump`, `login`, `client` or
+/// `cap`), gateway port, gatehouse user, private key file, code, gateway host
+/// key (`type base64`), target name, target login, command (for `cap`: how
+/// many key attempts to make). Prints one JSON
 /// object on its last line; an unexpected error is a traceback and a
 /// non-zero exit.
 const CLIENT: &str = r#"
@@ -88,6 +89,30 @@ t.banner_timeout = 10
 t.auth_timeout = 15
 t.start_client(timeout=10)
 check_host_key(t, "gateway")
+
+if mode == "cap":
+    # An attacker's loop: SERVICE_REQUEST + a key that is not the user's,
+    # again and again on one connection. The repeated requests must not
+    # reset the server's cap on attempts.
+    out["answered"] = 0
+    for _ in range(int(command)):
+        try:
+            t.auth_publickey(user, key)
+            out["accepted"] = True
+            break
+        except paramiko.AuthenticationException as e:
+            if "timeout" in str(e).lower():
+                out["ended_by"] = "timeout"
+                break
+            out["answered"] += 1
+        except Exception as e:
+            out["ended_by"] = type(e).__name__ + ": " + str(e)
+            break
+    out["still_active"] = t.is_active()
+    t.close()
+    report()
+    raise SystemExit(0)
+
 # Partial success: the key is right, a code is still needed.
 out["after_key"] = t.auth_publickey(user, key)
 try:
@@ -157,11 +182,16 @@ struct Run {
 /// One paramiko run as alice with `code`. Panics (with paramiko's traceback)
 /// if the script fails or is still running after 60 s.
 fn paramiko(w: &World, mode: &str, code: &str, command: &str) -> Run {
+    paramiko_with_key(w, &w.key, mode, code, command)
+}
+
+/// Like [`paramiko`], logging in as alice with `key`.
+fn paramiko_with_key(w: &World, key: &KeyPair, mode: &str, code: &str, command: &str) -> Run {
     let script = w.keys.path().join("paramiko_client.py");
     if !Path::new(&script).exists() {
         std::fs::write(&script, CLIENT).expect("write the paramiko client script");
     }
-    let key = w.key.private_path.display().to_string();
+    let key = key.private_path.display().to_string();
     let port = w.gw.port.to_string();
     let host_key = w.gw.hostkey();
     let mut cmd = Command::new(PYTHON);
@@ -334,4 +364,66 @@ fn paramiko_sshclient_with_a_wrong_code_raises_instead_of_hanging() {
     );
     assert!(run.report.get("stdout").is_none(), "{}", run.report);
     assert_wrong_code_refused(&w, &run, &wrong);
+}
+
+/// Guard for the wrong-code reply (no longer a "partial success"): stock
+/// OpenSSH still asks again on the same connection and logs in with the
+/// right code.
+#[test]
+fn openssh_asks_again_after_a_wrong_code_and_logs_in_with_the_right_one() {
+    if !require_tools(&["ssh", "sshd", "ssh-keygen", "oathtool"]) {
+        return;
+    }
+    let w = World::start(|b| b);
+    let wrong = a_wrong_code(&w.secret);
+    w.client.set_codes(&[&wrong, &totp(&w.secret)]);
+    let out = w
+        .client
+        .run(&["-o", "NumberOfPasswordPrompts=2", "gw", "targets"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("web-1"), "{}", stdout(&out));
+    assert_eq!(w.client.askpass_invocations(), 2);
+    let reasons: Vec<_> =
+        w.gw.events("auth.attempt")
+            .iter()
+            .filter(|e| e["method"] == "keyboard-interactive")
+            .map(|e| e["reason"].clone())
+            .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            serde_json::json!("wrong code"),
+            serde_json::json!("code accepted")
+        ]
+    );
+}
+
+/// Attack on the patch: paramiko's SERVICE_REQUEST before every attempt is
+/// answered, but it resets nothing. A loop of wrong keys on one connection
+/// is still cut off after the server's `max_auth_attempts` (6), quickly.
+#[test]
+fn repeated_service_requests_do_not_reset_the_cap_on_auth_attempts() {
+    if !require_paramiko() {
+        return;
+    }
+    let w = World::start(|b| b);
+    let intruder = gen_ed25519(w.keys.path(), "intruder");
+    let run = paramiko_with_key(&w, &intruder, "cap", "", "20");
+    let report = &run.report;
+    assert_ne!(report["accepted"], true, "{report}");
+    let answered = report["answered"].as_u64().unwrap_or(u64::MAX);
+    // Six refusals; the seventh request ends the connection, which paramiko
+    // also reports as an AuthenticationException; the next finds no session.
+    assert!(
+        (1..=7).contains(&answered),
+        "the connection must be cut after 6 refused attempts: {report}"
+    );
+    let ended_by = report["ended_by"].as_str().unwrap_or_default();
+    assert!(
+        !ended_by.is_empty() && ended_by != "timeout",
+        "the connection must be cut, not left waiting: {report}"
+    );
+    assert_eq!(report["still_active"], false, "{report}");
+    assert!(run.took < QUICK, "took {:?}", run.took);
+    assert!(w.gw.events("login").is_empty());
 }
