@@ -611,9 +611,12 @@ impl Handler for Outer {
                 if self.gw.auth.locked(user, self.peer.ip()).is_some() {
                     return Ok(Auth::reject());
                 }
+                // Not a partial success (RFC 4252 5.1): paramiko would take
+                // a wrong code for an accepted one and then wait on a
+                // connection that never authenticated.
                 Ok(Auth::Reject {
                     proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
-                    partial_success: true,
+                    partial_success: false,
                 })
             }
         }
