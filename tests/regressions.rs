@@ -286,11 +286,9 @@ fn one_code_sent_on_three_connections_at_once_is_accepted_once() {
     assert_eq!(w.gw.events("login").len(), 1);
 }
 
-// Debian's paramiko 2.12 has no AEAD cipher; it can talk to gatehouse once
-// aes256-ctr is offered (branch `paramiko`). Checked against that build with
-// GATEHOUSE_TEST_BIN; remove the ignore when both are merged.
+// Debian's paramiko 2.12 has no AEAD cipher: it talks to gatehouse through
+// the aes256-ctr that the server offers last.
 #[test]
-#[ignore = "needs aes256-ctr for paramiko 2.12 (branch paramiko)"]
 fn a_channel_opened_before_authentication_is_never_answered() {
     // Debian's python3-paramiko (the brief's peer; not the pyenv python3).
     assert!(
