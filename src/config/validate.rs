@@ -28,7 +28,9 @@ use super::raw::{
     self, index_path, key_path, Diag, List, RawAuth, RawConfig, RawGateway, RawRole, RawSelector,
     RawTarget, RawUser, StringMap,
 };
-use super::{AuthSettings, Gateway, Role, Settings, Target, TargetKind, TargetSelector, User};
+use super::{
+    AuthSettings, Gateway, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
+};
 
 mod extra;
 pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
@@ -151,10 +153,20 @@ pub fn load_str(text: &str, source: &Path) -> Result<Settings, ConfigErrors> {
             let mut checker = Checker {
                 lines: &lines,
                 diags,
+                warnings: Vec::new(),
             };
             let settings = checker.settings(&raw, source);
             match settings {
-                Some(settings) if checker.diags.is_empty() => return Ok(settings),
+                Some(mut settings) if checker.diags.is_empty() => {
+                    let warnings = std::mem::take(&mut checker.warnings);
+                    settings.warnings = lines
+                        .errors(warnings, source)
+                        .0
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Ok(settings);
+                }
                 // Fail closed: a missing piece always comes with a reported
                 // problem, but if that invariant ever broke, refuse the file.
                 None if checker.diags.is_empty() => vec![Diag {
@@ -300,6 +312,8 @@ enum NameKind {
 struct Checker<'l, 't> {
     lines: &'l LineIndex<'t>,
     diags: Vec<Diag>,
+    /// Valid but deprecated settings (reported, not refused).
+    warnings: Vec<Diag>,
 }
 
 impl Checker<'_, '_> {
@@ -366,6 +380,7 @@ impl Checker<'_, '_> {
             targets: targets?,
             recordings: recordings?,
             wireguard: wireguard?,
+            warnings: Vec::new(),
         })
     }
 
@@ -598,6 +613,7 @@ impl Checker<'_, '_> {
                 }
             }),
         };
+        let record_input = self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
         Some(Role {
             name: name?,
             targets: targets?,
@@ -605,8 +621,52 @@ impl Checker<'_, '_> {
             max_session: max_session?,
             idle_timeout: idle_timeout?,
             allow_env: allow_env?,
-            record_input: r.record_input.as_ref().is_some_and(|b| *b.get_ref()),
+            record_input: record_input?,
         })
+    }
+
+    /// `roles[].record_input`: `"none"`, `"exec"` (default) or `"all"`. The
+    /// boolean of older configurations still loads, with a warning: `true`
+    /// meant "record what the user types" and becomes `"all"`; `false` meant
+    /// "record no input" and becomes `"none"` (which records less than the
+    /// new default: the warning says so).
+    fn record_input(
+        &mut self,
+        value: Option<&Spanned<raw::RawRecordInput>>,
+        path: &str,
+    ) -> Option<RecordInput> {
+        let Some(value) = value else {
+            return Some(RecordInput::default());
+        };
+        match value.get_ref() {
+            raw::RawRecordInput::Mode(s) => match RecordInput::parse(s) {
+                Some(m) => Some(m),
+                None => {
+                    self.error(
+                        value.span(),
+                        path.to_string(),
+                        "must be \"none\", \"exec\" or \"all\"",
+                    );
+                    None
+                }
+            },
+            raw::RawRecordInput::Legacy(b) => {
+                let (mode, meaning) = if *b {
+                    (RecordInput::All, "input in every session, keystrokes in a PTY included")
+                } else {
+                    (RecordInput::None, "no input, not even the stdin of commands without a PTY (the default \"exec\" records that)")
+                };
+                self.warnings.push(Diag {
+                    span: Some(value.span()),
+                    path: path.to_string(),
+                    message: format!(
+                        "the boolean form is deprecated: {b} is read as record_input = \"{}\" ({meaning}); write \"none\", \"exec\" or \"all\"",
+                        mode.as_str()
+                    ),
+                });
+                Some(mode)
+            }
+        }
     }
 
     /// `roles[].targets`: exactly one of `labels` / `names`, and it must

@@ -296,7 +296,7 @@ pub fn play(
 }
 
 /// Text safe for an auditor's terminal: control characters escaped.
-fn safe(s: &str) -> String {
+pub(super) fn safe(s: &str) -> String {
     s.escape_debug().to_string()
 }
 

@@ -84,6 +84,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::audit;
+use crate::config::RecordInput;
 use format::{Kind, Meta, SegmentInfo};
 use segment::{Recipients, SegmentStore};
 
@@ -133,14 +134,15 @@ impl RecordingError {
 pub enum RecordingKind {
     /// A shell with a PTY (`term`, `cols`, `rows` from the pty-request).
     Shell { term: String, cols: u32, rows: u32 },
-    /// `ssh host command`, scp -O, rsync.
-    Exec { command: String },
+    /// `ssh host command`, scp -O, rsync: the command's exact bytes.
+    Exec { command: Vec<u8> },
     /// The sftp subsystem (also modern scp).
     Sftp,
 }
 
-/// Who and what a recording is of. All of it except the exec command is
-/// written in plaintext metadata (what `list` shows without a key).
+/// Who and what a recording is of. All of it except the exec command and
+/// the environment is written in plaintext metadata (what `list` shows
+/// without a key); those two are only in the sealed segments.
 #[derive(Debug, Clone)]
 pub struct RecordingMeta {
     pub session_id: String,
@@ -150,7 +152,29 @@ pub struct RecordingMeta {
     pub source: String,
     pub wireguard_peer: Option<String>,
     pub kind: RecordingKind,
-    pub record_input: bool,
+    /// The role's `record_input` (see [`RecordInput`]).
+    pub record_input: RecordInput,
+    /// Whether the channel has a PTY: an exec with a PTY (`ssh -t host
+    /// cmd`) gets keystrokes as input, so `"exec"` does not record them.
+    pub pty: bool,
+    /// Environment variables the role allowed and that reached the target
+    /// on this channel, in order: their names and values go into the sealed
+    /// header, their names into the `recording.started` audit event.
+    pub env: Vec<(String, String)>,
+}
+
+impl RecordingMeta {
+    /// Whether this channel's input is stored: everything under `"all"`;
+    /// under `"exec"` only an exec without a PTY (its stdin is data such as
+    /// a script or an upload, not keystrokes); nothing under `"none"`. SFTP
+    /// channels record operations whatever this says.
+    pub fn stores_input(&self) -> bool {
+        match self.record_input {
+            RecordInput::All => true,
+            RecordInput::Exec => matches!(self.kind, RecordingKind::Exec { .. }) && !self.pty,
+            RecordInput::None => false,
+        }
+    }
 }
 
 pub(crate) struct RecorderInner {
@@ -288,14 +312,21 @@ impl Recorder {
         };
         match created {
             Ok((store, disk_meta, sealed)) => {
-                audit::recording_started(
-                    &id,
-                    &meta.session_id,
-                    &meta.user,
-                    &meta.login,
-                    &meta.target,
-                    disk_meta.kind.as_str(),
-                );
+                let meta_sha256 = hex::encode(format::meta_sha256(&disk_meta));
+                let env_names: Vec<&str> = meta.env.iter().map(|(n, _)| n.as_str()).collect();
+                audit::recording_started(&audit::RecordingStarted {
+                    recording_id: &id,
+                    session_id: &meta.session_id,
+                    user: &meta.user,
+                    login: &meta.login,
+                    target: &meta.target,
+                    source: &meta.source,
+                    kind: disk_meta.kind.as_str(),
+                    meta_sha256: &meta_sha256,
+                    record_input: meta.record_input.as_str(),
+                    input_recorded: meta.stores_input(),
+                    env: &env_names.join(","),
+                });
                 audit::recording_segment(
                     &id,
                     &meta.session_id,
@@ -436,7 +467,7 @@ fn fill_recording(
             (Kind::Shell, None, Some(term.clone()), *cols, *rows)
         }
         RecordingKind::Shell { term, .. } => (Kind::Shell, None, Some(term.clone()), 80, 24),
-        RecordingKind::Exec { command } => (Kind::Exec, Some(command.clone()), None, 80, 24),
+        RecordingKind::Exec { command } => (Kind::Exec, Some(command.as_slice()), None, 80, 24),
         RecordingKind::Sftp => (Kind::Sftp, None, None, 80, 24),
     };
     let term = term.filter(|t| !t.is_empty());
@@ -460,6 +491,22 @@ fn fill_recording(
     })?;
     segment::write_atomic(dir, format::META_FILE, &json)
         .map_err(|e| classify("cannot write metadata", e))?;
+    // Bound into the chain's genesis, segment 0's manifest entry, every
+    // sealed header and the recording.started event.
+    let meta_sha256 = hex::encode(format::meta_sha256(&disk_meta));
+    let (command_text, command_base64) = match command {
+        Some(c) => match std::str::from_utf8(c) {
+            Ok(t) => (Some(t.to_string()), None),
+            Err(_) => (
+                Some(String::from_utf8_lossy(c).into_owned()),
+                Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    c,
+                )),
+            ),
+        },
+        None => (None, None),
+    };
     let info = SegmentInfo {
         format: format::FORMAT.into(),
         recording_id: id.into(),
@@ -470,8 +517,13 @@ fn fill_recording(
         source: meta.source.clone(),
         wireguard_peer: meta.wireguard_peer.clone(),
         kind,
-        command,
-        record_input: meta.record_input,
+        command: command_text,
+        command_base64,
+        record_input: meta.stores_input(),
+        record_input_mode: Some(meta.record_input.as_str().into()),
+        pty: meta.pty,
+        env: meta.env.clone(),
+        meta_sha256: Some(meta_sha256),
         segment: 0,
         prev_chain: String::new(),
     };

@@ -91,7 +91,13 @@ fn meta(kind: RecordingKind, record_input: bool) -> RecordingMeta {
         source: "127.0.0.1:5555".into(),
         wireguard_peer: Some("10.77.0.2".into()),
         kind,
-        record_input,
+        record_input: if record_input {
+            crate::config::RecordInput::All
+        } else {
+            crate::config::RecordInput::None
+        },
+        pty: false,
+        env: Vec::new(),
     }
 }
 
