@@ -613,7 +613,8 @@ impl Checker<'_, '_> {
                 }
             }),
         };
-        let record_input = self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
+        let record_input =
+            self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
         Some(Role {
             name: name?,
             targets: targets?,
@@ -652,7 +653,10 @@ impl Checker<'_, '_> {
             },
             raw::RawRecordInput::Legacy(b) => {
                 let (mode, meaning) = if *b {
-                    (RecordInput::All, "input in every session, keystrokes in a PTY included")
+                    (
+                        RecordInput::All,
+                        "input in every session, keystrokes in a PTY included",
+                    )
                 } else {
                     (RecordInput::None, "no input, not even the stdin of commands without a PTY (the default \"exec\" records that)")
                 };
@@ -1841,6 +1845,48 @@ address = "t:23"
         ] {
             assert!(parse_duration(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn record_input_takes_none_exec_all_defaults_to_exec_and_reads_old_booleans_with_a_warning() {
+        let key = new_key("alice");
+        let with = |line: &str| {
+            minimal(&key).replace(
+                "logins = [\"deploy\"]\n",
+                &format!("logins = [\"deploy\"]\n{line}\n"),
+            )
+        };
+        let s = settings(&minimal(&key));
+        assert_eq!(s.roles[0].record_input, RecordInput::Exec);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        for (value, want) in [
+            ("\"none\"", RecordInput::None),
+            ("\"exec\"", RecordInput::Exec),
+            ("\"all\"", RecordInput::All),
+        ] {
+            let s = settings(&with(&format!("record_input = {value}")));
+            assert_eq!(s.roles[0].record_input, want);
+            assert!(s.warnings.is_empty());
+        }
+        for (value, want) in [("true", RecordInput::All), ("false", RecordInput::None)] {
+            let s = settings(&with(&format!("record_input = {value}")));
+            assert_eq!(s.roles[0].record_input, want);
+            assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+            let w = &s.warnings[0];
+            assert!(
+                w.contains("roles[0].record_input")
+                    && w.contains("deprecated")
+                    && w.contains(&format!("\"{}\"", want.as_str())),
+                "{w}"
+            );
+            assert!(w.starts_with("gatehouse.toml:"), "file:line:col: {w}");
+        }
+        let bad = errors(&with("record_input = \"keys\""));
+        assert!(at(&bad, "roles[0].record_input")
+            .message
+            .contains("\"none\", \"exec\" or \"all\""));
+        let bad = errors(&with("record_input = 1"));
+        at(&bad, "roles[0].record_input");
     }
 
     #[test]

@@ -124,7 +124,11 @@ pub(super) fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
 fn load_meta(dir: &Path) -> Result<Meta, String> {
     let bytes = read_regular(&dir.join(format::META_FILE), MAX_META)
         .map_err(|e| format!("{}: {e}", format::META_FILE))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{} is not valid: {e}", format::META_FILE))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde quotes some of the file's text (an unknown `kind`) raw.
+        let e = super::export::terminal_safe(&e.to_string());
+        format!("{} is not valid: {e}", format::META_FILE)
+    })
 }
 
 /// Every recording under `root`, sorted by id (= by start time).
@@ -437,7 +441,7 @@ pub fn decrypt_segment(
                 recipients: stored
                     .meta
                     .as_ref()
-                    .map(|m| m.recipients.join(", "))
+                    .map(|m| super::export::terminal_safe(&m.recipients.join(", ")))
                     .unwrap_or_else(|_| "(metadata unreadable)".into()),
             })
         }
@@ -487,7 +491,7 @@ pub fn read_all(
     if let Some(problem) = v.problems.first() {
         return Err(ReadError::Tampered {
             id: stored.id.clone(),
-            problem: problem.clone(),
+            problem: super::export::terminal_safe(problem),
         });
     }
     let mut prev = v.genesis.clone();

@@ -504,7 +504,8 @@ impl AuditIndex {
             }
             let digest = hex::encode(format::meta_sha256(m));
             if diffs.is_empty() && started.meta_sha256.as_ref().is_some_and(|h| *h != digest) {
-                diffs.push("its SHA-256 differs from the one in the recording.started event".into());
+                diffs
+                    .push("its SHA-256 differs from the one in the recording.started event".into());
             }
             if !diffs.is_empty() {
                 v.problems.push(format!(
