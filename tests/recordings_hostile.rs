@@ -129,7 +129,14 @@ fn script_on_stdin_of_a_ptyless_exec_is_recorded_and_pty_keystrokes_are_not_by_d
     let cast = dir.path().join("exec.cast");
     rec_ok(
         &w.gw,
-        &["export", &id, "-i", &key(&w.gw), "-o", cast.to_str().unwrap()],
+        &[
+            "export",
+            &id,
+            "-i",
+            &key(&w.gw),
+            "-o",
+            cast.to_str().unwrap(),
+        ],
     );
     let exported = std::fs::read_to_string(&cast).unwrap();
     let input: String = exported
@@ -191,8 +198,7 @@ fn allowed_environment_is_in_the_sealed_recording_with_values_and_named_in_the_a
         "web-1",
         &["sh -c \"$LC_PAYLOAD\""],
     );
-    cmd.env("LC_PAYLOAD", payload)
-        .env("LANG_NOT_ALLOWED", "x");
+    cmd.env("LC_PAYLOAD", payload).env("LANG_NOT_ALLOWED", "x");
     let out = run_checked_timeout(&mut cmd, DEFAULT_COMMAND_TIMEOUT);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -286,7 +292,14 @@ fn a_command_and_metadata_crafted_to_redraw_the_screen_are_shown_escaped_by_ever
     let cast = dir.path().join("c.cast");
     rec_ok(
         &w.gw,
-        &["export", &id, "-i", &key(&w.gw), "-o", cast.to_str().unwrap()],
+        &[
+            "export",
+            &id,
+            "-i",
+            &key(&w.gw),
+            "-o",
+            cast.to_str().unwrap(),
+        ],
     );
     let text = std::fs::read_to_string(&cast).unwrap();
     let mut lines = text.lines();
@@ -356,7 +369,10 @@ fn symlinks_and_fifos_in_the_recordings_directory_are_damage_by_name_and_hang_no
     let dir = |id: &str| recordings_dir(&w.gw).join(id);
     let mkfifo = |p: &std::path::Path| {
         std::fs::remove_file(p).unwrap();
-        let st = std::process::Command::new("mkfifo").arg(p).status().unwrap();
+        let st = std::process::Command::new("mkfifo")
+            .arg(p)
+            .status()
+            .unwrap();
         assert!(st.success());
     };
     // 0: a segment that is a symlink to /dev/zero (hashed for ever before).
@@ -386,15 +402,25 @@ fn symlinks_and_fifos_in_the_recordings_directory_are_damage_by_name_and_hang_no
         text.contains(&format!("{}: ok", ids[3])),
         "verify went on to the next recording: {text}"
     );
-    assert!(text.contains("3 recording(s) failed verification (4 checked)"), "{text}");
+    assert!(
+        text.contains("3 recording(s) failed verification (4 checked)"),
+        "{text}"
+    );
     // One at a time, and the tools that decrypt: none hangs.
     for id in &ids[..3] {
         let out = rec(&w.gw, &["verify", id]);
         assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
         let out = rec(&w.gw, &["show", id, "-i", &key(&w.gw)]);
         assert!(!out.status.success(), "show {id}: {}", stdout(&out));
-        assert!(stderr(&out).contains("failed verification"), "{}", stderr(&out));
+        assert!(
+            stderr(&out).contains("failed verification"),
+            "{}",
+            stderr(&out)
+        );
     }
     let list = rec_ok(&w.gw, &["list"]);
-    assert!(list.contains(&ids[3]) && list.contains("metadata unreadable"), "{list}");
+    assert!(
+        list.contains(&ids[3]) && list.contains("metadata unreadable"),
+        "{list}"
+    );
 }
