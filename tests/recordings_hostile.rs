@@ -424,3 +424,80 @@ fn symlinks_and_fifos_in_the_recordings_directory_are_damage_by_name_and_hang_no
         "{list}"
     );
 }
+
+/// CPU seconds (user + system) the process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name (which is in parentheses).
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: f64 = f[11].parse::<f64>().unwrap() + f[12].parse::<f64>().unwrap();
+    ticks / 100.0
+}
+
+/// Measurement, not a check: what recording the stdin of PTY-less execs
+/// (`record_input = "exec"`, the default) costs an rsync upload, against
+/// `"none"`. Run with
+/// `CI=true cargo test --test recordings_hostile -- --ignored --nocapture rsync_upload_cost`
+/// (`GATEHOUSE_TEST_BIN=target/release/gatehouse` for a release build;
+/// `GH_BENCH_MIB` sets the size, default 256).
+#[test]
+#[ignore]
+fn rsync_upload_cost_of_recording_exec_stdin() {
+    if !require_tools(&[TOOLS, &["rsync"]].concat()) {
+        return;
+    }
+    let mib: usize = std::env::var("GH_BENCH_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(256);
+    let data = tempfile::tempdir().unwrap();
+    let src = data.path().join("upload.bin");
+    let st = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "head -c {} /dev/urandom > '{}'",
+            mib << 20,
+            src.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(st.success());
+    for mode in ["exec", "none"] {
+        let w = World::start(|b| b.role_line("web", &format!("record_input = \"{mode}\"")));
+        let mut done: Vec<String> = Vec::new();
+        for run in 0..3 {
+            let dest = data.path().join(format!("dest-{mode}-{run}.bin"));
+            let cpu0 = cpu_seconds(w.gw.pid());
+            let t0 = std::time::Instant::now();
+            let out = run_checked_timeout(
+                &mut w.client.rsync_command(&[
+                    "--whole-file",
+                    src.to_str().unwrap(),
+                    &format!("{}@web-1:{}", w.login, dest.display()),
+                ]),
+                Duration::from_secs(600),
+            );
+            let secs = t0.elapsed().as_secs_f64();
+            assert!(out.status.success(), "rsync: {}", stderr(&out));
+            let skip: Vec<&str> = done.iter().map(String::as_str).collect();
+            let started = finished(&w.gw, "exec", &skip);
+            let cpu = cpu_seconds(w.gw.pid()) - cpu0;
+            let id = id_of(&started);
+            let rec_dir = recordings_dir(&w.gw).join(&id);
+            let on_disk: u64 = std::fs::read_dir(&rec_dir)
+                .unwrap()
+                .map(|e| e.unwrap().metadata().unwrap().len())
+                .sum();
+            eprintln!(
+                "BENCH rsync upload {mib} MiB record_input={mode} run={run}: {secs:.2} s wall, {:.1} MiB/s, gatehouse CPU {cpu:.2} s, recording {:.1} MiB, input_recorded={}",
+                mib as f64 / secs,
+                on_disk as f64 / (1 << 20) as f64,
+                started["input_recorded"]
+            );
+            std::fs::remove_file(&dest).unwrap();
+            std::fs::remove_dir_all(&rec_dir).unwrap();
+            done.push(id);
+        }
+    }
+}
