@@ -501,3 +501,40 @@ fn rsync_upload_cost_of_recording_exec_stdin() {
         }
     }
 }
+
+#[test]
+fn an_old_boolean_record_input_loads_with_a_warning_from_gatehouse_check() {
+    let keys = tempfile::tempdir().unwrap();
+    let alice = gen_ed25519(keys.path(), "alice");
+    for (old, new) in [("true", "all"), ("false", "none")] {
+        let setup = GatehouseBuilder::new()
+            .user("alice", &["web"], &[&alice.public_line])
+            .role("web", &["web-1"], &["deploy"])
+            .role_line("web", &format!("record_input = {old}"))
+            .ssh_target("web-1", 22, &[&alice.public_line])
+            .build();
+        let out = setup.check();
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains("warning: ")
+                && err.contains("roles[0].record_input")
+                && err.contains(&format!("record_input = \"{new}\"")),
+            "{err}"
+        );
+    }
+    // The new spelling: no warning; a wrong one: refused with its place.
+    let setup = GatehouseBuilder::new()
+        .user("alice", &["web"], &[&alice.public_line])
+        .role("web", &["web-1"], &["deploy"])
+        .role_line("web", "record_input = \"keystrokes\"")
+        .ssh_target("web-1", 22, &[&alice.public_line])
+        .build();
+    let out = setup.check();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(
+        stderr(&out).contains("roles[0].record_input: must be \"none\", \"exec\" or \"all\""),
+        "{}",
+        stderr(&out)
+    );
+}

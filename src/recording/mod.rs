@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! <dir>/<id>/                       0700; id = 20240501T120000Z-0123456789 (UTC start + random)
-//!   meta.json                       plaintext: who, what kind, when, how it ended (no content, no command)
+//!   meta.json                       plaintext: who, what kind, when, how it ended (no content, no command, no env)
 //!   manifest.jsonl                  plaintext: one line per sealed segment {seq, file, size, sha256, chain}
 //!   000000.age 000001.age ...       sealed segments: each a complete age file to every recipient
 //!   .000002.age.tmp                 the open segment (only while being written; lost on kill -9)
@@ -26,7 +26,13 @@
 //!
 //! **Hash chain.** `chain[n] = SHA-256("gatehouse-recording-chain/1\0" || id
 //! || 0 || n as u64 BE || chain[n-1] || SHA-256(file n))`, with `chain[-1] =
-//! SHA-256("gatehouse-recording-genesis/1\0" || id)`. `chain[n-1]` is also
+//! SHA-256("gatehouse-recording-genesis/2\0" || id || 0 || M)` where `M` is
+//! [`format::meta_sha256`] of `meta.json` without its `end` (format 3; it is
+//! also in segment 0's manifest entry, every sealed header and the
+//! `recording.started` event, so an edited who/what/when/where breaks the
+//! chain and is named as `meta.json`). Formats 1 and 2 used
+//! `SHA-256("gatehouse-recording-genesis/1\0" || id)` and still verify,
+//! with a note that their metadata is not covered. `chain[n-1]` is also
 //! inside segment n's sealed plaintext (`prev_chain`), `chain[n]` is in the
 //! manifest and in a `recording.segment` audit event, and the final chain
 //! and segment count are in `meta.json` and a `recording.finished` event.
@@ -47,12 +53,25 @@
 //! base64 when the bytes are not tidy text (binary output is lossless), `r`
 //! resize `"COLSxROWS"`, `sftp` an operation object, `x` exit status, `end`
 //! how it ended. A decrypted segment is thus itself an asciicast file
-//! (`asciinema cat` prints its text output). Input is recorded only when the
-//! role has `record_input = true`; sftp channels record operations parsed
-//! from the protocol (see [`sftp`]), never file contents.
+//! (`asciinema cat` prints its text output). Which input is recorded follows
+//! the role's `record_input` ([`RecordingMeta::stores_input`]): by default
+//! (`"exec"`) the stdin of exec channels without a PTY, never keystrokes in
+//! a PTY unless `"all"`; sftp channels record operations parsed from the
+//! protocol (see [`sftp`]), never file contents. The header also holds the
+//! exact exec command (`command`, plus `command_base64` when it is not
+//! UTF-8) and the environment variables the role let through (`env`, names
+//! and values).
+//!
+//! **Reading a hostile directory.** The auditor's tools open only regular
+//! files, never follow a symlink (`O_NOFOLLOW`), never wait on a FIFO
+//! (`O_NONBLOCK`), and read no file further than its bound (the manifest's
+//! sizes; fixed caps for `meta.json` and the manifest). Anything else is
+//! reported as damage by name; `verify` goes on to the next recording.
 //!
 //! **Audit events** (emitted here, not by the caller): `recording.started`
-//! (recording id, session id, user, login, target, kind), `recording.segment`
+//! (recording id, session id, user, login, target, source, kind,
+//! meta_sha256, record_input mode, input_recorded, and the *names* of the
+//! environment variables passed on), `recording.segment`
 //! (seq, sha256, chain) for every sealed segment, `recording.finished`
 //! (segments, final chain, reason), `recording.failed` (a recording could not
 //! be created, or writing failed mid-session), `recording.removed`

@@ -1313,6 +1313,32 @@ async fn meta_json_edited_to_blame_someone_else_fails_verify_naming_meta_json() 
         "{:?}",
         v.problems
     );
+    // The end reason is checked against recording.finished.
+    let finished = serde_json::json!({
+        "event": "recording.finished", "recording_id": id, "segments": 2,
+        "chain": manifest(&dir).last().unwrap().chain, "reason": "closed",
+    });
+    let both = AuditIndex::parse(&format!("{started}\n{finished}"));
+    let mut m2 = stored_meta(&dir);
+    m2.user = "alice".into();
+    m2.end.as_mut().unwrap().reason = "session reached its maximum length".into();
+    std::fs::write(
+        dir.join(format::META_FILE),
+        serde_json::to_vec(&m2).unwrap(),
+    )
+    .unwrap();
+    let stored2 = reader::open(&f.root, &id).unwrap();
+    let mut v = reader::verify(&stored2);
+    assert!(v.ok(), "the end is not in the chain: {:?}", v.problems);
+    both.check(&stored2, &mut v);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("end reason") && p.contains("recording.finished")),
+        "{:?}",
+        v.problems
+    );
+    std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
     // And the tools with a key refuse it.
     let ids = reader::load_identities(&f.keys.ssh).unwrap();
     let err = export::export(&stored, &ids, &mut Vec::new()).unwrap_err();

@@ -383,6 +383,8 @@ pub fn verify(stored: &Stored) -> Verification {
 pub struct AuditIndex {
     segments: HashMap<String, BTreeMap<u64, String>>,
     finished: HashMap<String, (u64, String)>,
+    /// The end reason each `recording.finished` event gave.
+    finished_reason: HashMap<String, String>,
     started: BTreeMap<String, Started>,
 }
 
@@ -465,6 +467,9 @@ impl AuditIndex {
             "recording.finished" => {
                 if let (Some(n), Some(chain)) = (field_u64(&v, "segments"), field_str(&v, "chain"))
                 {
+                    if let Some(reason) = field_str(&v, "reason") {
+                        self.finished_reason.insert(id.clone(), reason);
+                    }
                     self.finished.insert(id, (n, chain));
                 }
             }
@@ -528,6 +533,23 @@ impl AuditIndex {
                     )),
                     Some(_) => {}
                 }
+            }
+        }
+        // How it ended: meta.json's end is written after the chain is
+        // complete, so the finished event is what binds its reason.
+        if let (Some(logged), Ok(m)) = (self.finished_reason.get(&stored.id), &stored.meta) {
+            match &m.end {
+                Some(end) if end.reason != *logged => v.problems.push(format!(
+                    "{}: its end reason {} differs from the recording.finished audit event ({})",
+                    format::META_FILE,
+                    super::export::safe(&end.reason),
+                    super::export::safe(logged)
+                )),
+                None => v.problems.push(format!(
+                    "{}: has no end, but the audit log says the recording finished (end removed)",
+                    format::META_FILE
+                )),
+                _ => {}
             }
         }
         if let Some((n, chain)) = self.finished.get(&stored.id) {
