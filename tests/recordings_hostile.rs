@@ -99,7 +99,7 @@ fn terminal_clean(s: &str) -> bool {
 }
 
 #[test]
-fn script_on_stdin_of_a_ptyless_exec_is_recorded_and_pty_keystrokes_are_not_by_default() {
+fn script_on_stdin_of_a_ptyless_session_is_recorded_and_pty_keystrokes_are_not_by_default() {
     if !require_tools(&[TOOLS, &["script"]].concat()) {
         return;
     }
@@ -148,6 +148,19 @@ fn script_on_stdin_of_a_ptyless_exec_is_recorded_and_pty_keystrokes_are_not_by_d
         .collect();
     assert_eq!(input, text);
 
+    // `ssh -J gw web-1 < script.sh`: no command, no PTY: a shell reads it.
+    let mut cmd = w.client.jump(&w.login, "web-1", &[]);
+    cmd.stdin(std::fs::File::open(&script).unwrap());
+    let out = run_checked_timeout(&mut cmd, DEFAULT_COMMAND_TIMEOUT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("SCRIPT-RAN-42"));
+    let started = finished(&w.gw, "shell", &[]);
+    assert_eq!(started["input_recorded"], true);
+    let ev = show_json(&w.gw, &id_of(&started));
+    assert_eq!(ev[0]["pty"], false);
+    assert_eq!(String::from_utf8(stream_bytes(&ev, "input")).unwrap(), text);
+    let earlier = vec![id_of(&started)];
+
     // A PTY shell under the default: what is typed is not recorded.
     let mut guard = w
         .client
@@ -175,7 +188,8 @@ fn script_on_stdin_of_a_ptyless_exec_is_recorded_and_pty_keystrokes_are_not_by_d
     assert!(ready, "no shell: {seen}\n{}", w.gw.stderr());
     stdin.write_all(b"exit\r").unwrap();
     assert!(guard.wait_timeout(Duration::from_secs(15)).is_some());
-    let started = finished(&w.gw, "shell", &[]);
+    let skip: Vec<&str> = earlier.iter().map(String::as_str).collect();
+    let started = finished(&w.gw, "shell", &skip);
     assert_eq!(started["input_recorded"], false);
     let ev = show_json(&w.gw, &id_of(&started));
     assert!(

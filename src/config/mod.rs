@@ -145,9 +145,9 @@ pub struct Role {
 pub enum RecordInput {
     /// No input is recorded.
     None,
-    /// The standard input of exec channels without a PTY (`ssh host sh <
-    /// script.sh`, scp -O, rsync uploads). Keystrokes in a PTY are not
-    /// recorded: people type passwords there.
+    /// The standard input of commands without a PTY (`ssh host sh <
+    /// script.sh`, `ssh host < script.sh`, scp -O, rsync uploads).
+    /// Keystrokes in a PTY are not recorded: people type passwords there.
     #[default]
     Exec,
     /// Also every keystroke in a PTY (captures what is typed with echo off).

@@ -184,13 +184,15 @@ pub struct RecordingMeta {
 
 impl RecordingMeta {
     /// Whether this channel's input is stored: everything under `"all"`;
-    /// under `"exec"` only an exec without a PTY (its stdin is data such as
-    /// a script or an upload, not keystrokes); nothing under `"none"`. SFTP
-    /// channels record operations whatever this says.
+    /// under `"exec"` only a channel without a PTY (its stdin is data such
+    /// as a script or an upload, not keystrokes): an exec, or a shell
+    /// without a PTY, which is how `ssh host < script.sh` runs a script;
+    /// nothing under `"none"`. SFTP channels record operations whatever
+    /// this says, never file contents.
     pub fn stores_input(&self) -> bool {
         match self.record_input {
-            RecordInput::All => true,
-            RecordInput::Exec => matches!(self.kind, RecordingKind::Exec { .. }) && !self.pty,
+            RecordInput::All => !matches!(self.kind, RecordingKind::Sftp),
+            RecordInput::Exec => !self.pty && !matches!(self.kind, RecordingKind::Sftp),
             RecordInput::None => false,
         }
     }

@@ -1192,11 +1192,13 @@ fn input_is_stored_per_mode_kind_and_pty() {
     let exec = || RecordingKind::Exec {
         command: b"sh".to_vec(),
     };
-    // "exec": the stdin of an exec without a PTY, nothing else.
+    // "exec": the stdin of a channel without a PTY, nothing else.
     assert!(case(exec(), Exec, false));
+    assert!(case(shell(), Exec, false), "ssh host < script.sh");
     assert!(!case(exec(), Exec, true), "keystrokes of ssh -t host cmd");
     assert!(!case(shell(), Exec, true), "shell keystrokes");
     assert!(!case(RecordingKind::Sftp, Exec, false), "file contents");
+    assert!(!case(RecordingKind::Sftp, All, false), "file contents");
     // "all": keystrokes too; "none": nothing.
     assert!(case(shell(), All, true) && case(exec(), All, true));
     assert!(!case(exec(), None, false) && !case(shell(), None, true));
