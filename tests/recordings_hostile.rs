@@ -159,7 +159,7 @@ fn script_on_stdin_of_a_ptyless_session_is_recorded_and_pty_keystrokes_are_not_b
     let ev = show_json(&w.gw, &id_of(&started));
     assert_eq!(ev[0]["pty"], false);
     assert_eq!(String::from_utf8(stream_bytes(&ev, "input")).unwrap(), text);
-    let earlier = vec![id_of(&started)];
+    let earlier = [id_of(&started)];
 
     // A PTY shell under the default: what is typed is not recorded.
     let mut guard = w
