@@ -146,6 +146,11 @@ impl Kind {
 /// `meta.json`: written (fsynced) when the recording starts, replaced
 /// atomically with `end` filled in when it ends. Holds what `list` needs and
 /// nothing secret: no command line, no content.
+///
+/// Every field but `end` is hashed into [`meta_sha256`] (as serialized
+/// here, in this order): a field added later must be
+/// `#[serde(default, skip_serializing_if = ...)]` and absent in old
+/// recordings, or their metadata would no longer match their chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
     pub format: String,

@@ -426,7 +426,7 @@ pub fn decrypt_segment(
     // Bounded by the size the manifest says (verified just before).
     let bytes = read_regular(
         &stored.dir.join(format::segment_file(e.seq)),
-        e.size.min(MAX_SEGMENT_PLAIN * 2),
+        e.size.min(super::verify::MAX_SEGMENT_FILE),
     )
     .map_err(|err| damaged(format!("{}: {err}", format::segment_file(e.seq))))?;
     let decryptor = age::Decryptor::new_buffered(bytes.as_slice())

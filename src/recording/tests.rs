@@ -1549,6 +1549,21 @@ async fn a_segment_over_its_bound_is_reported_unread_and_a_symlinked_recording_i
             .any(|p| p.contains("segment 1 (000001.age): replaced") && p.contains("not read")),
         "{p:?}"
     );
+    // A manifest claiming a huge size does not raise the bound.
+    let mut entries = manifest(&dir);
+    entries[1].size = 1 << 40;
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(dir.join(format::MANIFEST_FILE), lines.join("\n") + "\n").unwrap();
+    let (root, id2) = (f.root.clone(), id.clone());
+    let p = within_10s(move || reader::verify(&reader::open(&root, &id2).unwrap()).problems);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("segment 1 (000001.age): the manifest claims")),
+        "{p:?}"
+    );
     let link = f.root.join("20990101T000000Z-link");
     std::os::unix::fs::symlink(&dir, &link).unwrap();
     let err = reader::open(&f.root, "20990101T000000Z-link").unwrap_err();

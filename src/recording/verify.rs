@@ -12,6 +12,10 @@ use super::reader::{open_regular, read_regular, Stored};
 
 /// Most bytes read from the manifest.
 const MAX_MANIFEST: u64 = 64 * 1024 * 1024;
+/// Most bytes read from one segment file, whatever a (hostile) manifest
+/// claims: the writer seals at 4 MiB of plaintext, so a real segment is far
+/// smaller (the reader's decryption bound is the same).
+pub(super) const MAX_SEGMENT_FILE: u64 = 128 * 1024 * 1024;
 
 /// When the last segment was sealed (Unix ms), from the manifest.
 pub fn last_sealed_ms(stored: &Stored) -> Option<u64> {
@@ -258,7 +262,19 @@ pub fn verify(stored: &Stored) -> Verification {
     // No file is read further than the largest size the manifest gives a
     // segment (so that a swapped segment is still recognised by its hash);
     // a larger one is reported by its size, unread.
-    let largest = entries.iter().map(|e| e.size).max().unwrap_or(0);
+    for e in entries.iter().filter(|e| e.size > MAX_SEGMENT_FILE) {
+        v.problems.push(format!(
+            "{}: the manifest claims {} bytes, more than any segment gatehouse writes ({MAX_SEGMENT_FILE}; altered)",
+            seg_name(e.seq),
+            e.size
+        ));
+    }
+    let largest = entries
+        .iter()
+        .map(|e| e.size)
+        .max()
+        .unwrap_or(0)
+        .min(MAX_SEGMENT_FILE);
     let mut hashes: BTreeMap<u64, Result<([u8; 32], u64), String>> = BTreeMap::new();
     for (seq, path) in &on_disk {
         hashes.insert(*seq, hash_file(path, largest).map_err(|e| e.to_string()));
