@@ -405,15 +405,45 @@ const ID_RECORDING_FINISHED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b03";
 const ID_RECORDING_FAILED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b04";
 const ID_RECORDING_REMOVED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5b05";
 
+/// What `recording.started` says about a new recording.
+#[derive(Debug, Clone, Copy)]
+pub struct RecordingStarted<'a> {
+    pub recording_id: &'a str,
+    pub session_id: &'a str,
+    pub user: &'a str,
+    pub login: &'a str,
+    pub target: &'a str,
+    pub source: &'a str,
+    pub kind: &'a str,
+    /// SHA-256 binding of `meta.json` (hex; the chain's genesis depends on
+    /// it), so `recordings verify --audit` catches an edited `meta.json`.
+    pub meta_sha256: &'a str,
+    /// The role's `record_input` mode, and whether this channel's input is stored.
+    pub record_input: &'a str,
+    pub input_recorded: bool,
+    /// Names (never values) of the environment variables the role allowed
+    /// and that reached the target on this channel, comma-separated. They
+    /// are here rather than in `session.start`, which is emitted when the
+    /// jump connects to the target, before the client sends a channel's
+    /// env requests; their values are in the sealed recording's header.
+    pub env: &'a str,
+}
+
 /// A recording was created (its segment 0 is sealed) for a channel of a session.
-pub fn recording_started(
-    recording_id: &str,
-    session_id: &str,
-    user: &str,
-    login: &str,
-    target: &str,
-    kind: &str,
-) {
+pub fn recording_started(r: &RecordingStarted<'_>) {
+    let RecordingStarted {
+        recording_id,
+        session_id,
+        user,
+        login,
+        target,
+        source,
+        kind,
+        meta_sha256,
+        record_input,
+        input_recorded,
+        env,
+    } = *r;
     info!(
         target: TARGET,
         event = "recording.started",
@@ -423,7 +453,12 @@ pub fn recording_started(
         user,
         login,
         target,
+        source,
         kind,
+        meta_sha256,
+        record_input,
+        input_recorded,
+        env,
         "recording {recording_id} started: {kind} of {user} as {login}@{target}"
     );
 }

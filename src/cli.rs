@@ -107,7 +107,11 @@ pub fn main() -> ExitCode {
 }
 
 fn load(path: &Path) -> Result<Settings, ExitCode> {
-    config::load(path).map_err(|errs| {
+    let loaded = config::load(path);
+    for w in loaded.iter().flat_map(|s| &s.warnings) {
+        eprintln!("warning: {w}");
+    }
+    loaded.map_err(|errs| {
         eprintln!("{errs}");
         eprintln!(
             "gatehouse: {} error(s) in {}; nothing was started",

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use crate::auth::AuthenticatedUser;
-use crate::config::{Role, Settings, Target, TargetSelector};
+use crate::config::{RecordInput, Role, Settings, Target, TargetSelector};
 
 /// Why policy refused.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,12 +45,14 @@ pub struct Authorized {
     max_session: Duration,
     idle_timeout: Duration,
     allow_env: Vec<String>,
-    record_input: bool,
+    record_input: RecordInput,
 }
 
 impl Authorized {
-    /// Whether what the user types is recorded (any granting role says so).
-    pub fn record_input(&self) -> bool {
+    /// Which input is recorded: the most-recording `record_input` among the
+    /// granting roles (recording more is the stricter choice, as the
+    /// shortest limits are for `max_session`).
+    pub fn record_input(&self) -> RecordInput {
         self.record_input
     }
     pub fn user(&self) -> &AuthenticatedUser {
@@ -201,7 +203,12 @@ impl Policy {
             max_session,
             idle_timeout,
             allow_env,
-            record_input: granting.iter().any(|r| r.record_input),
+            // Strictest wins: the role that records the most.
+            record_input: granting
+                .iter()
+                .map(|r| r.record_input)
+                .max()
+                .unwrap_or_default(),
         })
     }
 }
@@ -235,7 +242,7 @@ mod tests {
             max_session: Duration::from_secs(max),
             idle_timeout: Duration::from_secs(idle),
             allow_env: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
-            record_input: false,
+            record_input: RecordInput::default(),
         }
     }
 
@@ -279,13 +286,26 @@ mod tests {
                     3600,
                     0,
                 ),
-                role(
-                    "web-short",
-                    TargetSelector::Names(vec!["web-1".into()]),
-                    &["deploy", "www"],
-                    60,
-                    0,
-                ),
+                Role {
+                    record_input: RecordInput::All,
+                    ..role(
+                        "web-short",
+                        TargetSelector::Names(vec!["web-1".into()]),
+                        &["deploy", "www"],
+                        60,
+                        0,
+                    )
+                },
+                Role {
+                    record_input: RecordInput::None,
+                    ..role(
+                        "web-quiet",
+                        TargetSelector::Names(vec!["web-1".into()]),
+                        &["deploy"],
+                        3600,
+                        0,
+                    )
+                },
             ],
             targets: vec![
                 target("web-1", &[("env", "production"), ("tier", "web")]),
@@ -299,6 +319,7 @@ mod tests {
                 min_free_bytes: 0,
             },
             wireguard: None,
+            warnings: vec![],
         }))
     }
 
@@ -356,6 +377,21 @@ mod tests {
         // only web-short grants www, so only its limits apply
         let b = policy().authorize(&u, "web-1", "www").unwrap();
         assert_eq!(b.idle_timeout(), Duration::ZERO);
+    }
+
+    #[test]
+    fn the_most_recording_record_input_of_granting_roles_applies() {
+        let quiet = AuthenticatedUser::for_tests("alice", &["web-quiet"]);
+        let a = policy().authorize(&quiet, "web-1", "deploy").unwrap();
+        assert_eq!(a.record_input(), RecordInput::None);
+        // web-deploy (default "exec") and web-quiet ("none"): "exec".
+        let two = AuthenticatedUser::for_tests("alice", &["web-deploy", "web-quiet"]);
+        let a = policy().authorize(&two, "web-1", "deploy").unwrap();
+        assert_eq!(a.record_input(), RecordInput::Exec);
+        // Adding web-short ("all") records keystrokes too.
+        let all = AuthenticatedUser::for_tests("alice", &["web-quiet", "web-deploy", "web-short"]);
+        let a = policy().authorize(&all, "web-1", "deploy").unwrap();
+        assert_eq!(a.record_input(), RecordInput::All);
     }
 
     #[test]

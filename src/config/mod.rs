@@ -26,6 +26,10 @@ pub struct Settings {
     pub recordings: RecordingSettings,
     /// `[wireguard]`, when the gateway terminates WireGuard itself.
     pub wireguard: Option<WireGuardSettings>,
+    /// Things that are valid but deserve a change (`file:line:col: path:
+    /// message`), e.g. the old boolean `record_input`; printed by every
+    /// command that loads the file, `gatehouse check` included.
+    pub warnings: Vec<String>,
 }
 
 /// `[recordings]` (required: there is no unrecorded mode).
@@ -150,9 +154,47 @@ pub struct Role {
     /// Environment variable names (a trailing `*` is a prefix match) passed to
     /// the target. Default: LANG, LC_*, TERM.
     pub allow_env: Vec<String>,
-    /// Record what the user types (off by default: it captures passwords
-    /// typed with echo off).
-    pub record_input: bool,
+    /// Which of the user's input is recorded (default [`RecordInput::Exec`]).
+    pub record_input: RecordInput,
+}
+
+/// Which input (user -> target bytes) a role's sessions record. Output is
+/// always recorded, and SFTP channels always record their operations (never
+/// file contents), whatever this says. Ordered from least to most recorded:
+/// where several roles grant the same access, the most-recording one wins
+/// (recording more is the stricter choice).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default)]
+pub enum RecordInput {
+    /// No input is recorded.
+    None,
+    /// The standard input of commands without a PTY (`ssh host sh <
+    /// script.sh`, `ssh host < script.sh`, scp -O, rsync uploads).
+    /// Keystrokes in a PTY are not recorded: people type passwords there.
+    #[default]
+    Exec,
+    /// Also every keystroke in a PTY (captures what is typed with echo off).
+    All,
+}
+
+impl RecordInput {
+    /// The config spelling: `"none"`, `"exec"`, `"all"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RecordInput::None => "none",
+            RecordInput::Exec => "exec",
+            RecordInput::All => "all",
+        }
+    }
+
+    /// Parses the config spelling.
+    pub fn parse(s: &str) -> Option<RecordInput> {
+        match s {
+            "none" => Some(RecordInput::None),
+            "exec" => Some(RecordInput::Exec),
+            "all" => Some(RecordInput::All),
+            _ => None,
+        }
+    }
 }
 
 /// The kinds of target gatehouse can relay to.

@@ -135,7 +135,15 @@ pub(super) struct RawRole {
     pub max_session: Option<Spanned<String>>,
     pub idle_timeout: Option<Spanned<String>>,
     pub allow_env: Option<List<String>>,
-    pub record_input: Option<Spanned<bool>>,
+    pub record_input: Option<Spanned<RawRecordInput>>,
+}
+
+/// `roles[].record_input`: `"none"`, `"exec"` or `"all"`; the boolean of
+/// older configurations is still read (and warned about by `validate.rs`).
+#[derive(Debug)]
+pub(super) enum RawRecordInput {
+    Mode(String),
+    Legacy(bool),
 }
 
 /// `roles[].targets`: exactly one of the two must be set (checked later).
@@ -328,7 +336,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
             max_session: t.string("max_session", false, diags),
             idle_timeout: t.string("idle_timeout", false, diags),
             allow_env: t.string_list("allow_env", false, diags),
-            record_input: t.boolean("record_input", diags),
+            record_input: t.record_input("record_input", diags),
         }
     });
 
@@ -484,6 +492,7 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
+    #[allow(dead_code)] // for boolean fields; record_input reads its old boolean itself
     fn boolean(&self, key: &str, diags: &mut Vec<Diag>) -> Option<Spanned<bool>> {
         let value = self.get(key, false, diags)?;
         match value.get_ref() {
@@ -493,6 +502,26 @@ impl<'a, 'i> Table<'a, 'i> {
                     value,
                     self.child(key),
                     "a boolean (true or false)",
+                ));
+                None
+            }
+        }
+    }
+
+    /// A string, or (older configurations) a boolean.
+    fn record_input(&self, key: &str, diags: &mut Vec<Diag>) -> Option<Spanned<RawRecordInput>> {
+        let value = self.get(key, false, diags)?;
+        match value.get_ref() {
+            DeValue::String(s) => Some(Spanned::new(
+                value.span(),
+                RawRecordInput::Mode(s.to_string()),
+            )),
+            DeValue::Boolean(b) => Some(Spanned::new(value.span(), RawRecordInput::Legacy(*b))),
+            _ => {
+                diags.push(wrong_type(
+                    value,
+                    self.child(key),
+                    "one of \"none\", \"exec\", \"all\"",
                 ));
                 None
             }

@@ -28,7 +28,9 @@ use super::raw::{
     self, index_path, key_path, Diag, List, RawAuth, RawConfig, RawGateway, RawRole, RawSelector,
     RawTarget, RawUser, StringMap,
 };
-use super::{AuthSettings, Gateway, Role, Settings, Target, TargetKind, TargetSelector, User};
+use super::{
+    AuthSettings, Gateway, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
+};
 
 mod extra;
 mod limits;
@@ -153,10 +155,20 @@ pub fn load_str(text: &str, source: &Path) -> Result<Settings, ConfigErrors> {
             let mut checker = Checker {
                 lines: &lines,
                 diags,
+                warnings: Vec::new(),
             };
             let settings = checker.settings(&raw, source);
             match settings {
-                Some(settings) if checker.diags.is_empty() => return Ok(settings),
+                Some(mut settings) if checker.diags.is_empty() => {
+                    let warnings = std::mem::take(&mut checker.warnings);
+                    settings.warnings = lines
+                        .errors(warnings, source)
+                        .0
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect();
+                    return Ok(settings);
+                }
                 // Fail closed: a missing piece always comes with a reported
                 // problem, but if that invariant ever broke, refuse the file.
                 None if checker.diags.is_empty() => vec![Diag {
@@ -308,6 +320,8 @@ enum NameKind {
 struct Checker<'l, 't> {
     lines: &'l LineIndex<'t>,
     diags: Vec<Diag>,
+    /// Valid but deprecated settings (reported, not refused).
+    warnings: Vec<Diag>,
 }
 
 impl Checker<'_, '_> {
@@ -377,6 +391,7 @@ impl Checker<'_, '_> {
             targets: targets?,
             recordings: recordings?,
             wireguard: wireguard?,
+            warnings: Vec::new(),
         })
     }
 
@@ -606,6 +621,8 @@ impl Checker<'_, '_> {
                 }
             }),
         };
+        let record_input =
+            self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
         Some(Role {
             name: name?,
             targets: targets?,
@@ -613,8 +630,55 @@ impl Checker<'_, '_> {
             max_session: max_session?,
             idle_timeout: idle_timeout?,
             allow_env: allow_env?,
-            record_input: r.record_input.as_ref().is_some_and(|b| *b.get_ref()),
+            record_input: record_input?,
         })
+    }
+
+    /// `roles[].record_input`: `"none"`, `"exec"` (default) or `"all"`. The
+    /// boolean of older configurations still loads, with a warning: `true`
+    /// meant "record what the user types" and becomes `"all"`; `false` meant
+    /// "record no input" and becomes `"none"` (which records less than the
+    /// new default: the warning says so).
+    fn record_input(
+        &mut self,
+        value: Option<&Spanned<raw::RawRecordInput>>,
+        path: &str,
+    ) -> Option<RecordInput> {
+        let Some(value) = value else {
+            return Some(RecordInput::default());
+        };
+        match value.get_ref() {
+            raw::RawRecordInput::Mode(s) => match RecordInput::parse(s) {
+                Some(m) => Some(m),
+                None => {
+                    self.error(
+                        value.span(),
+                        path.to_string(),
+                        "must be \"none\", \"exec\" or \"all\"",
+                    );
+                    None
+                }
+            },
+            raw::RawRecordInput::Legacy(b) => {
+                let (mode, meaning) = if *b {
+                    (
+                        RecordInput::All,
+                        "input in every session, keystrokes in a PTY included",
+                    )
+                } else {
+                    (RecordInput::None, "no input, not even the stdin of commands without a PTY (the default \"exec\" records that)")
+                };
+                self.warnings.push(Diag {
+                    span: Some(value.span()),
+                    path: path.to_string(),
+                    message: format!(
+                        "the boolean form is deprecated: {b} is read as record_input = \"{}\" ({meaning}); write \"none\", \"exec\" or \"all\"",
+                        mode.as_str()
+                    ),
+                });
+                Some(mode)
+            }
+        }
     }
 
     /// `roles[].targets`: exactly one of `labels` / `names`, and it must
@@ -1792,6 +1856,48 @@ address = "t:23"
         ] {
             assert!(parse_duration(bad).is_err(), "accepted {bad:?}");
         }
+    }
+
+    #[test]
+    fn record_input_takes_none_exec_all_defaults_to_exec_and_reads_old_booleans_with_a_warning() {
+        let key = new_key("alice");
+        let with = |line: &str| {
+            minimal(&key).replace(
+                "logins = [\"deploy\"]\n",
+                &format!("logins = [\"deploy\"]\n{line}\n"),
+            )
+        };
+        let s = settings(&minimal(&key));
+        assert_eq!(s.roles[0].record_input, RecordInput::Exec);
+        assert!(s.warnings.is_empty(), "{:?}", s.warnings);
+        for (value, want) in [
+            ("\"none\"", RecordInput::None),
+            ("\"exec\"", RecordInput::Exec),
+            ("\"all\"", RecordInput::All),
+        ] {
+            let s = settings(&with(&format!("record_input = {value}")));
+            assert_eq!(s.roles[0].record_input, want);
+            assert!(s.warnings.is_empty());
+        }
+        for (value, want) in [("true", RecordInput::All), ("false", RecordInput::None)] {
+            let s = settings(&with(&format!("record_input = {value}")));
+            assert_eq!(s.roles[0].record_input, want);
+            assert_eq!(s.warnings.len(), 1, "{:?}", s.warnings);
+            let w = &s.warnings[0];
+            assert!(
+                w.contains("roles[0].record_input")
+                    && w.contains("deprecated")
+                    && w.contains(&format!("\"{}\"", want.as_str())),
+                "{w}"
+            );
+            assert!(w.starts_with("gatehouse.toml:"), "file:line:col: {w}");
+        }
+        let bad = errors(&with("record_input = \"keys\""));
+        assert!(at(&bad, "roles[0].record_input")
+            .message
+            .contains("\"none\", \"exec\" or \"all\""));
+        let bad = errors(&with("record_input = 1"));
+        at(&bad, "roles[0].record_input");
     }
 
     #[test]

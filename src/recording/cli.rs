@@ -12,8 +12,14 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context;
 use clap::Subcommand;
 
+use super::export::terminal_safe;
 use super::format;
 use super::reader::{self, AuditIndex};
+
+/// Metadata fields in the auditor's terminal: control characters escaped.
+fn safe(s: &str) -> String {
+    s.escape_debug().to_string()
+}
 use crate::config::{parse_duration, Settings};
 
 /// `gatehouse recordings` subcommands.
@@ -207,20 +213,16 @@ fn list(
                 })
                 .unwrap_or_else(|| "?".into()),
         };
-        let start = m
-            .started
-            .replace('T', " ")
-            .trim_end_matches('Z')
-            .to_string();
+        let start = safe(m.started.replace('T', " ").trim_end_matches('Z'));
         writeln!(
             out,
             "{:<28} {:<20} {:>9}  {:<12} {:<12} {:<16} {}",
             rec.id,
             start,
             duration,
-            m.user.escape_debug().to_string(),
-            m.login.escape_debug().to_string(),
-            m.target.escape_debug().to_string(),
+            safe(&m.user),
+            safe(&m.login),
+            safe(&m.target),
             m.kind.as_str()
         )?;
     }
@@ -272,7 +274,7 @@ fn verify(
         let s = match s {
             Ok(s) => s,
             Err(e) => {
-                println!("{e}");
+                println!("{}", terminal_safe(&e.to_string()));
                 failed += 1;
                 continue;
             }
@@ -290,16 +292,17 @@ fn verify(
             failed += 1;
             println!("{}: FAILED", s.id);
             for p in &v.problems {
-                println!("  problem: {p}");
+                println!("  problem: {}", terminal_safe(p));
             }
         }
         for n in &v.notes {
-            println!("  note: {n}");
+            println!("  note: {}", terminal_safe(n));
         }
     }
     if let (Some(idx), true) = (&index, ids.is_empty()) {
         for id in idx.started().filter(|id| !seen.contains(*id)) {
             failed += 1;
+            let id = terminal_safe(id);
             println!("{id}: FAILED\n  problem: started according to the audit log, but missing from {} (deleted)", root.display());
         }
     }

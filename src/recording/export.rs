@@ -139,7 +139,13 @@ impl<'a, S: CastSink> Caster<'a, S> {
                 "width": h.width,
                 "height": h.height,
                 "timestamp": h.timestamp,
-                "title": format!("{} as {}@{} ({})", g.user, g.login, g.target, g.kind.as_str()),
+                "title": format!(
+                    "{} as {}@{} ({})",
+                    safe(&g.user),
+                    safe(&g.login),
+                    safe(&g.target),
+                    g.kind.as_str()
+                ),
                 "gatehouse": info,
             });
             if let (false, Some(o)) = (h.env.is_empty(), header.as_object_mut()) {
@@ -147,8 +153,12 @@ impl<'a, S: CastSink> Caster<'a, S> {
             }
             self.sink.header(&header)?;
             match (g.kind, &g.command) {
+                // Shown escaped: a command's own control characters could
+                // otherwise redraw the line (`...#\r\e[2K\e[1A\e[2Kuptime`
+                // would show `uptime`). The exact bytes are in the header
+                // (`gatehouse.command`, and `command_base64` when not UTF-8).
                 (Kind::Exec, Some(cmd)) => {
-                    let line = format!("$ {cmd}\r\n");
+                    let line = format!("$ {}\r\n", safe(cmd));
                     self.emit(0.0, "o", &line)?;
                 }
                 (Kind::Sftp, _) => self.emit(0.0, "o", "[sftp session]\r\n")?,
@@ -181,7 +191,7 @@ impl<'a, S: CastSink> Caster<'a, S> {
             }
             Event::Resize { t, cols, rows } => self.emit(*t, "r", &format!("{cols}x{rows}")),
             Event::Sftp { t, op } => {
-                let line = self.text(&format!("[sftp] {}\n", op.describe()));
+                let line = self.text(&format!("[sftp] {}\n", terminal_safe(&op.describe())));
                 self.emit(*t, "o", &line)
             }
             Event::Exit { t, status } if self.kind != Some(Kind::Shell) => {
@@ -295,12 +305,37 @@ pub fn play(
     caster.finish()
 }
 
-/// Text safe for an auditor's terminal: control characters escaped.
-fn safe(s: &str) -> String {
+/// Text safe for an auditor's terminal: control characters escaped (and
+/// quotes and backslashes, so that the escaping cannot be faked).
+pub(super) fn safe(s: &str) -> String {
     s.escape_debug().to_string()
 }
 
-fn summary_lines(stored: &Stored, v: &Verification, command: Option<&str>) -> Vec<String> {
+/// gatehouse's own messages with a recording's text inside: only control
+/// characters (C0, DEL, C1) are escaped, so no ESC or CR from a recording
+/// reaches the auditor's terminal while the message stays readable.
+pub fn terminal_safe(s: &str) -> String {
+    if !s.chars().any(char::is_control) {
+        return s.to_string();
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if c.is_control() {
+            // `\r`, `\n`, `\t`, or `\u{1b}`: never the character itself.
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn summary_lines(
+    stored: &Stored,
+    v: &Verification,
+    command: Option<&str>,
+    env: &[(String, String)],
+) -> Vec<String> {
     let mut out = vec![format!("recording {}", stored.id)];
     if let Ok(m) = &stored.meta {
         out.push(format!("  kind:     {}", m.kind.as_str()));
@@ -317,7 +352,7 @@ fn summary_lines(stored: &Stored, v: &Verification, command: Option<&str>) -> Ve
             .unwrap_or_default();
         out.push(format!("  source:   {}{via}", safe(&m.source)));
         out.push(format!("  session:  {}", safe(&m.session_id)));
-        out.push(format!("  started:  {}", m.started));
+        out.push(format!("  started:  {}", safe(&m.started)));
         match &m.end {
             Some(e) => {
                 let status = e
@@ -326,7 +361,7 @@ fn summary_lines(stored: &Stored, v: &Verification, command: Option<&str>) -> Ve
                     .unwrap_or_default();
                 out.push(format!(
                     "  ended:    {} after {:.1}s: {}{status}; {} bytes up, {} bytes down",
-                    e.ended,
+                    safe(&e.ended),
                     e.duration_ms as f64 / 1000.0,
                     safe(&e.reason),
                     e.bytes_up,
@@ -338,12 +373,21 @@ fn summary_lines(stored: &Stored, v: &Verification, command: Option<&str>) -> Ve
     }
     out.push(format!("  segments: {} verified", v.good.len()));
     for n in &v.notes {
-        out.push(format!("  note:     {n}"));
+        out.push(format!("  note:     {}", terminal_safe(n)));
     }
     if let Some(c) = command {
         out.push(format!("  command:  {}", safe(c)));
     }
+    for (name, value) in env {
+        out.push(format!("  env:      {}={}", safe(name), safe(value)));
+    }
     out
+}
+
+/// The summary `show` prints, for tests of its escaping.
+#[cfg(test)]
+pub(super) fn summary_for_tests(stored: &Stored, v: &Verification) -> Vec<String> {
+    summary_lines(stored, v, None, &[])
 }
 
 fn event_text(ev: &Event) -> Option<String> {
@@ -420,6 +464,7 @@ pub fn show(
         if !header_done {
             header_done = true;
             let command = seg.header.gatehouse.command.as_deref();
+            let env = &seg.header.gatehouse.env;
             if as_json {
                 let mut v = stored
                     .meta
@@ -431,6 +476,16 @@ pub fn show(
                     o.insert("type".into(), json!("recording"));
                     o.insert("command".into(), json!(command));
                     o.insert(
+                        "command_base64".into(),
+                        json!(seg.header.gatehouse.command_base64),
+                    );
+                    o.insert("env".into(), json!(env));
+                    o.insert(
+                        "record_input_mode".into(),
+                        json!(seg.header.gatehouse.record_input_mode),
+                    );
+                    o.insert("pty".into(), json!(seg.header.gatehouse.pty));
+                    o.insert(
                         "record_input".into(),
                         json!(seg.header.gatehouse.record_input),
                     );
@@ -439,7 +494,7 @@ pub fn show(
                 }
                 write_line(out, &v.to_string())?;
             } else {
-                for l in summary_lines(stored, &v0, command) {
+                for l in summary_lines(stored, &v0, command, env) {
                     write_line(out, &l)?;
                 }
                 write_line(out, "")?;

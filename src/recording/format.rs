@@ -7,10 +7,14 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
-/// Format tag in `meta.json` and every segment header. Format 2 stores
-/// binary data as raw frames (see [`code::OUTPUT_BIN`]); format 1 stored it
-/// as base64 strings. Readers accept both.
-pub const FORMAT: &str = "gatehouse-recording/2";
+/// Format tag in `meta.json` and every segment header. Format 3 binds
+/// `meta.json` into the hash chain (see [`meta_sha256`] and
+/// [`genesis_bound`]); format 2 stores binary data as raw frames (see
+/// [`code::OUTPUT_BIN`]); format 1 stored it as base64 strings. Readers
+/// accept all three; only format 3 recordings have their metadata covered.
+pub const FORMAT: &str = "gatehouse-recording/3";
+/// Formats whose `meta.json` is bound to the chain.
+pub const FORMATS_WITH_BOUND_META: &[&str] = &[FORMAT];
 /// Plaintext metadata of one recording (no key needed to read it).
 pub const META_FILE: &str = "meta.json";
 /// One JSON line per sealed segment: size, SHA-256, chain hash.
@@ -18,6 +22,8 @@ pub const MANIFEST_FILE: &str = "manifest.jsonl";
 /// Domain separation for the chain hash.
 const CHAIN_TAG: &[u8] = b"gatehouse-recording-chain/1\0";
 const GENESIS_TAG: &[u8] = b"gatehouse-recording-genesis/1\0";
+const GENESIS_BOUND_TAG: &[u8] = b"gatehouse-recording-genesis/2\0";
+const META_TAG: &[u8] = b"gatehouse-recording-meta/1\0";
 /// Longest recording id accepted from a command line or a directory name.
 pub const MAX_ID_LEN: usize = 64;
 
@@ -78,6 +84,28 @@ pub fn genesis(id: &str) -> [u8; 32] {
     digest_parts(&[GENESIS_TAG, id.as_bytes()])
 }
 
+/// The chain value before segment 0 of a format 3 recording: it depends
+/// on the recording's [`meta_sha256`], so every chain hash (in the
+/// manifest, the sealed segments and the audit log) binds who, what, when
+/// and where.
+pub fn genesis_bound(id: &str, meta_sha256: &[u8; 32]) -> [u8; 32] {
+    digest_parts(&[GENESIS_BOUND_TAG, id.as_bytes(), &[0], meta_sha256])
+}
+
+/// The digest of a recording's start metadata: SHA-256 over a tag and the
+/// compact JSON of `meta.json` without its `end` (which is written when the
+/// recording ends, after the chain is complete). Recomputed from the parsed
+/// file, so any change to a field — user, login, target, source, kind,
+/// start time, recipients — changes it; whitespace does not.
+pub fn meta_sha256(meta: &Meta) -> [u8; 32] {
+    let start = Meta {
+        end: None,
+        ..meta.clone()
+    };
+    let json = serde_json::to_vec(&start).unwrap_or_default();
+    digest_parts(&[META_TAG, &json])
+}
+
 /// `chain[n] = SHA-256(tag || id || 0 || n (u64 BE) || chain[n-1] || SHA-256(segment file n))`.
 pub fn chain_next(id: &str, seq: u64, prev: &[u8; 32], file_sha256: &[u8; 32]) -> [u8; 32] {
     digest_parts(&[
@@ -118,6 +146,11 @@ impl Kind {
 /// `meta.json`: written (fsynced) when the recording starts, replaced
 /// atomically with `end` filled in when it ends. Holds what `list` needs and
 /// nothing secret: no command line, no content.
+///
+/// Every field but `end` is hashed into [`meta_sha256`] (as serialized
+/// here, in this order): a field added later must be
+/// `#[serde(default, skip_serializing_if = ...)]` and absent in old
+/// recordings, or their metadata would no longer match their chain.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Meta {
     pub format: String,
@@ -171,6 +204,10 @@ pub struct ManifestEntry {
     pub chain: String,
     /// When it was sealed (Unix ms), for durations of unfinished recordings.
     pub sealed_unix_ms: u64,
+    /// Entry 0 of a format 3 recording: [`meta_sha256`] of `meta.json` (hex),
+    /// which the chain's genesis ([`genesis_bound`]) depends on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_sha256: Option<String>,
 }
 
 /// The gatehouse part of the asciicast header that starts every segment's
@@ -187,10 +224,28 @@ pub struct SegmentInfo {
     #[serde(default)]
     pub wireguard_peer: Option<String>,
     pub kind: Kind,
-    /// The exec command (exec recordings only).
+    /// The exec command (exec recordings only), as text (invalid UTF-8
+    /// replaced; see `command_base64`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command: Option<String>,
+    /// The exact command bytes, base64, when they are not valid UTF-8.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command_base64: Option<String>,
+    /// Whether this channel's input (user -> target bytes) is stored.
     pub record_input: bool,
+    /// The role's `record_input` setting (`none`, `exec`, `all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_input_mode: Option<String>,
+    /// Whether the channel had a PTY.
+    #[serde(default)]
+    pub pty: bool,
+    /// Environment variables the role allowed and that were passed to the
+    /// target, in the order the client sent them: `[[name, value], ...]`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<(String, String)>,
+    /// [`meta_sha256`] of `meta.json` (hex), format 3.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub meta_sha256: Option<String>,
     /// This segment's sequence number.
     pub segment: u64,
     /// The chain hash of the previous segment (hex), or [`genesis`] for segment 0.

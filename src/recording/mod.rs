@@ -12,7 +12,7 @@
 //!
 //! ```text
 //! <dir>/<id>/                       0700; id = 20240501T120000Z-0123456789 (UTC start + random)
-//!   meta.json                       plaintext: who, what kind, when, how it ended (no content, no command)
+//!   meta.json                       plaintext: who, what kind, when, how it ended (no content, no command, no env)
 //!   manifest.jsonl                  plaintext: one line per sealed segment {seq, file, size, sha256, chain}
 //!   000000.age 000001.age ...       sealed segments: each a complete age file to every recipient
 //!   .000002.age.tmp                 the open segment (only while being written; lost on kill -9)
@@ -26,7 +26,13 @@
 //!
 //! **Hash chain.** `chain[n] = SHA-256("gatehouse-recording-chain/1\0" || id
 //! || 0 || n as u64 BE || chain[n-1] || SHA-256(file n))`, with `chain[-1] =
-//! SHA-256("gatehouse-recording-genesis/1\0" || id)`. `chain[n-1]` is also
+//! SHA-256("gatehouse-recording-genesis/2\0" || id || 0 || M)` where `M` is
+//! [`format::meta_sha256`] of `meta.json` without its `end` (format 3; it is
+//! also in segment 0's manifest entry, every sealed header and the
+//! `recording.started` event, so an edited who/what/when/where breaks the
+//! chain and is named as `meta.json`). Formats 1 and 2 used
+//! `SHA-256("gatehouse-recording-genesis/1\0" || id)` and still verify,
+//! with a note that their metadata is not covered. `chain[n-1]` is also
 //! inside segment n's sealed plaintext (`prev_chain`), `chain[n]` is in the
 //! manifest and in a `recording.segment` audit event, and the final chain
 //! and segment count are in `meta.json` and a `recording.finished` event.
@@ -47,12 +53,25 @@
 //! base64 when the bytes are not tidy text (binary output is lossless), `r`
 //! resize `"COLSxROWS"`, `sftp` an operation object, `x` exit status, `end`
 //! how it ended. A decrypted segment is thus itself an asciicast file
-//! (`asciinema cat` prints its text output). Input is recorded only when the
-//! role has `record_input = true`; sftp channels record operations parsed
-//! from the protocol (see [`sftp`]), never file contents.
+//! (`asciinema cat` prints its text output). Which input is recorded follows
+//! the role's `record_input` ([`RecordingMeta::stores_input`]): by default
+//! (`"exec"`) the stdin of exec channels without a PTY, never keystrokes in
+//! a PTY unless `"all"`; sftp channels record operations parsed from the
+//! protocol (see [`sftp`]), never file contents. The header also holds the
+//! exact exec command (`command`, plus `command_base64` when it is not
+//! UTF-8) and the environment variables the role let through (`env`, names
+//! and values).
+//!
+//! **Reading a hostile directory.** The auditor's tools open only regular
+//! files, never follow a symlink (`O_NOFOLLOW`), never wait on a FIFO
+//! (`O_NONBLOCK`), and read no file further than its bound (the manifest's
+//! sizes; fixed caps for `meta.json` and the manifest). Anything else is
+//! reported as damage by name; `verify` goes on to the next recording.
 //!
 //! **Audit events** (emitted here, not by the caller): `recording.started`
-//! (recording id, session id, user, login, target, kind), `recording.segment`
+//! (recording id, session id, user, login, target, source, kind,
+//! meta_sha256, record_input mode, input_recorded, and the *names* of the
+//! environment variables passed on), `recording.segment`
 //! (seq, sha256, chain) for every sealed segment, `recording.finished`
 //! (segments, final chain, reason), `recording.failed` (a recording could not
 //! be created, or writing failed mid-session), `recording.removed`
@@ -84,6 +103,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use crate::audit;
+use crate::config::RecordInput;
 use format::{Kind, Meta, SegmentInfo};
 use segment::{Recipients, SegmentStore};
 
@@ -133,14 +153,15 @@ impl RecordingError {
 pub enum RecordingKind {
     /// A shell with a PTY (`term`, `cols`, `rows` from the pty-request).
     Shell { term: String, cols: u32, rows: u32 },
-    /// `ssh host command`, scp -O, rsync.
-    Exec { command: String },
+    /// `ssh host command`, scp -O, rsync: the command's exact bytes.
+    Exec { command: Vec<u8> },
     /// The sftp subsystem (also modern scp).
     Sftp,
 }
 
-/// Who and what a recording is of. All of it except the exec command is
-/// written in plaintext metadata (what `list` shows without a key).
+/// Who and what a recording is of. All of it except the exec command and
+/// the environment is written in plaintext metadata (what `list` shows
+/// without a key); those two are only in the sealed segments.
 #[derive(Debug, Clone)]
 pub struct RecordingMeta {
     pub session_id: String,
@@ -150,7 +171,31 @@ pub struct RecordingMeta {
     pub source: String,
     pub wireguard_peer: Option<String>,
     pub kind: RecordingKind,
-    pub record_input: bool,
+    /// The role's `record_input` (see [`RecordInput`]).
+    pub record_input: RecordInput,
+    /// Whether the channel has a PTY: an exec with a PTY (`ssh -t host
+    /// cmd`) gets keystrokes as input, so `"exec"` does not record them.
+    pub pty: bool,
+    /// Environment variables the role allowed and that reached the target
+    /// on this channel, in order: their names and values go into the sealed
+    /// header, their names into the `recording.started` audit event.
+    pub env: Vec<(String, String)>,
+}
+
+impl RecordingMeta {
+    /// Whether this channel's input is stored: everything under `"all"`;
+    /// under `"exec"` only a channel without a PTY (its stdin is data such
+    /// as a script or an upload, not keystrokes): an exec, or a shell
+    /// without a PTY, which is how `ssh host < script.sh` runs a script;
+    /// nothing under `"none"`. SFTP channels record operations whatever
+    /// this says, never file contents.
+    pub fn stores_input(&self) -> bool {
+        match self.record_input {
+            RecordInput::All => !matches!(self.kind, RecordingKind::Sftp),
+            RecordInput::Exec => !self.pty && !matches!(self.kind, RecordingKind::Sftp),
+            RecordInput::None => false,
+        }
+    }
 }
 
 pub(crate) struct RecorderInner {
@@ -288,14 +333,21 @@ impl Recorder {
         };
         match created {
             Ok((store, disk_meta, sealed)) => {
-                audit::recording_started(
-                    &id,
-                    &meta.session_id,
-                    &meta.user,
-                    &meta.login,
-                    &meta.target,
-                    disk_meta.kind.as_str(),
-                );
+                let meta_sha256 = hex::encode(format::meta_sha256(&disk_meta));
+                let env_names: Vec<&str> = meta.env.iter().map(|(n, _)| n.as_str()).collect();
+                audit::recording_started(&audit::RecordingStarted {
+                    recording_id: &id,
+                    session_id: &meta.session_id,
+                    user: &meta.user,
+                    login: &meta.login,
+                    target: &meta.target,
+                    source: &meta.source,
+                    kind: disk_meta.kind.as_str(),
+                    meta_sha256: &meta_sha256,
+                    record_input: meta.record_input.as_str(),
+                    input_recorded: meta.stores_input(),
+                    env: &env_names.join(","),
+                });
                 audit::recording_segment(
                     &id,
                     &meta.session_id,
@@ -436,7 +488,7 @@ fn fill_recording(
             (Kind::Shell, None, Some(term.clone()), *cols, *rows)
         }
         RecordingKind::Shell { term, .. } => (Kind::Shell, None, Some(term.clone()), 80, 24),
-        RecordingKind::Exec { command } => (Kind::Exec, Some(command.clone()), None, 80, 24),
+        RecordingKind::Exec { command } => (Kind::Exec, Some(command.as_slice()), None, 80, 24),
         RecordingKind::Sftp => (Kind::Sftp, None, None, 80, 24),
     };
     let term = term.filter(|t| !t.is_empty());
@@ -460,6 +512,22 @@ fn fill_recording(
     })?;
     segment::write_atomic(dir, format::META_FILE, &json)
         .map_err(|e| classify("cannot write metadata", e))?;
+    // Bound into the chain's genesis, segment 0's manifest entry, every
+    // sealed header and the recording.started event.
+    let meta_sha256 = hex::encode(format::meta_sha256(&disk_meta));
+    let (command_text, command_base64) = match command {
+        Some(c) => match std::str::from_utf8(c) {
+            Ok(t) => (Some(t.to_string()), None),
+            Err(_) => (
+                Some(String::from_utf8_lossy(c).into_owned()),
+                Some(base64::Engine::encode(
+                    &base64::engine::general_purpose::STANDARD,
+                    c,
+                )),
+            ),
+        },
+        None => (None, None),
+    };
     let info = SegmentInfo {
         format: format::FORMAT.into(),
         recording_id: id.into(),
@@ -470,8 +538,13 @@ fn fill_recording(
         source: meta.source.clone(),
         wireguard_peer: meta.wireguard_peer.clone(),
         kind,
-        command,
-        record_input: meta.record_input,
+        command: command_text,
+        command_base64,
+        record_input: meta.stores_input(),
+        record_input_mode: Some(meta.record_input.as_str().into()),
+        pty: meta.pty,
+        env: meta.env.clone(),
+        meta_sha256: Some(meta_sha256),
         segment: 0,
         prev_chain: String::new(),
     };

@@ -54,16 +54,81 @@ pub struct Stored {
     pub meta: Result<Meta, String>,
 }
 
+/// Reads at most `cap` bytes of a file the auditor chose (an identity).
 pub(super) fn read_capped(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
     let mut buf = Vec::new();
     fs::File::open(path)?.take(cap).read_to_end(&mut buf)?;
     Ok(buf)
 }
 
+/// Opens a file of a recording for reading, only if it is a regular file:
+/// a symbolic link is not followed (`O_NOFOLLOW`) and a FIFO or device is
+/// neither waited on (`O_NONBLOCK`) nor read, so that a hostile recordings
+/// directory cannot hang the tools or feed them for ever. The error says
+/// what the file is instead.
+pub(super) fn open_regular(path: &Path) -> io::Result<fs::File> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let opened = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path);
+    let f = match opened {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(io::Error::other(
+                "is a symbolic link (not followed; only regular files are read)",
+            ))
+        }
+        Err(e) => return Err(e),
+    };
+    let t = f.metadata()?.file_type();
+    if t.is_file() {
+        return Ok(f);
+    }
+    let what = if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else if t.is_dir() {
+        "a directory"
+    } else if t.is_socket() {
+        "a socket"
+    } else {
+        "not a regular file"
+    };
+    Err(io::Error::other(format!(
+        "is {what}, not a regular file (not read)"
+    )))
+}
+
+/// Reads a regular file of a recording ([`open_regular`]) that may hold at
+/// most `cap` bytes; a larger one is an error, read no further than that.
+pub(super) fn read_regular(path: &Path, cap: u64) -> io::Result<Vec<u8>> {
+    let f = open_regular(path)?;
+    let len = f.metadata()?.len();
+    if len > cap {
+        return Err(io::Error::other(format!(
+            "is {len} bytes, over its bound of {cap} (not read)"
+        )));
+    }
+    let mut buf = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    f.take(cap.saturating_add(1)).read_to_end(&mut buf)?;
+    if buf.len() as u64 > cap {
+        return Err(io::Error::other(format!(
+            "grew over its bound of {cap} bytes while read (not read)"
+        )));
+    }
+    Ok(buf)
+}
+
 fn load_meta(dir: &Path) -> Result<Meta, String> {
-    let bytes = read_capped(&dir.join(format::META_FILE), MAX_META)
+    let bytes = read_regular(&dir.join(format::META_FILE), MAX_META)
         .map_err(|e| format!("{}: {e}", format::META_FILE))?;
-    serde_json::from_slice(&bytes).map_err(|e| format!("{} is not valid: {e}", format::META_FILE))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // serde quotes some of the file's text (an unknown `kind`) raw.
+        let e = super::export::terminal_safe(&e.to_string());
+        format!("{} is not valid: {e}", format::META_FILE)
+    })
 }
 
 /// Every recording under `root`, sorted by id (= by start time).
@@ -94,6 +159,15 @@ pub fn open(root: &Path, id: &str) -> Result<Stored, ReadError> {
         return Err(ReadError::BadId(id.to_string()));
     }
     let dir = root.join(id);
+    match fs::symlink_metadata(&dir) {
+        Ok(m) if m.file_type().is_symlink() => {
+            return Err(ReadError::Io(format!(
+                "{} is a symbolic link (not followed; a recording is a directory)",
+                dir.display()
+            )))
+        }
+        _ => {}
+    }
     if dir.is_dir() {
         return Ok(Stored {
             meta: load_meta(&dir),
@@ -349,11 +423,12 @@ pub fn decrypt_segment(
         seq: e.seq,
         why,
     };
-    let bytes = read_capped(
+    // Bounded by the size the manifest says (verified just before).
+    let bytes = read_regular(
         &stored.dir.join(format::segment_file(e.seq)),
-        MAX_SEGMENT_PLAIN * 2,
+        e.size.min(super::verify::MAX_SEGMENT_FILE),
     )
-    .map_err(|err| damaged(err.to_string()))?;
+    .map_err(|err| damaged(format!("{}: {err}", format::segment_file(e.seq))))?;
     let decryptor = age::Decryptor::new_buffered(bytes.as_slice())
         .map_err(|err| damaged(format!("not an age file ({err})")))?;
     let reader = match decryptor.decrypt(ids.keys.iter().map(|k| k.as_ref() as &dyn age::Identity))
@@ -366,7 +441,7 @@ pub fn decrypt_segment(
                 recipients: stored
                     .meta
                     .as_ref()
-                    .map(|m| m.recipients.join(", "))
+                    .map(|m| super::export::terminal_safe(&m.recipients.join(", ")))
                     .unwrap_or_else(|_| "(metadata unreadable)".into()),
             })
         }
@@ -416,16 +491,67 @@ pub fn read_all(
     if let Some(problem) = v.problems.first() {
         return Err(ReadError::Tampered {
             id: stored.id.clone(),
-            problem: problem.clone(),
+            problem: super::export::terminal_safe(problem),
         });
     }
-    let mut prev = hex::encode(format::genesis(&stored.id));
+    let mut prev = v.genesis.clone();
     for e in &v.good {
         let seg = decrypt_segment(stored, e, &prev, ids)?;
+        if e.seq == 0 {
+            check_meta_against_sealed(stored, &seg.header.gatehouse)?;
+        }
         f(&seg)?;
         prev = e.chain.clone();
     }
     Ok(v)
+}
+
+/// With a key, `meta.json` is also compared with the sealed header of
+/// segment 0, which the gateway wrote and nobody can alter without the
+/// auditors' keys... or rewrite without it showing in the chain: this
+/// catches an edited `meta.json` even in recordings whose format does not
+/// bind it to the chain (1 and 2).
+fn check_meta_against_sealed(
+    stored: &Stored,
+    sealed: &format::SegmentInfo,
+) -> Result<(), ReadError> {
+    let Ok(m) = &stored.meta else {
+        return Ok(());
+    };
+    let fields: [(&str, &str, &str); 6] = [
+        ("user", &m.user, &sealed.user),
+        ("login", &m.login, &sealed.login),
+        ("target", &m.target, &sealed.target),
+        ("source", &m.source, &sealed.source),
+        ("session_id", &m.session_id, &sealed.session_id),
+        ("kind", m.kind.as_str(), sealed.kind.as_str()),
+    ];
+    let mut diffs: Vec<String> = fields
+        .iter()
+        .filter(|(_, a, b)| a != b)
+        .map(|(name, a, b)| {
+            format!(
+                "{name} {} where the sealed recording says {}",
+                super::export::safe(a),
+                super::export::safe(b)
+            )
+        })
+        .collect();
+    if m.wireguard_peer != sealed.wireguard_peer {
+        diffs.push("wireguard_peer differs from the sealed recording".into());
+    }
+    if let Some(bound) = &sealed.meta_sha256 {
+        if diffs.is_empty() && *bound != hex::encode(format::meta_sha256(m)) {
+            diffs.push("its SHA-256 differs from the one in the sealed header".into());
+        }
+    }
+    if diffs.is_empty() {
+        return Ok(());
+    }
+    Err(ReadError::Tampered {
+        id: stored.id.clone(),
+        problem: format!("{} altered: {}", format::META_FILE, diffs.join("; ")),
+    })
 }
 
 #[cfg(test)]

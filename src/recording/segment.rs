@@ -146,8 +146,12 @@ impl SegmentStore {
             .create_new(true)
             .mode(0o600)
             .open(dir.join(format::MANIFEST_FILE))?;
+        let genesis = match header.meta_sha256.as_deref().and_then(format::parse_hash) {
+            Some(meta) => format::genesis_bound(&header.recording_id, &meta),
+            None => format::genesis(&header.recording_id),
+        };
         Ok(SegmentStore {
-            prev_chain: format::genesis(&header.recording_id),
+            prev_chain: genesis,
             id: header.recording_id.clone(),
             dir,
             recipients,
@@ -267,6 +271,11 @@ impl SegmentStore {
             sha256: hex::encode(sha),
             chain: hex::encode(chain),
             sealed_unix_ms: format::unix_ms(SystemTime::now()),
+            meta_sha256: if seg.seq == 0 {
+                self.header.meta_sha256.clone()
+            } else {
+                None
+            },
         };
         let mut line = serde_json::to_vec(&entry).map_err(io::Error::other)?;
         line.push(b'\n');

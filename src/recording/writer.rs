@@ -169,7 +169,8 @@ impl Recording {
         self.data(Stream::Stderr, data).await
     }
 
-    /// User -> target. Stored only when the role has `record_input`; on an
+    /// User -> target. Stored when [`RecordingMeta::stores_input`] says so
+    /// (the role's `record_input`, the kind of channel and its PTY); on an
     /// sftp channel always parsed into operations (contents never stored).
     /// Still returns Err when the recording has failed, so the caller ends
     /// the session even when input is not stored.
@@ -276,7 +277,7 @@ pub(super) fn spawn(
         id: w.meta.id.clone(),
         tx,
         started,
-        record_input: meta.record_input,
+        record_input: meta.stores_input(),
         sftp,
         shared,
     };

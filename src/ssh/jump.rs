@@ -43,6 +43,45 @@ pub struct JumpHandler {
     stats: Arc<Stats>,
     guard: Option<SessionGuard>,
     channels: HashMap<ChannelId, Chan>,
+    /// Allowed environment variables per channel, for its recording.
+    env: ChannelEnv,
+}
+
+/// The environment variables a role allowed on each channel, kept until
+/// the channel's run request so that its recording holds them.
+#[derive(Default)]
+struct ChannelEnv {
+    vars: HashMap<ChannelId, Vec<(String, String)>>,
+    /// Channels whose run request came: later env requests are refused.
+    started: std::collections::HashSet<ChannelId>,
+}
+
+impl ChannelEnv {
+    /// Most variables kept (and passed on) per channel.
+    const MAX_VARS: usize = 64;
+    /// Most bytes of names and values kept per channel.
+    const MAX_BYTES: usize = 256 * 1024;
+
+    /// Keeps `name=value` for `channel`; false when it must not be passed
+    /// on (the channel already runs something, or the cap is reached).
+    fn keep(&mut self, channel: ChannelId, name: &str, value: &str) -> bool {
+        if self.started.contains(&channel) {
+            return false;
+        }
+        let vars = self.vars.entry(channel).or_default();
+        let bytes: usize = vars.iter().map(|(n, v)| n.len() + v.len()).sum();
+        if vars.len() >= Self::MAX_VARS || bytes + name.len() + value.len() > Self::MAX_BYTES {
+            return false;
+        }
+        vars.push((name.to_string(), value.to_string()));
+        true
+    }
+
+    /// The channel's variables, at its run request.
+    fn start(&mut self, channel: ChannelId) -> Vec<(String, String)> {
+        self.started.insert(channel);
+        self.vars.remove(&channel).unwrap_or_default()
+    }
 }
 
 impl JumpHandler {
@@ -58,6 +97,7 @@ impl JumpHandler {
             stats: Arc::new(Stats::default()),
             guard: None,
             channels: HashMap::new(),
+            env: ChannelEnv::default(),
         }
     }
 
@@ -129,11 +169,12 @@ impl JumpHandler {
                         RecordingKind::Shell { term, cols, rows }
                     }
                     Run::Exec(c) => RecordingKind::Exec {
-                        command: String::from_utf8_lossy(c).into_owned(),
+                        command: c.to_vec(),
                     },
                     Run::Subsystem(_) => RecordingKind::Sftp,
                 };
-                self.recording_meta(kind)
+                let env = self.env.start(channel);
+                self.recording_meta(kind, b.pty().is_some(), env)
             }
             _ => None,
         };
@@ -179,7 +220,12 @@ impl JumpHandler {
 
 impl JumpHandler {
     /// Who and what the recording of a channel is of.
-    fn recording_meta(&self, kind: RecordingKind) -> Option<RecordingMeta> {
+    fn recording_meta(
+        &self,
+        kind: RecordingKind,
+        pty: bool,
+        env: Vec<(String, String)>,
+    ) -> Option<RecordingMeta> {
         let auth = self.authorized.as_ref()?;
         let guard = self.guard.as_ref()?;
         let source = self.user.source().to_string();
@@ -192,6 +238,8 @@ impl JumpHandler {
             source,
             kind,
             record_input: auth.record_input(),
+            pty,
+            env,
         })
     }
 }
@@ -381,12 +429,19 @@ impl Handler for JumpHandler {
             .as_ref()
             .is_some_and(|a| a.env_allowed(name));
         match self.channels.get(&channel) {
-            Some(Chan::Bridged(b)) if allowed => {
+            // Kept for the recording's header (names and values) and its
+            // audit event (names): a variable that reaches the target is
+            // recorded. Refused once the channel runs something (it would
+            // not be in the header) or beyond the per-channel cap.
+            Some(Chan::Bridged(b)) if allowed && self.env.keep(channel, name, value) => {
                 b.env(name, value).await;
                 session.channel_success(channel)?;
             }
             _ => {
-                tracing::debug!(variable = name, "environment variable not allowed by role");
+                tracing::debug!(
+                    variable = name,
+                    "environment variable not allowed by role, too many, or sent after the channel started"
+                );
                 session.channel_failure(channel)?;
             }
         }

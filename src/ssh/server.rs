@@ -294,6 +294,9 @@ impl Outer {
             source: source.clone(),
             kind: RecordingKind::Shell { term, cols, rows },
             record_input: auth.record_input(),
+            pty: true,
+            // The menu refuses every env request (see `env_request`).
+            env: Vec::new(),
         };
         // Fail closed: no recording, no shell.
         if let Err(e) = bridge.begin_recording(&self.gw.recorder, meta).await {
