@@ -7,6 +7,8 @@
 //! talks to and the client the target sees, so every byte is plaintext here
 //! and can be recorded.
 
+pub mod caps;
+pub mod ending;
 pub mod jump;
 pub mod relay;
 pub mod server;
@@ -78,6 +80,8 @@ pub struct Gateway {
     pub recorder: Arc<crate::recording::Recorder>,
     /// Fires when the daemon shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Live jumps and channels per connection and per user, under their caps.
+    pub caps: Arc<caps::Caps>,
 }
 
 impl std::fmt::Debug for Gateway {

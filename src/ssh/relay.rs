@@ -7,6 +7,12 @@
 //! Target -> user data goes through the server `Handle`, whose bounded queue
 //! russh stops draining while the user's window is exhausted — a slow reader
 //! slows the target. Nothing between them grows without bound.
+//!
+//! Ending: a limit or a shutdown ends the session within a second, however
+//! full those queues are. The closing message is best-effort (it waits in
+//! the same queue as unread output, so it gets [`GOODBYE_TIMEOUT`]); then the
+//! session's [`Ending`] is killed: stdin stops being forwarded at the
+//! decision, the target connection and the jump's stream are cut.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +23,16 @@ use russh::server::Handle;
 use russh::{client, Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::mpsc;
 
+use super::ending::Ending;
 use crate::audit;
 use crate::recording::{Recorder, Recording, RecordingError, RecordingMeta};
 
 /// How long to wait for a target to answer a channel request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the polite end (message, EOF, close, disconnect) may take before
+/// the session is cut regardless.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Counters of one relayed session (one login to one target).
 #[derive(Debug)]
@@ -33,6 +44,8 @@ pub struct Stats {
     exit_status: Mutex<Option<u32>>,
     end_reason: Mutex<Option<String>>,
     channels: Mutex<Vec<ChannelId>>,
+    /// Ends the session at once (limits, shutdown); see [`Ending`].
+    pub ending: Ending,
 }
 
 impl Default for Stats {
@@ -45,6 +58,7 @@ impl Default for Stats {
             exit_status: Mutex::new(None),
             end_reason: Mutex::new(None),
             channels: Mutex::new(Vec::new()),
+            ending: Ending::new(),
         }
     }
 }
@@ -276,6 +290,11 @@ impl Bridge {
     /// User -> target data; waits for the target's window (and, when input
     /// is recorded, for the recorder).
     pub async fn data(&self, data: &[u8]) -> bool {
+        // After a limit ended the session nothing more reaches the target,
+        // whatever is still queued from the user.
+        if self.stats.ending.input_stopped() {
+            return false;
+        }
         self.stats.add_up(data.len());
         self.up_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -291,7 +310,15 @@ impl Bridge {
                 }
             }
         }
+        if self.stats.ending.input_stopped() {
+            return false;
+        }
         self.up.data_bytes(data).await.is_ok()
+    }
+
+    /// True once the session was ended by gatehouse: nothing more is sent.
+    fn stopped(&self) -> bool {
+        self.stats.ending.input_stopped()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -325,9 +352,15 @@ impl Bridge {
     }
     /// Environment variables are sent without asking for a reply (as OpenSSH does).
     pub async fn env(&self, name: &str, value: &str) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.set_env(false, name, value).await;
     }
     pub async fn window_change(&self, cols: u32, rows: u32, pw: u32, ph: u32) {
+        if self.stopped() {
+            return;
+        }
         if let Some(r) = self.rec.get() {
             if let Err(e) = r.resize(cols, rows).await {
                 recording_failed(&self.user, self.id, &self.stats, &e).await;
@@ -337,9 +370,15 @@ impl Bridge {
         let _ = self.up.window_change(cols, rows, pw, ph).await;
     }
     pub async fn signal(&self, sig: Sig) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.signal(sig).await;
     }
     pub async fn eof(&self) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.eof().await;
     }
     pub async fn close(&self) {
@@ -368,6 +407,8 @@ pub fn spawn_limits(
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
+                // The session is over: nothing left to limit.
+                _ = stats.ending.finished() => return,
                 _ = shutdown.changed() => {
                     end(&stats, &user, "gatehouse is shutting down").await;
                     return;
@@ -396,21 +437,34 @@ pub fn spawn_limits(
 
 async fn end(stats: &Stats, user: &Handle, reason: &str) {
     stats.set_end_reason(reason);
+    // The decision holds from here on: nothing more the user sends is
+    // forwarded, whatever happens to the message below.
+    stats.ending.stop_input();
+    tracing::info!(reason, "ending a session");
     let text = format!("\r\ngatehouse: {reason}; closing.\r\n");
-    for id in stats.channels() {
+    let polite = async {
+        for id in stats.channels() {
+            let _ = user
+                .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+                .await;
+            let _ = user.eof(id).await;
+            let _ = user.close(id).await;
+        }
         let _ = user
-            .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                format!("gatehouse: {reason}"),
+                "en".into(),
+            )
             .await;
-        let _ = user.eof(id).await;
-        let _ = user.close(id).await;
-    }
-    let _ = user
-        .disconnect(
-            russh::Disconnect::ByApplication,
-            format!("gatehouse: {reason}"),
-            "en".into(),
-        )
-        .await;
+        // A client that reads gets the message and hangs up by itself.
+        stats.ending.finished().await;
+    };
+    // Best-effort only: these wait in the same queue as output the client
+    // may never read.
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, polite).await;
+    // Cut the target connection and (for a jump) the user's stream.
+    stats.ending.kill();
 }
 
 /// Emits `session.end` when dropped, whatever ended the session.
@@ -424,6 +478,7 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.stats.ending.set_finished();
         audit::session_end(
             &self.id,
             &self.user,
