@@ -178,6 +178,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Killable<S> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

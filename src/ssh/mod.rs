@@ -6,6 +6,9 @@
 //! SSH is terminated, never passed through: gatehouse is the server the user
 //! talks to and the client the target sees, so every byte is plaintext here
 //! and can be recorded.
+//!
+//! Peer-facing code: no `unwrap`, `expect` or indexing here.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod caps;
 pub mod ending;
