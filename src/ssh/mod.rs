@@ -41,8 +41,9 @@ pub enum SshError {
 }
 
 /// Only modern algorithms: curve25519 / ML-KEM hybrid key exchange, ed25519
-/// host keys, AES-GCM and chacha20-poly1305 (AEAD, so the MAC list is unused
-/// but still lists only encrypt-then-MAC SHA-2), no compression.
+/// host keys, AES-GCM and chacha20-poly1305 first, then AES-CTR with
+/// encrypt-then-MAC SHA-2 (for clients without AEAD ciphers, such as Python's
+/// paramiko 2.x that Fabric and Ansible use), no compression.
 pub fn modern_algorithms() -> Preferred {
     Preferred {
         kex: Cow::Borrowed(&[
@@ -60,6 +61,8 @@ pub fn modern_algorithms() -> Preferred {
             cipher::AES_256_GCM,
             cipher::CHACHA20_POLY1305,
             cipher::AES_128_GCM,
+            cipher::AES_256_CTR,
+            cipher::AES_128_CTR,
         ]),
         mac: Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
         compression: Cow::Borrowed(&[compression::NONE]),
