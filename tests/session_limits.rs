@@ -333,3 +333,40 @@ out(what="result", third=third, alive=alive, failures=OPEN_FAILURES)
         .iter()
         .any(|e| e["reason"] == "channels per connection cap (2) reached"));
 }
+
+#[test]
+fn a_stock_client_refused_by_a_cap_is_told_which_cap() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b.gateway_line("max_jumps_per_user = 1"));
+    grant_lease(&w);
+    // OpenSSH prints a channel's open failure at its default level (INFO);
+    // the harness's config is quieter.
+    w.client.set_option("LogLevel", "INFO");
+    let cfg = w.client.config_path().display().to_string();
+    let run = run_script(
+        &w,
+        "web-1",
+        r#"
+import subprocess
+t = outer()
+held = t.open_channel("direct-tcpip", ("web-1", 22), ("127.0.0.1", 0), timeout=10)
+# The stock client, admitted by the same lease, asks for a second jump.
+p = subprocess.run(
+    ["ssh", "-F", CFG["ssh_config"], "-J", "gw", CFG["login"] + "@web-1", "true"],
+    stdin=subprocess.DEVNULL, capture_output=True, timeout=30,
+    env=dict(os.environ, SSH_ASKPASS="/bin/false", SSH_ASKPASS_REQUIRE="force"))
+out(what="ssh", status=p.returncode, stderr=p.stderr.decode(errors="replace"))
+"#,
+        &[("ssh_config", &cfg)],
+        Duration::from_secs(60),
+    );
+    let r = run.line("ssh");
+    assert_ne!(r["status"], 0, "{}", run.describe());
+    let stderr = r["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("too many jumps open for this user (at most 1)"),
+        "{stderr}"
+    );
+}
