@@ -39,7 +39,19 @@ fn limit_scenario(limit_secs: u64, reads: bool) -> (World, tempfile::TempDir, se
         b.role_line("web", &format!("max_session = \"{limit_secs}s\""))
             .role_line("web", "idle_timeout = \"0s\"")
     });
+    scenario_in(w, limit_secs, reads, false)
+}
+
+/// The scenario in a started world; with `terminate`, the decision is a
+/// SIGTERM to gatehouse at `limit_secs` instead of a limit.
+fn scenario_in(
+    w: World,
+    limit_secs: u64,
+    reads: bool,
+    terminate: bool,
+) -> (World, tempfile::TempDir, serde_json::Value) {
     grant_lease(&w);
+    let pid = w.gw.pid().to_string();
     let m = marks();
     let run = run_script(
         &w,
@@ -67,12 +79,16 @@ if CFG["reads"] == "yes":
 time.sleep(1.0)
 ch.sendall(("touch %s/before\n" % MARKS).encode())
 ended = None
+termed = False
 sent_after = 0
 n = 0
 while time.time() - start < LIMIT + 8:
     now = time.time() - start
     if ended is None and not i.is_active():
         ended = now
+    if CFG["term_pid"] and now >= LIMIT and not termed:
+        os.kill(int(CFG["term_pid"]), 15)
+        termed = True
     if now > LIMIT + 0.5 * (n + 1) and n < 12:
         n += 1
         try:
@@ -90,6 +106,7 @@ out(what="result", ended=ended, sent_after=sent_after, read=got[0])
             ("marks", &m.path().display().to_string()),
             ("cmd", FLOOD_AND_RUN_STDIN),
             ("reads", if reads { "yes" } else { "no" }),
+            ("term_pid", if terminate { &pid } else { "" }),
         ],
         Duration::from_secs(60),
     );
@@ -120,7 +137,9 @@ fn assert_ended_at_the_limit(limit_secs: u64, reads: bool) {
         .unwrap_or_else(|| panic!("the jump never ended: {r}"));
     let limit = limit_secs as f64;
     assert!(
-        ended >= limit - 0.2 && ended < limit + 1.5,
+        // The session's clock starts when the jump connects to the target,
+        // a little before the script's; the bound that matters is the upper.
+        ended >= limit - 1.0 && ended < limit + 1.5,
         "ended {ended:.2}s after the start; limit {limit}s"
     );
     // Give anything that slipped through time to run on the target.
@@ -369,4 +388,29 @@ out(what="ssh", status=p.returncode, stderr=p.stderr.decode(errors="replace"))
         stderr.contains("too many jumps open for this user (at most 1)"),
         "{stderr}"
     );
+}
+
+#[test]
+fn shutdown_ends_a_jump_within_a_second_when_the_client_reads_nothing() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b.role_line("web", "idle_timeout = \"0s\""));
+    let (w, m, r) = scenario_in(w, 3, false, true);
+    assert!(m.path().join("before").exists(), "harness check");
+    let ended = r["ended"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("the jump never ended: {r}"));
+    assert!(
+        (3.0..4.5).contains(&ended),
+        "ended {ended:.2}s after the start; SIGTERM at 3s"
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    let after = after_marks(m.path());
+    assert!(
+        after.is_empty(),
+        "stdin sent after the shutdown ran: {after:?}"
+    );
+    let end = w.session_end();
+    assert_eq!(end["reason"], "gatehouse is shutting down");
 }
