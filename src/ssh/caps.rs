@@ -177,6 +177,23 @@ impl Caps {
         })
     }
 
+    /// Takes a place for one other channel (a session channel, say) on
+    /// connection `conn`, under the channels-per-connection cap.
+    pub fn open_channel(self: &Arc<Self>, conn: ConnKey) -> Result<ChannelPermit, CapRefusal> {
+        let mut c = self.counts();
+        let chans = c.channels_by_conn.get(&conn).copied().unwrap_or(0);
+        if chans >= self.limits.channels_per_connection {
+            return Err(CapRefusal::ChannelsPerConnection(
+                self.limits.channels_per_connection,
+            ));
+        }
+        *c.channels_by_conn.entry(conn).or_insert(0) += 1;
+        Ok(ChannelPermit {
+            caps: self.clone(),
+            conn,
+        })
+    }
+
     /// Live jumps of `user` (for tests and status).
     pub fn jumps_of(&self, user: &str) -> usize {
         self.counts().jumps_by_user.get(user).copied().unwrap_or(0)
@@ -197,6 +214,20 @@ impl Drop for JumpPermit {
         decrement(&mut c.jumps_by_conn, &self.conn);
         decrement(&mut c.channels_by_conn, &self.conn);
         decrement(&mut c.jumps_by_user, &self.user);
+    }
+}
+
+/// A channel's place under the channels-per-connection cap; given back on drop.
+#[derive(Debug)]
+pub struct ChannelPermit {
+    caps: Arc<Caps>,
+    conn: ConnKey,
+}
+
+impl Drop for ChannelPermit {
+    fn drop(&mut self) {
+        let mut c = self.caps.counts();
+        decrement(&mut c.channels_by_conn, &self.conn);
     }
 }
 
@@ -237,5 +268,24 @@ mod tests {
         drop(_b1);
         assert_eq!(caps.jumps_of("alice"), 0);
         assert!(!caps.counts().jumps_by_conn.contains_key(&conn(1)));
+    }
+
+    #[test]
+    fn channels_and_jumps_share_the_channel_cap_of_a_connection() {
+        let caps = Caps::new(CapLimits {
+            jumps_per_connection: 10,
+            jumps_per_user: 10,
+            channels_per_connection: 2,
+        });
+        let s = caps.open_channel(conn(1)).expect("session channel");
+        let j = caps.open_jump("alice", conn(1)).expect("jump");
+        assert_eq!(
+            caps.open_jump("alice", conn(1)).err(),
+            Some(CapRefusal::ChannelsPerConnection(2))
+        );
+        assert!(caps.open_channel(conn(1)).is_err());
+        drop(s);
+        let _s2 = caps.open_channel(conn(1)).expect("freed");
+        drop(j);
     }
 }

@@ -264,7 +264,8 @@ impl Bridge {
         meta: RecordingMeta,
     ) -> Result<(), RecordingError> {
         if self.rec.get().is_some() {
-            // A second shell/exec on one channel: the target refuses it anyway.
+            // Never a second recording for one channel (the jump refuses a
+            // second run request before it gets here).
             return Ok(());
         }
         let rec = recorder.start(meta).await?;
