@@ -414,3 +414,39 @@ fn shutdown_ends_a_jump_within_a_second_when_the_client_reads_nothing() {
     let end = w.session_end();
     assert_eq!(end["reason"], "gatehouse is shutting down");
 }
+
+#[test]
+fn channels_that_ended_do_not_count_against_the_cap() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b.gateway_line("max_channels_per_connection = 2"));
+    grant_lease(&w);
+    let run = run_script(
+        &w,
+        "web-1",
+        r#"
+t = outer(); i = jump(t)
+outs = []
+for n in range(6):
+    try:
+        ch = i.open_session(timeout=10)
+        ch.exec_command("echo %d" % n)
+        outs.append(ch.makefile().read().decode().strip())
+        ch.recv_exit_status()
+        ch.close()
+    except Exception as e:
+        outs.append("refused")
+    time.sleep(0.2)
+out(what="result", outs=outs)
+"#,
+        &[],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        run.line("result")["outs"],
+        serde_json::json!(["0", "1", "2", "3", "4", "5"]),
+        "{}",
+        run.describe()
+    );
+}

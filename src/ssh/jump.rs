@@ -51,6 +51,8 @@ struct RunState {
     /// Data (and EOF) sent before the run request, forwarded once it runs.
     held: Vec<u8>,
     held_eof: bool,
+    /// gatehouse closed the channel itself (russh reports no close after that).
+    closed: bool,
 }
 
 enum Chan {
@@ -145,6 +147,38 @@ impl JumpHandler {
         Ok(())
     }
 
+    /// Notes that gatehouse closed `channel` itself.
+    fn mark_closed(&mut self, channel: ChannelId) {
+        if let Some(st) = self.runs.get_mut(&channel) {
+            st.closed = true;
+            st.held.clear();
+        }
+    }
+
+    /// Forgets channels that are over. russh calls `channel_close` only when
+    /// the client closes first, so channels that gatehouse or the target
+    /// closed are found here, before they are counted against the cap.
+    async fn prune_closed(&mut self) {
+        let over: Vec<ChannelId> = self
+            .runs
+            .iter()
+            .filter(|(id, st)| {
+                st.closed
+                    || matches!(self.channels.get(id), Some(Chan::Bridged(b)) if b.is_finished())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            self.runs.remove(&id);
+            if let Some(Chan::Bridged(b)) = self.channels.remove(&id) {
+                // Closed by gatehouse: the target's channel goes too.
+                if !b.is_finished() {
+                    b.close().await;
+                }
+            }
+        }
+    }
+
     fn refuse_request(&self, kind: &str, reason: &str) {
         audit::channel_refused(
             self.user.name(),
@@ -204,6 +238,7 @@ impl JumpHandler {
         match self.channels.get_mut(&channel) {
             Some(Chan::Bridged(b)) => {
                 let Some(meta) = meta else {
+                    self.mark_closed(channel);
                     return Self::refuse_channel(session, channel, "gatehouse: not authorized");
                 };
                 if let Err(e) = b.begin_recording(&self.gw.recorder, meta).await {
@@ -218,6 +253,7 @@ impl JumpHandler {
                         &source,
                         &format!("recording: {}", e.detail()),
                     );
+                    self.mark_closed(channel);
                     return Self::refuse_channel(session, channel, &format!("gatehouse: {e}"));
                 }
                 let ok = match req {
@@ -237,6 +273,7 @@ impl JumpHandler {
                     {
                         if !data.is_empty() && !b.data(&data).await {
                             session.close(channel)?;
+                            self.mark_closed(channel);
                             return Ok(());
                         }
                         if eof {
@@ -253,6 +290,7 @@ impl JumpHandler {
             }
             Some(Chan::Refused(msg)) => {
                 let msg = msg.clone();
+                self.mark_closed(channel);
                 Self::refuse_channel(session, channel, &msg)
             }
             None => Ok(session.channel_failure(channel)?),
@@ -386,6 +424,7 @@ impl Handler for JumpHandler {
         // We relay through callbacks; the channel object is not read.
         drop(channel);
         let cap = self.gw.caps.limits().channels_per_connection;
+        self.prune_closed().await;
         if self.channels.len() >= cap {
             let reason = format!("channels per connection cap ({cap}) reached");
             self.refuse_request("session", &reason);
@@ -649,6 +688,7 @@ impl Handler for JumpHandler {
                         b"gatehouse: too much data before the command; closing.\r\n".to_vec(),
                     )?;
                     session.close(channel)?;
+                    self.mark_closed(channel);
                 } else {
                     state.held.extend_from_slice(data);
                 }
@@ -659,6 +699,7 @@ impl Handler for JumpHandler {
                 if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
                     if !b.data(data).await {
                         session.close(channel)?;
+                        self.mark_closed(channel);
                     }
                 }
             }

@@ -133,6 +133,10 @@ pub struct Bridge {
     /// The pty the user asked for: (term, cols, rows).
     pty: Option<(String, u32, u32)>,
     up_bytes: Arc<AtomicU64>,
+    /// Set when the pump ended: the target channel is gone and the user's
+    /// channel was closed (russh calls no handler when the client then
+    /// confirms the close, so this is how the channel is known to be over).
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Tells the user the recording failed and ends their channel: a session
@@ -163,6 +167,8 @@ impl Bridge {
         let rec: Arc<tokio::sync::OnceCell<Recording>> = Arc::new(tokio::sync::OnceCell::new());
         let up_bytes = Arc::new(AtomicU64::new(0));
         let (pump_rec, pump_up) = (rec.clone(), up_bytes.clone());
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump_finished = finished.clone();
         let bridge_user = user.clone();
         tokio::spawn(async move {
             let mut read = read;
@@ -243,6 +249,7 @@ impl Bridge {
                     tracing::error!(error = %e.detail(), "could not finish a recording");
                 }
             }
+            pump_finished.store(true, Ordering::SeqCst);
         });
         Bridge {
             id,
@@ -253,7 +260,14 @@ impl Bridge {
             rec,
             pty: None,
             up_bytes,
+            finished,
         }
+    }
+
+    /// True once the channel is over (the target's side ended and the
+    /// user's channel was closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// Starts the recording of this channel before anything runs on the
