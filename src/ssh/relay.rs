@@ -64,6 +64,15 @@ impl Default for Stats {
 }
 
 impl Stats {
+    /// Counters whose session is ended through `ending` (shared with, say,
+    /// the stream of the user's connection, so that a limit can cut it).
+    pub fn with_ending(ending: Ending) -> Stats {
+        Stats {
+            ending,
+            ..Stats::default()
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
