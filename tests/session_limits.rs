@@ -384,6 +384,7 @@ out(what="ssh", status=p.returncode, stderr=p.stderr.decode(errors="replace"))
     let r = run.line("ssh");
     assert_ne!(r["status"], 0, "{}", run.describe());
     let stderr = r["stderr"].as_str().unwrap();
+    eprintln!("stock ssh said: {stderr}");
     assert!(
         stderr.contains("too many jumps open for this user (at most 1)"),
         "{stderr}"
