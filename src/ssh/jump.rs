@@ -423,6 +423,14 @@ impl Handler for JumpHandler {
         let id = channel.id();
         // We relay through callbacks; the channel object is not read.
         drop(channel);
+        if self.stats.ending.input_stopped() {
+            // The session was ended (a limit, a shutdown): nothing new opens.
+            self.refuse_request("session", "the session has ended");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
         let cap = self.gw.caps.limits().channels_per_connection;
         self.prune_closed().await;
         if self.channels.len() >= cap {

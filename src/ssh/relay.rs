@@ -355,6 +355,9 @@ impl Bridge {
         ph: u32,
         modes: &[(Pty, u32)],
     ) -> bool {
+        if self.stopped() {
+            return false;
+        }
         self.pty = Some((term.to_string(), cols, rows));
         let sent = self
             .up
@@ -363,14 +366,23 @@ impl Bridge {
         self.reply(sent).await
     }
     pub async fn shell(&mut self) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.request_shell(true).await;
         self.reply(sent).await
     }
     pub async fn exec(&mut self, command: &[u8]) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.exec(true, command.to_vec()).await;
         self.reply(sent).await
     }
     pub async fn subsystem(&mut self, name: &str) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.request_subsystem(true, name).await;
         self.reply(sent).await
     }
