@@ -16,7 +16,8 @@
 //!   first was accepted or refused, with or without `want_reply`; so is a
 //!   `pty-req` after it.
 //! - Data and EOF sent before the run request are held (up to
-//!   [`HELD_MAX`] bytes; beyond that the channel is closed) and reach the
+//!   [`HELD_MAX`] bytes over all channels of a jump; beyond that the channel
+//!   is closed) and reach the
 //!   target only after the run request succeeded, so after the recording
 //!   exists. Data after a refused run request is dropped.
 //! - Forwarding of any kind (X11, agent, TCP and Unix sockets, both ways) is
@@ -40,8 +41,10 @@ use crate::auth::AuthenticatedUser;
 use crate::policy::{Authorized, Denied};
 use crate::recording::{RecordingKind, RecordingMeta};
 
-/// Most bytes a channel may send before its run request; more closes it.
-pub const HELD_MAX: usize = 256 * 1024;
+/// Most bytes held for the channels of one jump before their run requests;
+/// more closes the channel that sent them. Per jump, so that one user's
+/// memory use stays bounded (caps x this); OpenSSH sends none.
+pub const HELD_MAX: usize = 64 * 1024;
 
 /// Where a session channel stands with its one run request.
 #[derive(Default)]
@@ -677,13 +680,14 @@ impl Handler for JumpHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        let held_total: usize = self.runs.values().map(|st| st.held.len()).sum();
         let Some(state) = self.runs.get_mut(&channel) else {
             return Ok(());
         };
         match state.ran {
             // Before the run request: held until the recording exists.
             None => {
-                if state.held.len() + data.len() > HELD_MAX {
+                if held_total + data.len() > HELD_MAX {
                     state.held.clear();
                     state.ran = Some(false);
                     self.refuse_request(
