@@ -31,6 +31,14 @@ fn marks() -> tempfile::TempDir {
 const FLOOD_AND_RUN_STDIN: &str =
     "sh -c 'head -c 3000000 /dev/zero & while read l; do sh -c \"$l\"; done'";
 
+/// [`FLOOD_AND_RUN_STDIN`] that first writes its shell's pid to `dir/pid`.
+fn flood_noting_pid(dir: &Path) -> String {
+    format!(
+        "sh -c 'echo $$ > {}/pid; head -c 3000000 /dev/zero & while read l; do sh -c \"$l\"; done'",
+        dir.display()
+    )
+}
+
 /// The scripted client runs FLOOD_AND_RUN_STDIN on a jump; `reads` says
 /// whether it reads the output. It sends a stdin line before the limit and
 /// one every half second after it, and reports when the jump ended.
@@ -104,7 +112,7 @@ out(what="result", ended=ended, sent_after=sent_after, read=got[0])
         &[
             ("limit", &limit_secs.to_string()),
             ("marks", &m.path().display().to_string()),
-            ("cmd", FLOOD_AND_RUN_STDIN),
+            ("cmd", &flood_noting_pid(m.path())),
             ("reads", if reads { "yes" } else { "no" }),
             ("term_pid", if terminate { &pid } else { "" }),
         ],
@@ -148,6 +156,13 @@ fn assert_ended_at_the_limit(limit_secs: u64, reads: bool) {
     assert!(
         after.is_empty(),
         "stdin sent after the limit ran: {after:?}"
+    );
+    // The target connection was cut: the command on the target is gone.
+    let pid = std::fs::read_to_string(m.path().join("pid")).expect("the command's pid");
+    let proc_dir = format!("/proc/{}", pid.trim());
+    assert!(
+        wait_until(Duration::from_secs(3), || !Path::new(&proc_dir).exists()),
+        "the command still runs on the target"
     );
     let end = w.session_end();
     assert_eq!(
