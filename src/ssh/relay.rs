@@ -287,9 +287,9 @@ impl Bridge {
         meta: RecordingMeta,
     ) -> Result<(), RecordingError> {
         if self.rec.get().is_some() {
-            // Never a second recording for one channel (the jump refuses a
-            // second run request before it gets here).
-            return Ok(());
+            // One recording, one command per channel: the jump refuses a
+            // second run request before it gets here; fail closed if one does.
+            return Err(RecordingError::Closed);
         }
         let rec = recorder.start(meta).await?;
         let _ = self.rec.set(rec);
