@@ -75,8 +75,8 @@ pub struct JumpHandler {
     upstream: Option<Upstream>,
     stats: Arc<Stats>,
     guard: Option<SessionGuard>,
-    channels: HashMap<ChannelId, Chan>,
     runs: HashMap<ChannelId, RunState>,
+    channels: HashMap<ChannelId, Chan>,
 }
 
 impl JumpHandler {
@@ -91,8 +91,8 @@ impl JumpHandler {
             upstream: None,
             stats: Arc::new(Stats::default()),
             guard: None,
-            channels: HashMap::new(),
             runs: HashMap::new(),
+            channels: HashMap::new(),
         }
     }
 

@@ -41,9 +41,10 @@ pub enum SshError {
 }
 
 /// Only modern algorithms: curve25519 / ML-KEM hybrid key exchange, ed25519
-/// host keys, AES-GCM and chacha20-poly1305 first, then AES-CTR with
-/// encrypt-then-MAC SHA-2 (for clients without AEAD ciphers, such as Python's
-/// paramiko 2.x that Fabric and Ansible use), no compression.
+/// host keys, AES-GCM and chacha20-poly1305 (AEAD), no compression.
+/// aes256-ctr with encrypt-then-MAC SHA-2 comes last, for clients without an
+/// AEAD cipher (Debian's paramiko 2.12: Fabric, Ansible, netmiko); a client
+/// that offers AEAD gets AEAD, since the client's order decides.
 pub fn modern_algorithms() -> Preferred {
     Preferred {
         kex: Cow::Borrowed(&[
@@ -62,7 +63,6 @@ pub fn modern_algorithms() -> Preferred {
             cipher::CHACHA20_POLY1305,
             cipher::AES_128_GCM,
             cipher::AES_256_CTR,
-            cipher::AES_128_CTR,
         ]),
         mac: Cow::Borrowed(&[mac::HMAC_SHA512_ETM, mac::HMAC_SHA256_ETM]),
         compression: Cow::Borrowed(&[compression::NONE]),
