@@ -64,6 +64,7 @@ pub async fn run(
         client_config: ssh::client_config(),
         client_key: Arc::new(client_key.private.clone()),
         shutdown: stop_rx.clone(),
+        caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
         settings: settings.clone(),
     });
 

@@ -256,6 +256,9 @@ mod tests {
                 state_dir: "/nonexistent".into(),
                 ssh_listen: vec![],
                 max_connections: 1,
+                max_jumps_per_connection: 1,
+                max_jumps_per_user: 1,
+                max_channels_per_connection: 1,
                 auth_timeout: Duration::from_secs(1),
                 connect_timeout: Duration::from_secs(1),
                 pre_auth: crate::config::PreAuthLimits {

@@ -83,6 +83,12 @@ pub struct Gateway {
     pub ssh_listen: Vec<SocketAddr>,
     /// Cap on concurrent client connections (default 1024).
     pub max_connections: usize,
+    /// Cap on concurrent jumps over one client connection (default 32).
+    pub max_jumps_per_connection: usize,
+    /// Cap on concurrent jumps of one user over all connections (default 64).
+    pub max_jumps_per_user: usize,
+    /// Cap on channels open at once on one SSH connection (default 64).
+    pub max_channels_per_connection: usize,
     /// A client must finish authenticating within this (default 60s).
     pub auth_timeout: Duration,
     /// Timeout for connecting to a target (default 10s).

@@ -413,6 +413,21 @@ impl Checker<'_, '_> {
             "gateway.max_connections",
             DEFAULT_MAX_CONNECTIONS,
         );
+        let max_jumps_per_connection = self.positive(
+            g.max_jumps_per_connection.as_ref(),
+            "gateway.max_jumps_per_connection",
+            crate::ssh::caps::DEFAULT_JUMPS_PER_CONNECTION,
+        );
+        let max_jumps_per_user = self.positive(
+            g.max_jumps_per_user.as_ref(),
+            "gateway.max_jumps_per_user",
+            crate::ssh::caps::DEFAULT_JUMPS_PER_USER,
+        );
+        let max_channels_per_connection = self.positive(
+            g.max_channels_per_connection.as_ref(),
+            "gateway.max_channels_per_connection",
+            crate::ssh::caps::DEFAULT_CHANNELS_PER_CONNECTION,
+        );
         let auth_timeout = self.duration(
             g.auth_timeout.as_ref(),
             "gateway.auth_timeout",
@@ -430,6 +445,9 @@ impl Checker<'_, '_> {
             state_dir: state_dir?,
             ssh_listen: ssh_listen?,
             max_connections: max_connections?,
+            max_jumps_per_connection: max_jumps_per_connection?,
+            max_jumps_per_user: max_jumps_per_user?,
+            max_channels_per_connection: max_channels_per_connection?,
             auth_timeout: auth_timeout?,
             connect_timeout: connect_timeout?,
             pre_auth: pre_auth?,
@@ -1473,7 +1491,8 @@ shell = "/bin/sh"
         assert_eq!(
             backlog.to_string(),
             "gatehouse.toml:4:3: gateway.listen_backlog: unknown key; expected one of: \
-             state_dir, ssh_listen, max_connections, auth_timeout, connect_timeout, \
+             state_dir, ssh_listen, max_connections, max_jumps_per_connection, \
+             max_jumps_per_user, max_channels_per_connection, auth_timeout, connect_timeout, \
              max_startups, max_startups_per_source"
         );
     }

@@ -9,6 +9,21 @@
 //! A login the policy refuses is accepted at the SSH layer and then told,
 //! on its first shell/exec/subsystem request, exactly what was refused and
 //! which logins are allowed — "Permission denied (publickey)" would hide it.
+//!
+//! Security behaviour of a session channel (each refusal is audited):
+//! - Its first `shell`, `exec` or `subsystem` request is its only one. Any
+//!   later run request is refused by gatehouse (never forwarded), whether the
+//!   first was accepted or refused, with or without `want_reply`; so is a
+//!   `pty-req` after it.
+//! - Data and EOF sent before the run request are held (up to
+//!   [`HELD_MAX`] bytes over all channels of a jump; beyond that the channel
+//!   is closed) and reach the
+//!   target only after the run request succeeded, so after the recording
+//!   exists. Data after a refused run request is dropped.
+//! - Forwarding of any kind (X11, agent, TCP and Unix sockets, both ways) is
+//!   refused. Unknown channel types and unknown channel requests are refused
+//!   by russh itself, which gives gatehouse no callback to audit them.
+//! - At most `gateway.max_channels_per_connection` channels are open at once.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +32,7 @@ use russh::keys::PublicKey;
 use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
+use super::caps::{self, JumpPermit};
 use super::relay::{self, Bridge, SessionGuard, Stats};
 use super::upstream::{self, Upstream};
 use super::{Gateway, SshError};
@@ -24,6 +40,23 @@ use crate::audit;
 use crate::auth::AuthenticatedUser;
 use crate::policy::{Authorized, Denied};
 use crate::recording::{RecordingKind, RecordingMeta};
+
+/// Most bytes held for the channels of one jump before their run requests;
+/// more closes the channel that sent them. Per jump, so that one user's
+/// memory use stays bounded (caps x this); OpenSSH sends none.
+pub const HELD_MAX: usize = 64 * 1024;
+
+/// Where a session channel stands with its one run request.
+#[derive(Default)]
+struct RunState {
+    /// None until the run request; then whether it runs on the target.
+    ran: Option<bool>,
+    /// Data (and EOF) sent before the run request, forwarded once it runs.
+    held: Vec<u8>,
+    held_eof: bool,
+    /// gatehouse closed the channel itself (russh reports no close after that).
+    closed: bool,
+}
 
 enum Chan {
     Bridged(Bridge),
@@ -42,6 +75,7 @@ pub struct JumpHandler {
     upstream: Option<Upstream>,
     stats: Arc<Stats>,
     guard: Option<SessionGuard>,
+    runs: HashMap<ChannelId, RunState>,
     channels: HashMap<ChannelId, Chan>,
     /// Allowed environment variables per channel, for its recording.
     env: ChannelEnv,
@@ -96,9 +130,22 @@ impl JumpHandler {
             upstream: None,
             stats: Arc::new(Stats::default()),
             guard: None,
+            runs: HashMap::new(),
             channels: HashMap::new(),
             env: ChannelEnv::default(),
         }
+    }
+
+    /// A handler whose session accounting (and end switch) is `stats`.
+    pub fn with_stats(
+        gw: Arc<Gateway>,
+        user: AuthenticatedUser,
+        target: String,
+        stats: Arc<Stats>,
+    ) -> JumpHandler {
+        let mut h = JumpHandler::new(gw, user, target);
+        h.stats = stats;
+        h
     }
 
     fn same_key(&self, key: &PublicKey) -> bool {
@@ -143,6 +190,38 @@ impl JumpHandler {
         Ok(())
     }
 
+    /// Notes that gatehouse closed `channel` itself.
+    fn mark_closed(&mut self, channel: ChannelId) {
+        if let Some(st) = self.runs.get_mut(&channel) {
+            st.closed = true;
+            st.held.clear();
+        }
+    }
+
+    /// Forgets channels that are over. russh calls `channel_close` only when
+    /// the client closes first, so channels that gatehouse or the target
+    /// closed are found here, before they are counted against the cap.
+    async fn prune_closed(&mut self) {
+        let over: Vec<ChannelId> = self
+            .runs
+            .iter()
+            .filter(|(id, st)| {
+                st.closed
+                    || matches!(self.channels.get(id), Some(Chan::Bridged(b)) if b.is_finished())
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        for id in over {
+            self.runs.remove(&id);
+            if let Some(Chan::Bridged(b)) = self.channels.remove(&id) {
+                // Closed by gatehouse: the target's channel goes too.
+                if !b.is_finished() {
+                    b.close().await;
+                }
+            }
+        }
+    }
+
     fn refuse_request(&self, kind: &str, reason: &str) {
         audit::channel_refused(
             self.user.name(),
@@ -160,6 +239,28 @@ impl JumpHandler {
         session: &mut Session,
         req: Run<'_>,
     ) -> Result<(), SshError> {
+        let Some(state) = self.runs.get_mut(&channel) else {
+            return Ok(session.channel_failure(channel)?);
+        };
+        if state.ran.is_some() {
+            // One run request per channel: a second one would run unrecorded
+            // (the recording names the first), so gatehouse refuses it itself.
+            state.held.clear();
+            self.refuse_request(
+                req.kind(),
+                "a session channel runs one shell/exec/subsystem; a second run request is refused",
+            );
+            return Ok(session.channel_failure(channel)?);
+        }
+        // Spent from here on, whatever the outcome.
+        state.ran = Some(false);
+        if let Run::Subsystem(name) = req {
+            if name != "sftp" && matches!(self.channels.get(&channel), Some(Chan::Bridged(_))) {
+                self.refuse_request("subsystem", &format!("subsystem {name} is not allowed"));
+                session.channel_failure(channel)?;
+                return Ok(());
+            }
+        }
         // Fail closed: the recording exists before anything runs on the target.
         let meta = match self.channels.get(&channel) {
             Some(Chan::Bridged(b)) => {
@@ -181,6 +282,7 @@ impl JumpHandler {
         match self.channels.get_mut(&channel) {
             Some(Chan::Bridged(b)) => {
                 let Some(meta) = meta else {
+                    self.mark_closed(channel);
                     return Self::refuse_channel(session, channel, "gatehouse: not authorized");
                 };
                 if let Err(e) = b.begin_recording(&self.gw.recorder, meta).await {
@@ -195,6 +297,7 @@ impl JumpHandler {
                         &source,
                         &format!("recording: {}", e.detail()),
                     );
+                    self.mark_closed(channel);
                     return Self::refuse_channel(session, channel, &format!("gatehouse: {e}"));
                 }
                 let ok = match req {
@@ -204,13 +307,34 @@ impl JumpHandler {
                 };
                 if ok {
                     session.channel_success(channel)?;
+                    // What the client sent early goes now, into the recording.
+                    let held = self.runs.get_mut(&channel).map(|st| {
+                        st.ran = Some(true);
+                        (std::mem::take(&mut st.held), st.held_eof)
+                    });
+                    if let (Some((data, eof)), Some(Chan::Bridged(b))) =
+                        (held, self.channels.get(&channel))
+                    {
+                        if !data.is_empty() && !b.data(&data).await {
+                            session.close(channel)?;
+                            self.mark_closed(channel);
+                            return Ok(());
+                        }
+                        if eof {
+                            b.eof().await;
+                        }
+                    }
                 } else {
+                    if let Some(st) = self.runs.get_mut(&channel) {
+                        st.held.clear();
+                    }
                     session.channel_failure(channel)?;
                 }
                 Ok(())
             }
             Some(Chan::Refused(msg)) => {
                 let msg = msg.clone();
+                self.mark_closed(channel);
                 Self::refuse_channel(session, channel, &msg)
             }
             None => Ok(session.channel_failure(channel)?),
@@ -248,6 +372,16 @@ enum Run<'a> {
     Shell,
     Exec(&'a [u8]),
     Subsystem(&'a str),
+}
+
+impl Run<'_> {
+    fn kind(&self) -> &'static str {
+        match self {
+            Run::Shell => "shell",
+            Run::Exec(_) => "exec",
+            Run::Subsystem(_) => "subsystem",
+        }
+    }
 }
 
 impl Drop for JumpHandler {
@@ -340,7 +474,28 @@ impl Handler for JumpHandler {
         let id = channel.id();
         // We relay through callbacks; the channel object is not read.
         drop(channel);
+        if self.stats.ending.input_stopped() {
+            // The session was ended (a limit, a shutdown): nothing new opens.
+            self.refuse_request("session", "the session has ended");
+            reply
+                .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+                .await;
+            return Ok(());
+        }
+        let cap = self.gw.caps.limits().channels_per_connection;
+        self.prune_closed().await;
+        if self.channels.len() >= cap {
+            let reason = format!("channels per connection cap ({cap}) reached");
+            self.refuse_request("session", &reason);
+            reply
+                .reject(caps::open_failure(&format!(
+                    "gatehouse: too many channels open on this connection (at most {cap})"
+                )))
+                .await;
+            return Ok(());
+        }
         reply.accept().await;
+        self.runs.insert(id, RunState::default());
         let chan = match self.ensure_upstream(session.handle()).await {
             Err(msg) => Chan::Refused(msg),
             Ok(()) => {
@@ -393,6 +548,73 @@ impl Handler for JumpHandler {
         Ok(())
     }
 
+    async fn channel_open_direct_streamlocal(
+        &mut self,
+        _channel: Channel<Msg>,
+        socket_path: &str,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "direct-streamlocal",
+            socket_path,
+            0,
+            self.user.source(),
+            "unix socket forwarding through a target session is not allowed",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_x11(
+        &mut self,
+        _channel: Channel<Msg>,
+        originator_address: &str,
+        originator_port: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "x11",
+            originator_address,
+            originator_port,
+            self.user.source(),
+            "X11 channels are not allowed",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
+    async fn channel_open_forwarded_tcpip(
+        &mut self,
+        _channel: Channel<Msg>,
+        host: &str,
+        port: u32,
+        _oa: &str,
+        _op: u32,
+        reply: russh::server::ChannelOpenHandle,
+        _session: &mut Session,
+    ) -> Result<(), Self::Error> {
+        audit::channel_refused(
+            self.user.name(),
+            "forwarded-tcpip",
+            host,
+            port,
+            self.user.source(),
+            "a client cannot open forwarded-tcpip channels",
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+        Ok(())
+    }
+
     async fn pty_request(
         &mut self,
         channel: ChannelId,
@@ -404,6 +626,11 @@ impl Handler for JumpHandler {
         modes: &[(Pty, u32)],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
+        if self.runs.get(&channel).is_some_and(|st| st.ran.is_some()) {
+            self.refuse_request("pty-req", "a pty is requested before the run request");
+            session.channel_failure(channel)?;
+            return Ok(());
+        }
         let ok = match self.channels.get_mut(&channel) {
             Some(Chan::Bridged(b)) => b.request_pty(term, cols, rows, pw, ph, modes).await,
             Some(Chan::Refused(_)) => true,
@@ -471,11 +698,6 @@ impl Handler for JumpHandler {
         name: &str,
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if name != "sftp" && matches!(self.channels.get(&channel), Some(Chan::Bridged(_))) {
-            self.refuse_request("subsystem", &format!("subsystem {name} is not allowed"));
-            session.channel_failure(channel)?;
-            return Ok(());
-        }
         self.run_request(channel, session, Run::Subsystem(name))
             .await
     }
@@ -513,9 +735,40 @@ impl Handler for JumpHandler {
         data: &[u8],
         session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
-            if !b.data(data).await {
-                session.close(channel)?;
+        let held_total: usize = self.runs.values().map(|st| st.held.len()).sum();
+        let Some(state) = self.runs.get_mut(&channel) else {
+            return Ok(());
+        };
+        match state.ran {
+            // Before the run request: held until the recording exists.
+            None => {
+                if held_total + data.len() > HELD_MAX {
+                    state.held.clear();
+                    state.ran = Some(false);
+                    self.refuse_request(
+                        "data",
+                        &format!("more than {HELD_MAX} bytes sent before the run request"),
+                    );
+                    session.extended_data(
+                        channel,
+                        1,
+                        b"gatehouse: too much data before the command; closing.\r\n".to_vec(),
+                    )?;
+                    session.close(channel)?;
+                    self.mark_closed(channel);
+                } else {
+                    state.held.extend_from_slice(data);
+                }
+            }
+            // The run request was refused: nothing runs that could read it.
+            Some(false) => {}
+            Some(true) => {
+                if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+                    if !b.data(data).await {
+                        session.close(channel)?;
+                        self.mark_closed(channel);
+                    }
+                }
             }
         }
         Ok(())
@@ -526,8 +779,14 @@ impl Handler for JumpHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
-            b.eof().await;
+        match self.runs.get_mut(&channel).map(|st| (st.ran, st)) {
+            Some((None, st)) => st.held_eof = true,
+            Some((Some(true), _)) => {
+                if let Some(Chan::Bridged(b)) = self.channels.get(&channel) {
+                    b.eof().await;
+                }
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -537,6 +796,7 @@ impl Handler for JumpHandler {
         channel: ChannelId,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
+        self.runs.remove(&channel);
         if let Some(Chan::Bridged(b)) = self.channels.remove(&channel) {
             b.close().await;
         }
@@ -613,7 +873,7 @@ pub(crate) async fn begin_session(
 ) -> Result<(Upstream, SessionGuard), String> {
     let user = auth.user();
     let target = &auth.target().name;
-    match upstream::connect(gw, auth).await {
+    match upstream::connect(gw, auth, &stats.ending).await {
         Ok(up) => {
             let id = relay::new_session_id();
             audit::session_start(
@@ -654,14 +914,21 @@ pub(crate) async fn begin_session(
 }
 
 /// Serves a jump on an accepted `direct-tcpip` channel until it ends.
+/// `permit` holds the jump's place under the per-connection and per-user
+/// caps until the jump ends.
 pub async fn serve(
     gw: Arc<Gateway>,
     user: AuthenticatedUser,
     target: String,
     channel: Channel<Msg>,
+    permit: JumpPermit,
 ) {
-    let stream = channel.into_stream();
-    let handler = JumpHandler::new(gw.clone(), user, target);
+    let stats = Arc::new(Stats::default());
+    let ending = stats.ending.clone();
+    // A limit cuts this stream at once: the inner session ends (and the
+    // outer channel closes) without waiting on the client's window.
+    let stream = ending.wrap(channel.into_stream());
+    let handler = JumpHandler::with_stats(gw.clone(), user, target, stats);
     match russh::server::run_stream(gw.jump_config.clone(), stream, handler).await {
         Ok(running) => {
             if let Err(e) = running.await {
@@ -670,4 +937,6 @@ pub async fn serve(
         }
         Err(e) => tracing::debug!(error = %e, "jump session setup failed"),
     }
+    ending.set_finished();
+    drop(permit);
 }

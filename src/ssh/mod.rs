@@ -6,7 +6,12 @@
 //! SSH is terminated, never passed through: gatehouse is the server the user
 //! talks to and the client the target sees, so every byte is plaintext here
 //! and can be recorded.
+//!
+//! Peer-facing code: no `unwrap`, `expect` or indexing here.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+pub mod caps;
+pub mod ending;
 pub mod jump;
 pub mod relay;
 pub mod server;
@@ -81,6 +86,8 @@ pub struct Gateway {
     pub recorder: Arc<crate::recording::Recorder>,
     /// Fires when the daemon shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Live jumps and channels per connection and per user, under their caps.
+    pub caps: Arc<caps::Caps>,
 }
 
 impl std::fmt::Debug for Gateway {

@@ -7,6 +7,12 @@
 //! Target -> user data goes through the server `Handle`, whose bounded queue
 //! russh stops draining while the user's window is exhausted — a slow reader
 //! slows the target. Nothing between them grows without bound.
+//!
+//! Ending: a limit or a shutdown ends the session within a second, however
+//! full those queues are. The closing message is best-effort (it waits in
+//! the same queue as unread output, so it gets [`GOODBYE_TIMEOUT`]); then the
+//! session's [`Ending`] is killed: stdin stops being forwarded at the
+//! decision, the target connection and the jump's stream are cut.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -17,11 +23,16 @@ use russh::server::Handle;
 use russh::{client, Channel, ChannelId, ChannelMsg, ChannelWriteHalf, Pty, Sig};
 use tokio::sync::mpsc;
 
+use super::ending::Ending;
 use crate::audit;
 use crate::recording::{Recorder, Recording, RecordingError, RecordingMeta};
 
 /// How long to wait for a target to answer a channel request.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the polite end (message, EOF, close, disconnect) may take before
+/// the session is cut regardless.
+pub const GOODBYE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// Counters of one relayed session (one login to one target).
 #[derive(Debug)]
@@ -33,6 +44,8 @@ pub struct Stats {
     exit_status: Mutex<Option<u32>>,
     end_reason: Mutex<Option<String>>,
     channels: Mutex<Vec<ChannelId>>,
+    /// Ends the session at once (limits, shutdown); see [`Ending`].
+    pub ending: Ending,
 }
 
 impl Default for Stats {
@@ -45,11 +58,21 @@ impl Default for Stats {
             exit_status: Mutex::new(None),
             end_reason: Mutex::new(None),
             channels: Mutex::new(Vec::new()),
+            ending: Ending::new(),
         }
     }
 }
 
 impl Stats {
+    /// Counters whose session is ended through `ending` (shared with, say,
+    /// the stream of the user's connection, so that a limit can cut it).
+    pub fn with_ending(ending: Ending) -> Stats {
+        Stats {
+            ending,
+            ..Stats::default()
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
@@ -119,6 +142,10 @@ pub struct Bridge {
     /// The pty the user asked for: (term, cols, rows).
     pty: Option<(String, u32, u32)>,
     up_bytes: Arc<AtomicU64>,
+    /// Set when the pump ended: the target channel is gone and the user's
+    /// channel was closed (russh calls no handler when the client then
+    /// confirms the close, so this is how the channel is known to be over).
+    finished: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Tells the user the recording failed and ends their channel: a session
@@ -149,6 +176,8 @@ impl Bridge {
         let rec: Arc<tokio::sync::OnceCell<Recording>> = Arc::new(tokio::sync::OnceCell::new());
         let up_bytes = Arc::new(AtomicU64::new(0));
         let (pump_rec, pump_up) = (rec.clone(), up_bytes.clone());
+        let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump_finished = finished.clone();
         let bridge_user = user.clone();
         tokio::spawn(async move {
             let mut read = read;
@@ -229,6 +258,7 @@ impl Bridge {
                     tracing::error!(error = %e.detail(), "could not finish a recording");
                 }
             }
+            pump_finished.store(true, Ordering::SeqCst);
         });
         Bridge {
             id,
@@ -239,7 +269,14 @@ impl Bridge {
             rec,
             pty: None,
             up_bytes,
+            finished,
         }
+    }
+
+    /// True once the channel is over (the target's side ended and the
+    /// user's channel was closed).
+    pub fn is_finished(&self) -> bool {
+        self.finished.load(Ordering::SeqCst)
     }
 
     /// Starts the recording of this channel before anything runs on the
@@ -250,8 +287,9 @@ impl Bridge {
         meta: RecordingMeta,
     ) -> Result<(), RecordingError> {
         if self.rec.get().is_some() {
-            // A second shell/exec on one channel: the target refuses it anyway.
-            return Ok(());
+            // One recording, one command per channel: the jump refuses a
+            // second run request before it gets here; fail closed if one does.
+            return Err(RecordingError::Closed);
         }
         let rec = recorder.start(meta).await?;
         let _ = self.rec.set(rec);
@@ -276,6 +314,11 @@ impl Bridge {
     /// User -> target data; waits for the target's window (and, when input
     /// is recorded, for the recorder).
     pub async fn data(&self, data: &[u8]) -> bool {
+        // After a limit ended the session nothing more reaches the target,
+        // whatever is still queued from the user.
+        if self.stats.ending.input_stopped() {
+            return false;
+        }
         self.stats.add_up(data.len());
         self.up_bytes
             .fetch_add(data.len() as u64, Ordering::Relaxed);
@@ -291,7 +334,15 @@ impl Bridge {
                 }
             }
         }
+        if self.stats.ending.input_stopped() {
+            return false;
+        }
         self.up.data_bytes(data).await.is_ok()
+    }
+
+    /// True once the session was ended by gatehouse: nothing more is sent.
+    fn stopped(&self) -> bool {
+        self.stats.ending.input_stopped()
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -304,6 +355,9 @@ impl Bridge {
         ph: u32,
         modes: &[(Pty, u32)],
     ) -> bool {
+        if self.stopped() {
+            return false;
+        }
         self.pty = Some((term.to_string(), cols, rows));
         let sent = self
             .up
@@ -312,22 +366,37 @@ impl Bridge {
         self.reply(sent).await
     }
     pub async fn shell(&mut self) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.request_shell(true).await;
         self.reply(sent).await
     }
     pub async fn exec(&mut self, command: &[u8]) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.exec(true, command.to_vec()).await;
         self.reply(sent).await
     }
     pub async fn subsystem(&mut self, name: &str) -> bool {
+        if self.stopped() {
+            return false;
+        }
         let sent = self.up.request_subsystem(true, name).await;
         self.reply(sent).await
     }
     /// Environment variables are sent without asking for a reply (as OpenSSH does).
     pub async fn env(&self, name: &str, value: &str) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.set_env(false, name, value).await;
     }
     pub async fn window_change(&self, cols: u32, rows: u32, pw: u32, ph: u32) {
+        if self.stopped() {
+            return;
+        }
         if let Some(r) = self.rec.get() {
             if let Err(e) = r.resize(cols, rows).await {
                 recording_failed(&self.user, self.id, &self.stats, &e).await;
@@ -337,9 +406,15 @@ impl Bridge {
         let _ = self.up.window_change(cols, rows, pw, ph).await;
     }
     pub async fn signal(&self, sig: Sig) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.signal(sig).await;
     }
     pub async fn eof(&self) {
+        if self.stopped() {
+            return;
+        }
         let _ = self.up.eof().await;
     }
     pub async fn close(&self) {
@@ -368,6 +443,8 @@ pub fn spawn_limits(
             };
             tokio::select! {
                 _ = tokio::time::sleep_until(next.into()) => {}
+                // The session is over: nothing left to limit.
+                _ = stats.ending.finished() => return,
                 _ = shutdown.changed() => {
                     end(&stats, &user, "gatehouse is shutting down").await;
                     return;
@@ -396,21 +473,34 @@ pub fn spawn_limits(
 
 async fn end(stats: &Stats, user: &Handle, reason: &str) {
     stats.set_end_reason(reason);
+    // The decision holds from here on: nothing more the user sends is
+    // forwarded, whatever happens to the message below.
+    stats.ending.stop_input();
+    tracing::info!(reason, "ending a session");
     let text = format!("\r\ngatehouse: {reason}; closing.\r\n");
-    for id in stats.channels() {
+    let polite = async {
+        for id in stats.channels() {
+            let _ = user
+                .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+                .await;
+            let _ = user.eof(id).await;
+            let _ = user.close(id).await;
+        }
         let _ = user
-            .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+            .disconnect(
+                russh::Disconnect::ByApplication,
+                format!("gatehouse: {reason}"),
+                "en".into(),
+            )
             .await;
-        let _ = user.eof(id).await;
-        let _ = user.close(id).await;
-    }
-    let _ = user
-        .disconnect(
-            russh::Disconnect::ByApplication,
-            format!("gatehouse: {reason}"),
-            "en".into(),
-        )
-        .await;
+        // A client that reads gets the message and hangs up by itself.
+        stats.ending.finished().await;
+    };
+    // Best-effort only: these wait in the same queue as output the client
+    // may never read.
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, polite).await;
+    // Cut the target connection and (for a jump) the user's stream.
+    stats.ending.kill();
 }
 
 /// Emits `session.end` when dropped, whatever ended the session.
@@ -424,6 +514,7 @@ pub struct SessionGuard {
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
+        self.stats.ending.set_finished();
         audit::session_end(
             &self.id,
             &self.user,

@@ -678,9 +678,27 @@ impl Handler for Outer {
         };
         match decision {
             Ok(target) => {
+                // Caps per person: each jump holds a connection to a target.
+                let permit = match self.gw.caps.open_jump(user.name(), (self.peer, self.local)) {
+                    Ok(p) => p,
+                    Err(cap) => {
+                        audit::channel_refused(
+                            user.name(),
+                            "direct-tcpip",
+                            host,
+                            port,
+                            &self.source(),
+                            &cap.reason(),
+                        );
+                        reply
+                            .reject(super::caps::open_failure(&cap.message()))
+                            .await;
+                        return Ok(());
+                    }
+                };
                 reply.accept().await;
                 let gw = self.gw.clone();
-                tokio::spawn(jump::serve(gw, user, target, channel));
+                tokio::spawn(jump::serve(gw, user, target, channel, permit));
             }
             Err(reason) => {
                 audit::channel_refused(

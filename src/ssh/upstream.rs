@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use russh::client;
 use russh::keys::{HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKeyOrCertificate};
 
+use super::ending::Ending;
 use super::{Gateway, SshError};
 use crate::policy::Authorized;
 
@@ -113,7 +114,13 @@ impl Upstream {
 }
 
 /// Connects to the authorized target and logs in as the authorized login.
-pub async fn connect(gw: &Gateway, auth: &Authorized) -> Result<Upstream, UpstreamError> {
+/// The connection is cut at once when `ending` is killed (a limit or a
+/// shutdown), without waiting on the target's windows.
+pub async fn connect(
+    gw: &Gateway,
+    auth: &Authorized,
+    ending: &Ending,
+) -> Result<Upstream, UpstreamError> {
     let target = auth.target();
     if target.host_keys.is_empty() {
         return Err(UpstreamError::NoPin);
@@ -129,7 +136,7 @@ pub async fn connect(gw: &Gateway, auth: &Authorized) -> Result<Upstream, Upstre
             .await
             .map_err(|e| UpstreamError::Unreachable(e.kind().to_string()))?;
         let _ = tcp.set_nodelay(true);
-        client::connect_stream(gw.client_config.clone(), tcp, handler)
+        client::connect_stream(gw.client_config.clone(), ending.wrap(tcp), handler)
             .await
             .map_err(|e| {
                 if let Ok(Some(presented)) = mismatch.lock().map(|m| m.clone()) {

@@ -15,6 +15,7 @@ pub mod client;
 pub mod gatehouse;
 pub mod keys;
 pub mod netns;
+pub mod scripted;
 pub mod sshd;
 pub mod util;
 pub mod world;

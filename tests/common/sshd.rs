@@ -263,3 +263,25 @@ fn supports_per_source_penalties() -> bool {
             .unwrap_or(false)
     })
 }
+
+impl Sshd {
+    /// Restarts sshd (same port, host key and authorized_keys) with no
+    /// `sftp` subsystem, so that it refuses `subsystem sftp` requests.
+    pub fn restart_without_sftp(&mut self) {
+        self.stop();
+        self.write_config();
+        let text: String = std::fs::read_to_string(self.config_path())
+            .expect("read sshd_config")
+            .lines()
+            .filter(|l| !l.starts_with("Subsystem sftp"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(self.config_path(), text).expect("write sshd_config");
+        if let Err(log) = self.spawn_and_wait() {
+            panic!(
+                "sshd did not come back without sftp on port {}:\n{log}",
+                self.port
+            );
+        }
+    }
+}
