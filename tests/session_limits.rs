@@ -466,3 +466,51 @@ out(what="result", outs=outs)
         run.describe()
     );
 }
+
+#[test]
+fn session_channels_on_the_gateway_itself_share_the_channel_cap_and_free_it_when_answered() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b.gateway_line("max_channels_per_connection = 2"));
+    grant_lease(&w);
+    let run = run_script(
+        &w,
+        "web-1",
+        r#"
+t = outer()
+# Two held session channels on the gateway's own server fill the cap.
+a = t.open_session(timeout=10)
+b = t.open_session(timeout=10)
+try:
+    t.open_session(timeout=10)
+    third = "opened"
+except Exception:
+    third = "refused"
+a.close(); b.close()
+# `help` answered by gatehouse itself ends its channel: six in a row must
+# fit under a cap of 2 (a channel gatehouse closed no longer counts).
+helps = 0
+for _ in range(6):
+    c = t.open_session(timeout=10)
+    c.exec_command("help")
+    data = b""
+    while True:
+        d = c.recv(4096)
+        if not d:
+            break
+        data += d
+    if b"gatehouse is a gateway" in data:
+        helps += 1
+out(what="result", third=third, helps=helps, failures=OPEN_FAILURES)
+"#,
+        &[],
+        Duration::from_secs(40),
+    );
+    let r = run.line("result");
+    assert_eq!(r["third"], "refused", "{}", run.describe());
+    assert_eq!(r["helps"], 6, "{}", run.describe());
+    assert!(w.gw.events("channel.refused").iter().any(
+        |e| e["kind"] == "session" && e["reason"] == "channels per connection cap (2) reached"
+    ));
+}

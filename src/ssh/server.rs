@@ -50,6 +50,8 @@ struct OuterChan {
     menu_input: Option<String>,
     choices: Vec<(String, String)>,
     relay: Option<MenuRelay>,
+    /// This channel's place under `max_channels_per_connection`.
+    _permit: Option<super::caps::ChannelPermit>,
 }
 
 /// The WireGuard device a connection came through.
@@ -342,7 +344,16 @@ impl Outer {
         Ok(())
     }
 
-    fn end_channel(session: &mut Session, channel: ChannelId, status: u32) -> Result<(), SshError> {
+    /// Ends a channel gatehouse answered itself. Its entry (and its place
+    /// under the channel cap) goes now: russh reports no close to us when
+    /// the server closed first.
+    fn end_channel(
+        &mut self,
+        session: &mut Session,
+        channel: ChannelId,
+        status: u32,
+    ) -> Result<(), SshError> {
+        self.chans.remove(&channel);
         session.exit_status_request(channel, status)?;
         session.eof(channel)?;
         session.close(channel)?;
@@ -637,9 +648,34 @@ impl Handler for Outer {
                 .await;
             return Ok(());
         }
+        // Session channels (menu, help) share the connection's channel cap
+        // with its jumps: a script cannot open them without bound.
+        let permit = match self.gw.caps.open_channel((self.peer, self.local)) {
+            Ok(p) => p,
+            Err(cap) => {
+                audit::channel_refused(
+                    self.user_name(),
+                    "session",
+                    "-",
+                    0,
+                    &self.source(),
+                    &cap.reason(),
+                );
+                reply
+                    .reject(super::caps::open_failure(&cap.message()))
+                    .await;
+                return Ok(());
+            }
+        };
         let id = channel.id();
         drop(channel);
-        self.chans.insert(id, OuterChan::default());
+        self.chans.insert(
+            id,
+            OuterChan {
+                _permit: Some(permit),
+                ..OuterChan::default()
+            },
+        );
         reply.accept().await;
         Ok(())
     }
@@ -856,7 +892,7 @@ impl Handler for Outer {
         if !has_pty {
             let text = self.help_text();
             session.data(channel, text.into_bytes())?;
-            return Self::end_channel(session, channel, 0);
+            return self.end_channel(session, channel, 0);
         }
         let choices: Vec<(String, String)> = match &self.user {
             Some(u) => self
@@ -871,7 +907,7 @@ impl Handler for Outer {
         let text = self.menu_text(&choices);
         session.data(channel, text.into_bytes())?;
         if choices.is_empty() {
-            return Self::end_channel(session, channel, 0);
+            return self.end_channel(session, channel, 0);
         }
         if let Some(c) = self.chans.get_mut(&channel) {
             c.choices = choices;
@@ -891,10 +927,10 @@ impl Handler for Outer {
         let text = self.help_text();
         if cmd == "help" || cmd == "targets" {
             session.data(channel, text.into_bytes())?;
-            return Self::end_channel(session, channel, 0);
+            return self.end_channel(session, channel, 0);
         }
         session.extended_data(channel, 1, text.into_bytes())?;
-        Self::end_channel(session, channel, 2)
+        self.end_channel(session, channel, 2)
     }
 
     async fn subsystem_request(
@@ -995,7 +1031,7 @@ impl Handler for Outer {
             None => Ok(()),
             Some("q") | Some("quit") | Some("exit") => {
                 session.data(channel, b"\r\n".to_vec())?;
-                Self::end_channel(session, channel, 0)
+                self.end_channel(session, channel, 0)
             }
             Some(s) => {
                 let n = s.parse::<usize>().unwrap_or(0);
