@@ -570,7 +570,25 @@ impl Engine {
         refused: Vec<(usize, SocketAddr, u16, Refusal)>,
     ) {
         for a in accepted {
+            // The device whose key authenticated the connection's packets
+            // is the one whose tunnel address is its source: anything else
+            // is a connection booked to the wrong device, never handed on.
+            if self.peers.by_addr(&a.remote.ip()) != Some(a.peer) {
+                self.counters.misbooked += 1;
+                if let Some(peer) = self.peers.get(a.peer) {
+                    audit::wg_conn_refused(
+                        &peer.cfg.user,
+                        &peer.key_b64,
+                        &a.remote.to_string(),
+                        a.local.port(),
+                        "the connection's packets came from another device",
+                    );
+                }
+                drop(TunnelStream::new(self.shared.clone(), a.handle));
+                continue;
+            }
             let Some(peer) = self.peers.get(a.peer) else {
+                drop(TunnelStream::new(self.shared.clone(), a.handle));
                 continue;
             };
             audit::wg_conn_open(
@@ -808,13 +826,14 @@ impl Engine {
         let Some(path) = self.status_path.clone() else {
             return;
         };
-        let (total, per_peer): (usize, Vec<usize>) = {
+        let (total, per_peer, mismatched): (usize, Vec<usize>, u64) = {
             let st = self.shared.lock();
             (
                 st.connections(),
                 (0..self.peers.iter().count())
                     .map(|i| st.peer_connections(i))
                     .collect(),
+                st.mismatched(),
             )
         };
         let peers = self
@@ -847,6 +866,7 @@ impl Engine {
                 tcp_resent: self.recovery.stats.resent,
                 tcp_recoveries: self.recovery.stats.recoveries,
                 tcp_probes: self.recovery.stats.probes,
+                misbooked: self.counters.misbooked.saturating_add(mismatched),
                 ..self.counters.clone()
             },
             peers,
