@@ -4,8 +4,10 @@
 //!
 //! 1. receive a batch of datagrams (recvmmsg, GRO);
 //! 2. route each to its peer — handshake initiations by static key, after
-//!    the shared rate limiter had its say (cookies under load); everything
-//!    else by receiver index — and decrypt it into a pooled buffer;
+//!    the shared rate limiter had its say (cookies under load) and within
+//!    the handshake budget (per source and in total, see `budget`);
+//!    everything else by receiver index — and decrypt it into a pooled
+//!    buffer;
 //! 3. filter it ([`super::packet::classify`]) and queue it for the stack;
 //! 4. run the stack: ingress (allocating a socket per acceptable SYN),
 //!    accepted and closed connections, egress until the queue is full;
@@ -33,6 +35,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::budget::HandshakeBudget;
 use super::device::{Device, BUF_SIZE};
 use super::keys::b64;
 use super::packet::{self, Verdict};
@@ -97,6 +100,8 @@ pub struct Engine {
     /// When its probe timer is next due, and when it was last run.
     recovery_due: Option<Instant>,
     recovery_polled: Instant,
+    /// Handshake initiations given Diffie-Hellman, per source and in total.
+    budget: HandshakeBudget,
 }
 
 /// Encrypted datagrams for one endpoint, back to back, sent with one GSO
@@ -244,6 +249,7 @@ impl Engine {
             recovery: Recovery::default(),
             recovery_due: None,
             recovery_polled: Instant::now(),
+            budget: HandshakeBudget::default(),
         })
     }
 
@@ -422,6 +428,12 @@ impl Engine {
                 self.counters.invalid += 1;
                 return None;
             }
+        }
+        // The cookie check passed (under load: the source is proven). Now
+        // the per-source and global budget, before any Diffie-Hellman.
+        if self.budget.admit(from.ip(), Instant::now()).is_err() {
+            self.counters.handshakes_limited += 1;
+            return None;
         }
         let Ok(half) = parse_handshake_anon(&self.secret, &self.public, init) else {
             self.counters.invalid += 1;

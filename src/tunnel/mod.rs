@@ -7,7 +7,10 @@
 //! - One UDP socket serves every configured device. A handshake from a key
 //!   that is no configured device gets no answer. A flood of handshake
 //!   initiations is answered with cookies (one rate limiter shared by all
-//!   peers), not with Diffie-Hellman.
+//!   peers), not with Diffie-Hellman; initiations that carry a valid
+//!   cookie are then held to 20/s per source address (burst 5) and 200/s
+//!   in total (burst 50), so handshake work never starves the data of
+//!   established devices (`budget`).
 //! - A device's tunnel address is bound to its key: a decrypted packet whose
 //!   source is not that address is dropped, counted and audited. The source
 //!   of a tunnelled connection is therefore cryptographic identity.
@@ -28,6 +31,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod budget;
 pub mod cli;
 mod device;
 mod engine;

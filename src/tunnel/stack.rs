@@ -333,8 +333,8 @@ impl Stack {
         while let Some(front) = device.rx.front() {
             // The segment's own 4-tuple (source address, source port,
             // destination port), read from the packet itself.
-            let segment = super::packet::tcp_segment(front.bytes())
-                .map(|s| (s.src, s.src_port, s.dst_port));
+            let segment =
+                super::packet::tcp_segment(front.bytes()).map(|s| (s.src, s.src_port, s.dst_port));
             let mut listener = None;
             if let Some(syn) = front.syn {
                 let peer = front.peer;
