@@ -464,3 +464,140 @@ fn a_handshake_flood_with_valid_cookies_does_not_stall_established_devices() {
     let out = run(&mut w.jump(0, &["echo", "after-the-flood"]), SSH_TIMEOUT);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// A Python program (run in a device's namespace): captures, on interface
+/// IFACE, the first WireGuard handshake initiation sent to UDP port PORT
+/// within SECONDS, and prints it as hex — what anyone on the path sees.
+const CAPTURE_INITIATION: &str = r#"
+import socket, sys, time
+iface, port, secs = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(3))
+s.bind((iface, 0))
+s.settimeout(0.5)
+print('ready', flush=True)
+t0 = time.time()
+while time.time() - t0 < secs:
+    try:
+        f = s.recv(65535)
+    except socket.timeout:
+        continue
+    ip = f[14:]
+    if len(ip) < 28 or ip[0] >> 4 != 4 or ip[9] != 17:
+        continue
+    udp = ip[(ip[0] & 15) * 4:]
+    payload = udp[8:]
+    if int.from_bytes(udp[2:4], 'big') == port and len(payload) == 148 and payload[0] == 1:
+        print(payload.hex(), flush=True)
+        break
+"#;
+
+/// A handshake initiation captured on the wire and replayed after gatehouse
+/// restarted (when the last timestamp it saw from the device is gone), from
+/// another address, is not a handshake: it moves no endpoint and writes no
+/// `wg.handshake` audit event, and the device keeps working.
+#[test]
+fn a_replayed_initiation_after_a_restart_is_not_a_handshake() {
+    let Some(lab) = netns::enter(
+        "a_replayed_initiation_after_a_restart_is_not_a_handshake",
+        1,
+    ) else {
+        return;
+    };
+    if !require_tools(&["python3"]) {
+        return;
+    }
+    let mut w = WgWorld::start(lab, 1, |b| b);
+    let dev = w.devices[0].clone();
+    let mut py = Command::new("python3");
+    py.args([
+        "-c",
+        CAPTURE_INITIATION,
+        "veth0",
+        &netns::WG_PORT.to_string(),
+        "60",
+    ]);
+    let mut sniff = netns::in_ns(w.lab.client(0), &py);
+    sniff.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut sniff = ChildGuard::spawn(&mut sniff);
+    let mut lines = std::io::BufReader::new(sniff.child().stdout.take().expect("stdout"));
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("sniffer");
+    assert_eq!(line.trim(), "ready", "the capture did not start");
+
+    let _c = w.connect(0);
+    let out = run(&mut w.jump(0, &["true"]), SSH_TIMEOUT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    line.clear();
+    std::io::BufRead::read_line(&mut lines, &mut line).expect("sniffer");
+    let captured = hex::decode(line.trim()).expect("a captured initiation");
+    assert_eq!(captured.len(), 148);
+
+    // Let the daemon record the session, then restart it; the device is
+    // back through the gateway's own re-initiation.
+    std::thread::sleep(Duration::from_millis(2500));
+    w.gw.restart();
+    w.client.set_code(&w.next_code());
+    assert!(
+        common::wait_until(Duration::from_secs(30), || netns::tcp_probe(
+            w.lab.client(0),
+            TUNNEL_GATEWAY,
+            22,
+            Duration::from_secs(2)
+        ) == Ok(true)),
+        "the device did not recover after the restart"
+    );
+
+    // The replay, from an address the device never used.
+    let attacker = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    attacker
+        .set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    for _ in 0..3 {
+        attacker
+            .send_to(&captured, ("127.0.0.1", netns::WG_PORT))
+            .expect("send");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let mut reply = [0u8; 256];
+    let answered = attacker.recv(&mut reply).map(|n| (n, reply[0])).ok();
+    eprintln!("the replay was answered with {answered:?} (length, type)");
+    std::thread::sleep(Duration::from_millis(2500));
+
+    let handshakes = w.gw.events("wg.handshake");
+    for e in &handshakes {
+        assert!(
+            !e["endpoint"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("127.0.0.1"),
+            "a replayed initiation was audited as a handshake: {e}"
+        );
+    }
+    let moves = w.gw.events("wg.endpoint");
+    for e in &moves {
+        assert!(
+            !e["new"].as_str().unwrap_or("").starts_with("127.0.0.1"),
+            "a replayed initiation moved the endpoint: {e}"
+        );
+    }
+    let st = status(&w);
+    let row = st["peers"]
+        .as_array()
+        .and_then(|p| {
+            p.iter()
+                .find(|p| p["public_key"] == dev.public_key.as_str())
+        })
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        row["endpoint"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with(&w.lab.client_ip(0)),
+        "{row}"
+    );
+    // The device still works, at its own endpoint.
+    let out = run(&mut w.jump(0, &["echo", "still-mine"]), SSH_TIMEOUT);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("still-mine"));
+}

@@ -189,6 +189,24 @@ fn send_again(device: &mut Device, pkt: &[u8]) {
     }
 }
 
+/// Handshakes answered but not yet confirmed by a data packet, kept per
+/// device (the newest; a device retries every 5 s).
+const UNCONFIRMED_KEEP: usize = 4;
+
+/// The gateway's session index in a handshake response it wrote (what the
+/// device's data packets on that session carry as receiver index).
+fn response_sender_index(reply: &[u8]) -> Option<u32> {
+    // Type 2, three reserved bytes, then the sender index (little endian).
+    if !matches!(
+        Tunn::parse_incoming_packet(reply),
+        Ok(Packet::HandshakeResponse(_))
+    ) {
+        return None;
+    }
+    let b: [u8; 4] = reply.get(4..8)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
 /// An address as people write it (IPv4 rather than `::ffff:a.b.c.d`).
 pub fn display_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
@@ -205,6 +223,8 @@ fn unix(t: SystemTime) -> u64 {
 enum Kind {
     Init,
     Response,
+    /// A data packet (or keepalive) for the session of this receiver index.
+    Data(u32),
     Other,
 }
 
@@ -396,7 +416,10 @@ impl Engine {
                 (self.peers.by_index(p.receiver_idx), Kind::Response)
             }
             Ok(Packet::PacketCookieReply(p)) => (self.peers.by_index(p.receiver_idx), Kind::Other),
-            Ok(Packet::PacketData(p)) => (self.peers.by_index(p.receiver_idx), Kind::Other),
+            Ok(Packet::PacketData(p)) => (
+                self.peers.by_index(p.receiver_idx),
+                Kind::Data(p.receiver_idx),
+            ),
         };
         match idx {
             Some(i) => self.decapsulate(i, data, from, local, kind),
@@ -480,6 +503,7 @@ impl Engine {
         };
         let mut buf = self.device.take();
         let mut handshake = false;
+        let mut answered_init = None;
         let len = match peer.tunn.decapsulate(Some(from.ip()), data, buf.space()) {
             TunnResult::Done => None,
             TunnResult::Err(_) => {
@@ -489,13 +513,17 @@ impl Engine {
             }
             TunnResult::WriteToNetwork(reply) => {
                 send_to(&self.sock, &self.udp, from, local, reply);
-                handshake = kind != Kind::Other;
+                match kind {
+                    Kind::Response => handshake = true,
+                    Kind::Init => answered_init = Some(response_sender_index(reply)),
+                    Kind::Data(_) | Kind::Other => {}
+                }
                 None
             }
             TunnResult::WriteToTunnelV4(p, _) => Some(p.len()),
             TunnResult::WriteToTunnelV6(p, _) => Some(p.len()),
         };
-        if handshake {
+        if handshake || answered_init.is_some() {
             // Packets queued while there was no session go out now.
             while let TunnResult::WriteToNetwork(p) =
                 peer.tunn.decapsulate(None, &[], &mut self.scratch)
@@ -503,7 +531,30 @@ impl Engine {
                 send_to(&self.sock, &self.udp, from, local, p);
             }
         }
-        // The message authenticated as this peer: that is where it is now.
+        if let Some(index) = answered_init {
+            // An initiation proves nothing about its sender: a captured one
+            // replays perfectly after a restart (the last timestamp is
+            // gone). Answered, it is a handshake only once a data packet
+            // arrives on the session it opened; until then it moves no
+            // endpoint and writes no audit event.
+            if let Some(index) = index {
+                peer.unconfirmed.retain(|i| *i != index);
+                if peer.unconfirmed.len() >= UNCONFIRMED_KEEP {
+                    peer.unconfirmed.remove(0);
+                }
+                peer.unconfirmed.push(index);
+            }
+            self.device.give(buf);
+            return;
+        }
+        if let Kind::Data(index) = kind {
+            if peer.unconfirmed.contains(&index) {
+                peer.unconfirmed.clear();
+                handshake = true;
+            }
+        }
+        // The message authenticated as this peer (a data packet, or the
+        // answer to the gateway's own initiation): that is where it is now.
         peer.local_ip = local;
         if peer.endpoint != Some(from) {
             if let Some(old) = peer.endpoint {
@@ -524,10 +575,10 @@ impl Engine {
                 &peer.key_b64,
                 &peer.cfg.address.to_string(),
                 &display_addr(from).to_string(),
-                if kind == Kind::Init {
-                    "peer"
-                } else {
+                if kind == Kind::Response {
                     "gateway"
+                } else {
+                    "peer"
                 },
             );
         }

@@ -36,6 +36,9 @@ pub struct PeerState {
     pub spoofed_reported: u64,
     pub spoof_reported_at: Option<Instant>,
     pub refused_reported_at: Option<Instant>,
+    /// Sessions opened by an initiation of the device and answered, not
+    /// yet confirmed by a data packet: the gateway's session indices.
+    pub unconfirmed: Vec<u32>,
 }
 
 /// All peers.
@@ -97,6 +100,7 @@ impl Peers {
                 spoofed_reported: 0,
                 spoof_reported_at: None,
                 refused_reported_at: None,
+                unconfirmed: Vec::new(),
             });
         }
         peers
