@@ -174,7 +174,10 @@ fn add(
             out.display()
         );
     }
-    let psk = keys::random32().map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    // Wiped when this function returns, as is the client file's text.
+    let psk = zeroize::Zeroizing::new(
+        keys::random32().map_err(|_| anyhow::anyhow!("no system randomness"))?,
+    );
     state.store_wireguard_psk(&public, &psk)?;
     issued.devices.push(IssuedDevice {
         user: user.to_string(),
@@ -186,7 +189,7 @@ fn add(
         &issued_path,
         &serde_json::to_vec_pretty(&issued).unwrap_or_default(),
     )?;
-    let client = client_config(
+    let client = zeroize::Zeroizing::new(client_config(
         user,
         private.as_ref(),
         address,
@@ -194,7 +197,7 @@ fn add(
         &psk,
         wg.address,
         &endpoint,
-    );
+    ));
     write_client_file(&out, &client, force)?;
 
     let host_bits = if address.is_ipv4() { 32 } else { 128 };

@@ -82,7 +82,7 @@ impl Peers {
             let tunn = Tunn::new(
                 secret.clone(),
                 PublicKey::from(cfg.public_key),
-                cfg.preshared_key,
+                cfg.preshared_key.as_ref().map(|k| k.expose()),
                 None,
                 index,
                 Some(limiter.clone()),
