@@ -925,6 +925,57 @@ mod tests {
         assert_eq!(net.accepted[0].remote, SocketAddr::new(PEER, 41000));
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever segments one device sends (SYN, RST, anything, on few
+        /// ports so that tuples collide), interleaved with another device's
+        /// connection attempt, every connection handed on is booked to the
+        /// device and 4-tuple it came from, and the other device connects.
+        #[test]
+        fn hostile_segments_of_one_device_never_book_a_connection_to_it(
+            segs in proptest::collection::vec(
+                (0u16..4, proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>(),
+                 proptest::prelude::any::<u8>(), 0usize..4, proptest::prelude::any::<bool>()),
+                0..40,
+            ),
+            split in 0usize..40,
+        ) {
+            let mut net = Net::new(64);
+            let (before, after) = segs.split_at(split.min(segs.len()));
+            // A segment with arbitrary flags, or a SYN and its RST back to
+            // back (the RST turns smoltcp's socket back into a listener).
+            let send = |net: &mut Net, (sport, seq, ack, flags, rounds, pair): (u16, u32, u32, u8, usize, bool)| {
+                if pair {
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq, 0, 0x02));
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq.wrapping_add(1), 0, 0x04));
+                } else {
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq, ack, flags));
+                }
+                net.run(rounds);
+            };
+            for &seg in before {
+                send(&mut net, seg);
+            }
+            let h = net.connect_from(PEER2, 41000);
+            for &seg in after {
+                send(&mut net, seg);
+            }
+            net.run(20);
+            proptest::prop_assert_eq!(
+                net.sockets.get::<tcp::Socket>(h).state(),
+                tcp::State::Established
+            );
+            for a in &net.accepted {
+                let want = if a.peer == 1 { PEER2 } else { PEER };
+                proptest::prop_assert_eq!(a.remote.ip(), want, "{:?}", a);
+            }
+            proptest::prop_assert!(net
+                .accepted
+                .iter()
+                .any(|a| a.peer == 1 && a.remote == SocketAddr::new(PEER2, 41000)));
+        }
+    }
+
     #[test]
     fn the_per_peer_cap_refuses_further_connections() {
         let mut net = Net::new(2);
