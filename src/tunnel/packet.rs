@@ -456,7 +456,7 @@ mod tests {
 /// the peer's own address to the gateway's. Cases: proptest's default
 /// (256), or `PROPTEST_CASES` for a longer run.
 #[cfg(test)]
-#[allow(clippy::indexing_slicing, clippy::unwrap_used)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
 mod proptests {
     use super::*;
     use proptest::prelude::*;
