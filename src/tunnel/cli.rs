@@ -473,6 +473,18 @@ pub fn run_peers(settings: &Settings) -> anyhow::Result<ExitCode> {
             "TCP loss recovery: {} segments resent ({} recoveries, {} probes)",
             c.tcp_resent, c.tcp_recoveries, c.tcp_probes
         );
+        println!(
+            "handshakes over budget ({}/s per source, {}/s in total): {} dropped",
+            super::budget::PER_SOURCE_RATE,
+            super::budget::GLOBAL_RATE,
+            c.handshakes_limited
+        );
+        if c.misbooked > 0 {
+            println!(
+                "connections dropped because their packets came from another device or 4-tuple than booked: {}",
+                c.misbooked
+            );
+        }
     }
     Ok(if live {
         ExitCode::SUCCESS
