@@ -2,8 +2,12 @@
 //! spends Diffie-Hellman on, per source address and in total.
 //!
 //! The shared cookie limiter (boringtun's `RateLimiter`) runs first: under
-//! load an initiation must carry a valid mac2, which proves that its
-//! sender receives packets at its source address. Anyone who knows the
+//! load (more than `HANDSHAKE_RATE_LIMIT` initiations a second) an
+//! initiation must carry a valid mac2, which proves that its sender
+//! receives packets at its source address. The budget applies only then,
+//! as kernel WireGuard's rate limiter does: below that load the limiter
+//! bounds the work, and a sender forging a device's address cannot use up
+//! the device's share. Anyone who knows the
 //! gateway's public key can still get a cookie and send initiations with a
 //! valid mac2 as fast as they like, and each one costs an X25519 on the one
 //! thread that also carries every device's data. After the cookie check:

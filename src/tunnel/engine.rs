@@ -102,6 +102,10 @@ pub struct Engine {
     recovery_polled: Instant,
     /// Handshake initiations given Diffie-Hellman, per source and in total.
     budget: HandshakeBudget,
+    /// Initiations seen since the limiter's count was last reset (mirrors
+    /// it: above [`HANDSHAKE_RATE_LIMIT`] the limiter demands cookies).
+    inits_this_second: u64,
+    inits_reset_at: Instant,
 }
 
 /// Encrypted datagrams for one endpoint, back to back, sent with one GSO
@@ -270,6 +274,8 @@ impl Engine {
             recovery_due: None,
             recovery_polled: Instant::now(),
             budget: HandshakeBudget::default(),
+            inits_this_second: 0,
+            inits_reset_at: Instant::now(),
         })
     }
 
@@ -452,9 +458,15 @@ impl Engine {
                 return None;
             }
         }
-        // The cookie check passed (under load: the source is proven). Now
-        // the per-source and global budget, before any Diffie-Hellman.
-        if self.budget.admit(from.ip(), Instant::now()).is_err() {
+        // The cookie check passed. Under load (when the limiter demands
+        // mac2, so the source address is proven) the per-source and global
+        // budget applies too, before any Diffie-Hellman. Below the load
+        // threshold the limiter itself bounds the work, and a forged
+        // source cannot use up a real device's share, as in kernel
+        // WireGuard.
+        self.inits_this_second = self.inits_this_second.saturating_add(1);
+        let under_load = self.inits_this_second > HANDSHAKE_RATE_LIMIT;
+        if under_load && self.budget.admit(from.ip(), Instant::now()).is_err() {
             self.counters.handshakes_limited += 1;
             return None;
         }
@@ -827,7 +839,12 @@ impl Engine {
 
     /// WireGuard timers of every peer that has an endpoint.
     fn timers(&mut self) {
+        // boringtun resets its count once a second at most.
         self.limiter.reset_count();
+        if self.inits_reset_at.elapsed() >= Duration::from_secs(1) {
+            self.inits_this_second = 0;
+            self.inits_reset_at = Instant::now();
+        }
         for peer in self.peers.iter_mut() {
             let Some(ep) = peer.endpoint else { continue };
             if let TunnResult::WriteToNetwork(p) = peer.tunn.update_timers(&mut self.scratch) {
