@@ -976,6 +976,117 @@ mod tests {
         }
     }
 
+    /// One's-complement checksum over `b` (IPv4 header, ICMP).
+    fn inet_checksum(b: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for c in b.chunks(2) {
+            let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+            sum += u32::from(w);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// An echo request from the device to the gateway's tunnel address is
+    /// answered with an echo reply carrying the same identifier, sequence
+    /// and data, with valid IPv4 and ICMP checksums (the device's kernel
+    /// checks them), addressed back to the device.
+    #[test]
+    fn an_echo_request_to_the_gateway_is_answered() {
+        let mut net = Net::new(8);
+        for size in [0usize, 56, 1392] {
+            let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 7];
+            icmp.extend((0..size).map(|i| i as u8));
+            let ck = inet_checksum(&icmp);
+            icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+            let total = (20 + icmp.len()) as u16;
+            let mut p = vec![0x45, 0];
+            p.extend_from_slice(&total.to_be_bytes());
+            p.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0, 10, 77, 0, 10, 10, 77, 0, 1]);
+            let ck = inet_checksum(&p);
+            p[10..12].copy_from_slice(&ck.to_be_bytes());
+            p.extend_from_slice(&icmp);
+            net.deliver(&p);
+            {
+                let mut st = net.shared.lock();
+                st.ingress(&mut net.dev);
+                st.egress(&mut net.dev);
+            }
+            let reply = net.dev.pop_tx().expect("an echo reply");
+            let r = reply.bytes().to_vec();
+            net.dev.give(reply);
+            assert_eq!(crate::tunnel::packet::destination(&r), Some(PEER));
+            assert_eq!(crate::tunnel::packet::source(&r), Some(GW));
+            assert_eq!(r[9], 1, "ICMP");
+            assert_eq!(inet_checksum(&r[..20]), 0, "IPv4 header checksum");
+            let body = &r[20..];
+            assert_eq!(body[0], 0, "echo reply");
+            assert_eq!(&body[4..8], &[0x12, 0x34, 0, 7], "identifier and sequence");
+            assert_eq!(&body[8..], &icmp[8..], "the same data");
+            assert_eq!(inet_checksum(body), 0, "ICMP checksum");
+        }
+    }
+
+    /// The same over IPv6 (a tunnel range such as `fd00::1/64`).
+    #[test]
+    fn an_icmpv6_echo_request_to_the_gateway_is_answered() {
+        let gw: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+        let peer: std::net::Ipv6Addr = "fd00::10".parse().unwrap();
+        let mut dev = Device::default();
+        let shared = Shared::new(
+            StackConfig {
+                gateway: IpAddr::V6(gw),
+                prefix_len: 64,
+                ports: vec![22],
+                max_per_peer: 8,
+                max_total: 100,
+                random_seed: 1,
+            },
+            &mut dev,
+        );
+        let mut icmp = vec![128, 0, 0, 0, 0x12, 0x34, 0, 7];
+        icmp.extend_from_slice(b"gatehouse");
+        // ICMPv6 checksum over the pseudo-header.
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&peer.octets());
+        pseudo.extend_from_slice(&gw.octets());
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&icmp);
+        let ck = inet_checksum(&pseudo);
+        icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[58, 64]);
+        p.extend_from_slice(&peer.octets());
+        p.extend_from_slice(&gw.octets());
+        p.extend_from_slice(&icmp);
+        assert!(matches!(
+            classify(&p, IpAddr::V6(peer), IpAddr::V6(gw)),
+            Verdict::Accept(_)
+        ));
+        let mut b = dev.take();
+        b.space()[..p.len()].copy_from_slice(&p);
+        b.set_len(p.len());
+        dev.rx.push_back(b);
+        {
+            let mut st = shared.lock();
+            st.ingress(&mut dev);
+            st.egress(&mut dev);
+        }
+        let reply = dev.pop_tx().expect("an echo reply");
+        let r = reply.bytes().to_vec();
+        assert_eq!(
+            crate::tunnel::packet::destination(&r),
+            Some(IpAddr::V6(peer))
+        );
+        assert_eq!(r[6], 58, "ICMPv6");
+        assert_eq!(r[40], 129, "echo reply");
+        assert_eq!(&r[44..], &icmp[4..], "identifier, sequence and data");
+    }
+
     #[test]
     fn the_per_peer_cap_refuses_further_connections() {
         let mut net = Net::new(2);
