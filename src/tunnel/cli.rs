@@ -174,7 +174,10 @@ fn add(
             out.display()
         );
     }
-    let psk = keys::random32().map_err(|_| anyhow::anyhow!("no system randomness"))?;
+    // Wiped when this function returns, as is the client file's text.
+    let psk = zeroize::Zeroizing::new(
+        keys::random32().map_err(|_| anyhow::anyhow!("no system randomness"))?,
+    );
     state.store_wireguard_psk(&public, &psk)?;
     issued.devices.push(IssuedDevice {
         user: user.to_string(),
@@ -186,7 +189,7 @@ fn add(
         &issued_path,
         &serde_json::to_vec_pretty(&issued).unwrap_or_default(),
     )?;
-    let client = client_config(
+    let client = zeroize::Zeroizing::new(client_config(
         user,
         private.as_ref(),
         address,
@@ -194,7 +197,7 @@ fn add(
         &psk,
         wg.address,
         &endpoint,
-    );
+    ));
     write_client_file(&out, &client, force)?;
 
     let host_bits = if address.is_ipv4() { 32 } else { 128 };
@@ -470,6 +473,18 @@ pub fn run_peers(settings: &Settings) -> anyhow::Result<ExitCode> {
             "TCP loss recovery: {} segments resent ({} recoveries, {} probes)",
             c.tcp_resent, c.tcp_recoveries, c.tcp_probes
         );
+        println!(
+            "handshakes over budget ({}/s per source, {}/s in total): {} dropped",
+            super::budget::PER_SOURCE_RATE,
+            super::budget::GLOBAL_RATE,
+            c.handshakes_limited
+        );
+        if c.misbooked > 0 {
+            println!(
+                "connections dropped because their packets came from another device or 4-tuple than booked: {}",
+                c.misbooked
+            );
+        }
     }
     Ok(if live {
         ExitCode::SUCCESS

@@ -4,8 +4,10 @@
 //!
 //! 1. receive a batch of datagrams (recvmmsg, GRO);
 //! 2. route each to its peer — handshake initiations by static key, after
-//!    the shared rate limiter had its say (cookies under load); everything
-//!    else by receiver index — and decrypt it into a pooled buffer;
+//!    the shared rate limiter had its say (cookies under load) and within
+//!    the handshake budget (per source and in total, see `budget`);
+//!    everything else by receiver index — and decrypt it into a pooled
+//!    buffer;
 //! 3. filter it ([`super::packet::classify`]) and queue it for the stack;
 //! 4. run the stack: ingress (allocating a socket per acceptable SYN),
 //!    accepted and closed connections, egress until the queue is full;
@@ -33,6 +35,7 @@ use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 
+use super::budget::HandshakeBudget;
 use super::device::{Device, BUF_SIZE};
 use super::keys::b64;
 use super::packet::{self, Verdict};
@@ -97,6 +100,12 @@ pub struct Engine {
     /// When its probe timer is next due, and when it was last run.
     recovery_due: Option<Instant>,
     recovery_polled: Instant,
+    /// Handshake initiations given Diffie-Hellman, per source and in total.
+    budget: HandshakeBudget,
+    /// Initiations seen since the limiter's count was last reset (mirrors
+    /// it: above [`HANDSHAKE_RATE_LIMIT`] the limiter demands cookies).
+    inits_this_second: u64,
+    inits_reset_at: Instant,
 }
 
 /// Encrypted datagrams for one endpoint, back to back, sent with one GSO
@@ -184,6 +193,24 @@ fn send_again(device: &mut Device, pkt: &[u8]) {
     }
 }
 
+/// Handshakes answered but not yet confirmed by a data packet, kept per
+/// device (the newest; a device retries every 5 s).
+const UNCONFIRMED_KEEP: usize = 4;
+
+/// The gateway's session index in a handshake response it wrote (what the
+/// device's data packets on that session carry as receiver index).
+fn response_sender_index(reply: &[u8]) -> Option<u32> {
+    // Type 2, three reserved bytes, then the sender index (little endian).
+    if !matches!(
+        Tunn::parse_incoming_packet(reply),
+        Ok(Packet::HandshakeResponse(_))
+    ) {
+        return None;
+    }
+    let b: [u8; 4] = reply.get(4..8)?.try_into().ok()?;
+    Some(u32::from_le_bytes(b))
+}
+
 /// An address as people write it (IPv4 rather than `::ffff:a.b.c.d`).
 pub fn display_addr(a: SocketAddr) -> SocketAddr {
     SocketAddr::new(a.ip().to_canonical(), a.port())
@@ -200,6 +227,8 @@ fn unix(t: SystemTime) -> u64 {
 enum Kind {
     Init,
     Response,
+    /// A data packet (or keepalive) for the session of this receiver index.
+    Data(u32),
     Other,
 }
 
@@ -244,6 +273,9 @@ impl Engine {
             recovery: Recovery::default(),
             recovery_due: None,
             recovery_polled: Instant::now(),
+            budget: HandshakeBudget::default(),
+            inits_this_second: 0,
+            inits_reset_at: Instant::now(),
         })
     }
 
@@ -390,7 +422,10 @@ impl Engine {
                 (self.peers.by_index(p.receiver_idx), Kind::Response)
             }
             Ok(Packet::PacketCookieReply(p)) => (self.peers.by_index(p.receiver_idx), Kind::Other),
-            Ok(Packet::PacketData(p)) => (self.peers.by_index(p.receiver_idx), Kind::Other),
+            Ok(Packet::PacketData(p)) => (
+                self.peers.by_index(p.receiver_idx),
+                Kind::Data(p.receiver_idx),
+            ),
         };
         match idx {
             Some(i) => self.decapsulate(i, data, from, local, kind),
@@ -422,6 +457,18 @@ impl Engine {
                 self.counters.invalid += 1;
                 return None;
             }
+        }
+        // The cookie check passed. Under load (when the limiter demands
+        // mac2, so the source address is proven) the per-source and global
+        // budget applies too, before any Diffie-Hellman. Below the load
+        // threshold the limiter itself bounds the work, and a forged
+        // source cannot use up a real device's share, as in kernel
+        // WireGuard.
+        self.inits_this_second = self.inits_this_second.saturating_add(1);
+        let under_load = self.inits_this_second > HANDSHAKE_RATE_LIMIT;
+        if under_load && self.budget.admit(from.ip(), Instant::now()).is_err() {
+            self.counters.handshakes_limited += 1;
+            return None;
         }
         let Ok(half) = parse_handshake_anon(&self.secret, &self.public, init) else {
             self.counters.invalid += 1;
@@ -468,6 +515,7 @@ impl Engine {
         };
         let mut buf = self.device.take();
         let mut handshake = false;
+        let mut answered_init = None;
         let len = match peer.tunn.decapsulate(Some(from.ip()), data, buf.space()) {
             TunnResult::Done => None,
             TunnResult::Err(_) => {
@@ -477,13 +525,17 @@ impl Engine {
             }
             TunnResult::WriteToNetwork(reply) => {
                 send_to(&self.sock, &self.udp, from, local, reply);
-                handshake = kind != Kind::Other;
+                match kind {
+                    Kind::Response => handshake = true,
+                    Kind::Init => answered_init = Some(response_sender_index(reply)),
+                    Kind::Data(_) | Kind::Other => {}
+                }
                 None
             }
             TunnResult::WriteToTunnelV4(p, _) => Some(p.len()),
             TunnResult::WriteToTunnelV6(p, _) => Some(p.len()),
         };
-        if handshake {
+        if handshake || answered_init.is_some() {
             // Packets queued while there was no session go out now.
             while let TunnResult::WriteToNetwork(p) =
                 peer.tunn.decapsulate(None, &[], &mut self.scratch)
@@ -491,7 +543,30 @@ impl Engine {
                 send_to(&self.sock, &self.udp, from, local, p);
             }
         }
-        // The message authenticated as this peer: that is where it is now.
+        if let Some(index) = answered_init {
+            // An initiation proves nothing about its sender: a captured one
+            // replays perfectly after a restart (the last timestamp is
+            // gone). Answered, it is a handshake only once a data packet
+            // arrives on the session it opened; until then it moves no
+            // endpoint and writes no audit event.
+            if let Some(index) = index {
+                peer.unconfirmed.retain(|i| *i != index);
+                if peer.unconfirmed.len() >= UNCONFIRMED_KEEP {
+                    peer.unconfirmed.remove(0);
+                }
+                peer.unconfirmed.push(index);
+            }
+            self.device.give(buf);
+            return;
+        }
+        if let Kind::Data(index) = kind {
+            if peer.unconfirmed.contains(&index) {
+                peer.unconfirmed.clear();
+                handshake = true;
+            }
+        }
+        // The message authenticated as this peer (a data packet, or the
+        // answer to the gateway's own initiation): that is where it is now.
         peer.local_ip = local;
         if peer.endpoint != Some(from) {
             if let Some(old) = peer.endpoint {
@@ -512,10 +587,10 @@ impl Engine {
                 &peer.key_b64,
                 &peer.cfg.address.to_string(),
                 &display_addr(from).to_string(),
-                if kind == Kind::Init {
-                    "peer"
-                } else {
+                if kind == Kind::Response {
                     "gateway"
+                } else {
+                    "peer"
                 },
             );
         }
@@ -570,7 +645,25 @@ impl Engine {
         refused: Vec<(usize, SocketAddr, u16, Refusal)>,
     ) {
         for a in accepted {
+            // The device whose key authenticated the connection's packets
+            // is the one whose tunnel address is its source: anything else
+            // is a connection booked to the wrong device, never handed on.
+            if self.peers.by_addr(&a.remote.ip()) != Some(a.peer) {
+                self.counters.misbooked += 1;
+                if let Some(peer) = self.peers.get(a.peer) {
+                    audit::wg_conn_refused(
+                        &peer.cfg.user,
+                        &peer.key_b64,
+                        &a.remote.to_string(),
+                        a.local.port(),
+                        "the connection's packets came from another device",
+                    );
+                }
+                drop(TunnelStream::new(self.shared.clone(), a.handle));
+                continue;
+            }
             let Some(peer) = self.peers.get(a.peer) else {
+                drop(TunnelStream::new(self.shared.clone(), a.handle));
                 continue;
             };
             audit::wg_conn_open(
@@ -746,7 +839,12 @@ impl Engine {
 
     /// WireGuard timers of every peer that has an endpoint.
     fn timers(&mut self) {
+        // boringtun resets its count once a second at most.
         self.limiter.reset_count();
+        if self.inits_reset_at.elapsed() >= Duration::from_secs(1) {
+            self.inits_this_second = 0;
+            self.inits_reset_at = Instant::now();
+        }
         for peer in self.peers.iter_mut() {
             let Some(ep) = peer.endpoint else { continue };
             if let TunnResult::WriteToNetwork(p) = peer.tunn.update_timers(&mut self.scratch) {
@@ -808,13 +906,14 @@ impl Engine {
         let Some(path) = self.status_path.clone() else {
             return;
         };
-        let (total, per_peer): (usize, Vec<usize>) = {
+        let (total, per_peer, mismatched): (usize, Vec<usize>, u64) = {
             let st = self.shared.lock();
             (
                 st.connections(),
                 (0..self.peers.iter().count())
                     .map(|i| st.peer_connections(i))
                     .collect(),
+                st.mismatched(),
             )
         };
         let peers = self
@@ -847,6 +946,7 @@ impl Engine {
                 tcp_resent: self.recovery.stats.resent,
                 tcp_recoveries: self.recovery.stats.recoveries,
                 tcp_probes: self.recovery.stats.probes,
+                misbooked: self.counters.misbooked.saturating_add(mismatched),
                 ..self.counters.clone()
             },
             peers,

@@ -2,11 +2,13 @@
 //! form `wg genkey` / `wg pubkey` / `wg genpsk` print.
 //!
 //! Private keys and preshared keys are never logged; [`PrivateKey`]'s
-//! `Debug` is redacted.
+//! `Debug` is redacted, and it is wiped from memory when dropped (so is
+//! [`PresharedKey`]). boringtun's `StaticSecret` wipes itself too.
 
 use base64::Engine;
 use boringtun::x25519::{PublicKey, StaticSecret};
 use ring::rand::{SecureRandom, SystemRandom};
+use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// 32 random bytes from the system.
 pub fn random32() -> Result<[u8; 32], ring::error::Unspecified> {
@@ -15,9 +17,34 @@ pub fn random32() -> Result<[u8; 32], ring::error::Unspecified> {
     Ok(b)
 }
 
-/// A Curve25519 private key, clamped as `wg genkey` writes it.
-#[derive(Clone)]
+/// A Curve25519 private key, clamped as `wg genkey` writes it. Zeroized
+/// on drop.
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
 pub struct PrivateKey([u8; 32]);
+
+/// A WireGuard preshared key. Zeroized on drop; `Debug` is redacted.
+#[derive(Clone, PartialEq, Eq, Zeroize, ZeroizeOnDrop)]
+pub struct PresharedKey([u8; 32]);
+
+impl std::fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PresharedKey(***)")
+    }
+}
+
+impl PresharedKey {
+    /// From raw bytes; the caller's copy is wiped.
+    pub fn from_bytes(b: &mut [u8; 32]) -> PresharedKey {
+        let k = PresharedKey(*b);
+        b.zeroize();
+        k
+    }
+
+    /// The bytes, for boringtun (which keeps its own copy for the session).
+    pub fn expose(&self) -> [u8; 32] {
+        self.0
+    }
+}
 
 impl std::fmt::Debug for PrivateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -31,16 +58,19 @@ impl PrivateKey {
         Ok(PrivateKey::from_bytes(random32()?))
     }
 
-    /// From raw bytes (clamped here, as WireGuard does).
+    /// From raw bytes (clamped here, as WireGuard does); the argument's
+    /// copy is wiped.
     pub fn from_bytes(mut b: [u8; 32]) -> PrivateKey {
-        if let Some(first) = b.first_mut() {
+        let mut k = PrivateKey(b);
+        b.zeroize();
+        if let Some(first) = k.0.first_mut() {
             *first &= 248;
         }
-        if let Some(last) = b.last_mut() {
+        if let Some(last) = k.0.last_mut() {
             *last &= 127;
             *last |= 64;
         }
-        PrivateKey(b)
+        k
     }
 
     pub fn bytes(&self) -> [u8; 32] {
@@ -90,8 +120,25 @@ mod tests {
         assert_eq!(b[31] & 0x40, 0x40);
         assert_eq!(parse_b64(&k.to_base64()), Some(b));
         assert_eq!(format!("{k:?}"), "PrivateKey(***)");
+        let mut raw = [7u8; 32];
+        let psk = PresharedKey::from_bytes(&mut raw);
+        assert_eq!(raw, [0u8; 32], "the caller's copy is wiped");
+        assert_eq!(psk.expose(), [7u8; 32]);
+        assert_eq!(format!("{psk:?}"), "PresharedKey(***)");
         assert!(parse_b64("not base64").is_none());
         assert!(parse_b64(&b64(&[1; 32])[..20]).is_none());
+    }
+
+    #[test]
+    fn keys_are_wiped_by_zeroize() {
+        // ZeroizeOnDrop runs exactly this on drop.
+        let mut k = PrivateKey::from_bytes([9u8; 32]);
+        assert_ne!(k.bytes(), [0u8; 32]);
+        k.zeroize();
+        assert_eq!(k.bytes(), [0u8; 32]);
+        let mut p = PresharedKey::from_bytes(&mut [5u8; 32]);
+        p.zeroize();
+        assert_eq!(p.expose(), [0u8; 32]);
     }
 
     #[test]

@@ -7,7 +7,10 @@
 //! - One UDP socket serves every configured device. A handshake from a key
 //!   that is no configured device gets no answer. A flood of handshake
 //!   initiations is answered with cookies (one rate limiter shared by all
-//!   peers), not with Diffie-Hellman.
+//!   peers), not with Diffie-Hellman; initiations that carry a valid
+//!   cookie are then held to 20/s per source address (burst 5) and 200/s
+//!   in total (burst 50), so handshake work never starves the data of
+//!   established devices (`budget`).
 //! - A device's tunnel address is bound to its key: a decrypted packet whose
 //!   source is not that address is dropped, counted and audited. The source
 //!   of a tunnelled connection is therefore cryptographic identity.
@@ -28,6 +31,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod budget;
 pub mod cli;
 mod device;
 mod engine;
@@ -90,7 +94,7 @@ pub struct PeerConfig {
     /// Its tunnel address (bound to the key).
     pub address: IpAddr,
     /// From the state directory when `gatehouse peer add` made the device.
-    pub preshared_key: Option<[u8; 32]>,
+    pub preshared_key: Option<keys::PresharedKey>,
 }
 
 impl std::fmt::Debug for PeerConfig {
@@ -99,7 +103,7 @@ impl std::fmt::Debug for PeerConfig {
             .field("user", &self.user)
             .field("public_key", &keys::b64(&self.public_key))
             .field("address", &self.address)
-            .field("preshared_key", &self.preshared_key.map(|_| "***"))
+            .field("preshared_key", &self.preshared_key.as_ref().map(|_| "***"))
             .finish()
     }
 }
@@ -282,6 +286,11 @@ pub fn start(
         return Ok(None);
     };
     let private_key = PrivateKey::from_bytes(state.wireguard_private_key()?);
+    let psk = |key: &[u8; 32]| -> Result<Option<keys::PresharedKey>, StateError> {
+        Ok(state
+            .wireguard_psk(key)?
+            .map(|mut raw| keys::PresharedKey::from_bytes(&mut raw)))
+    };
     let mut peers = Vec::new();
     for u in &settings.users {
         for d in &u.wireguard {
@@ -289,7 +298,7 @@ pub fn start(
                 user: u.name.clone(),
                 public_key: d.public_key,
                 address: d.address,
-                preshared_key: state.wireguard_psk(&d.public_key)?,
+                preshared_key: psk(&d.public_key)?,
             });
         }
     }

@@ -450,3 +450,140 @@ mod tests {
         assert_eq!(classify(&p, peer, gw), Verdict::Protocol(0));
     }
 }
+
+/// Property tests: whatever a peer's packet holds, the filter and the
+/// parsers never panic, and nothing is accepted that does not come from
+/// the peer's own address to the gateway's. Cases: proptest's default
+/// (256), or `PROPTEST_CASES` for a longer run.
+#[cfg(test)]
+#[allow(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used)]
+mod proptests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const PEER: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 10));
+    const GW: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 77, 0, 1));
+
+    fn peer6() -> IpAddr {
+        "fd00::10".parse().unwrap()
+    }
+
+    fn gw6() -> IpAddr {
+        "fd00::1".parse().unwrap()
+    }
+
+    /// Everything the tunnel calls on a decrypted packet.
+    fn all_parsers(p: &[u8], peer: IpAddr, gw: IpAddr) -> Verdict {
+        let v = classify(p, peer, gw);
+        let _ = destination(p);
+        let _ = source(p);
+        if let Some(seg) = tcp_segment(p) {
+            assert!(seg.payload_len <= p.len());
+        }
+        v
+    }
+
+    fn assert_accept_is_from_peer_to_gateway(p: &[u8], v: Verdict, peer: IpAddr, gw: IpAddr) {
+        if let Verdict::Accept(a) = v {
+            assert_eq!(source(p), Some(peer));
+            assert_eq!(destination(p), Some(gw));
+            if let Some(syn) = a.syn {
+                let seg = tcp_segment(p).expect("an accepted SYN is a TCP segment");
+                assert_eq!((seg.src_port, seg.dst_port), (syn.src_port, syn.dst_port));
+                assert_eq!(seg.flags & (TCP_SYN | TCP_ACK | TCP_RST), TCP_SYN);
+            }
+        }
+    }
+
+    /// A packet whose IP header looks plausible (version, addresses from a
+    /// small set so that matches happen), with arbitrary other fields.
+    fn v4_packet() -> impl Strategy<Value = Vec<u8>> {
+        (
+            0u8..16,
+            any::<u16>(),
+            any::<u16>(),
+            prop::sample::select(vec![1u8, 6, 17, 58, 0]),
+            prop::sample::select(vec![[10u8, 77, 0, 10], [10, 77, 0, 11], [10, 77, 0, 1]]),
+            prop::sample::select(vec![[10u8, 77, 0, 1], [10, 77, 0, 9], [192, 0, 2, 1]]),
+            prop::collection::vec(any::<u8>(), 0..120),
+            any::<bool>(),
+        )
+            .prop_map(|(ihl, total, frag, proto, src, dst, payload, fix_len)| {
+                let mut p = vec![0x40 | ihl, 0];
+                let len = if fix_len {
+                    (20 + payload.len()) as u16
+                } else {
+                    total
+                };
+                p.extend_from_slice(&len.to_be_bytes());
+                p.extend_from_slice(&[0, 0]);
+                p.extend_from_slice(&frag.to_be_bytes());
+                p.extend_from_slice(&[64, proto, 0, 0]);
+                p.extend_from_slice(&src);
+                p.extend_from_slice(&dst);
+                p.extend_from_slice(&payload);
+                p
+            })
+    }
+
+    fn v6_packet() -> impl Strategy<Value = Vec<u8>> {
+        (
+            any::<u16>(),
+            prop::sample::select(vec![6u8, 58, 17, 0, 44]),
+            prop::sample::select(vec!["fd00::10", "fd00::11", "fd00::1"]),
+            prop::sample::select(vec!["fd00::1", "fd00::9", "2001:db8::1"]),
+            prop::collection::vec(any::<u8>(), 0..120),
+            any::<bool>(),
+        )
+            .prop_map(|(plen, next, src, dst, payload, fix_len)| {
+                let src: Ipv6Addr = src.parse().unwrap();
+                let dst: Ipv6Addr = dst.parse().unwrap();
+                let mut p = vec![0x60, 0, 0, 0];
+                let len = if fix_len { payload.len() as u16 } else { plen };
+                p.extend_from_slice(&len.to_be_bytes());
+                p.extend_from_slice(&[next, 64]);
+                p.extend_from_slice(&src.octets());
+                p.extend_from_slice(&dst.octets());
+                p.extend_from_slice(&payload);
+                p
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(p in prop::collection::vec(any::<u8>(), 0..4096)) {
+            let v = all_parsers(&p, PEER, GW);
+            assert_accept_is_from_peer_to_gateway(&p, v, PEER, GW);
+            let v = all_parsers(&p, peer6(), gw6());
+            assert_accept_is_from_peer_to_gateway(&p, v, peer6(), gw6());
+        }
+
+        #[test]
+        fn ipv4_headers_with_arbitrary_fields_never_panic(p in v4_packet()) {
+            let v = all_parsers(&p, PEER, GW);
+            assert_accept_is_from_peer_to_gateway(&p, v, PEER, GW);
+        }
+
+        #[test]
+        fn ipv6_headers_with_arbitrary_fields_never_panic(p in v6_packet()) {
+            let v = all_parsers(&p, peer6(), gw6());
+            assert_accept_is_from_peer_to_gateway(&p, v, peer6(), gw6());
+        }
+
+        #[test]
+        fn every_truncation_and_byte_flip_of_a_syn_is_handled(
+            cut in 0usize..60,
+            at in 0usize..40,
+            byte in any::<u8>(),
+        ) {
+            let mut p = vec![
+                0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, PROTO_TCP, 0, 0, 10, 77, 0, 10, 10, 77, 0, 1,
+            ];
+            p.extend_from_slice(&[0x9c, 0x40, 0, 22, 0, 0, 0, 1, 0, 0, 0, 0, 0x50, 0x02, 0xff, 0xff, 0, 0, 0, 0]);
+            p[at] = byte;
+            p.truncate(cut.min(p.len()));
+            let v = all_parsers(&p, PEER, GW);
+            assert_accept_is_from_peer_to_gateway(&p, v, PEER, GW);
+        }
+    }
+}

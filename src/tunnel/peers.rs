@@ -36,6 +36,9 @@ pub struct PeerState {
     pub spoofed_reported: u64,
     pub spoof_reported_at: Option<Instant>,
     pub refused_reported_at: Option<Instant>,
+    /// Sessions opened by an initiation of the device and answered, not
+    /// yet confirmed by a data packet: the gateway's session indices.
+    pub unconfirmed: Vec<u32>,
 }
 
 /// All peers.
@@ -79,7 +82,7 @@ impl Peers {
             let tunn = Tunn::new(
                 secret.clone(),
                 PublicKey::from(cfg.public_key),
-                cfg.preshared_key,
+                cfg.preshared_key.as_ref().map(|k| k.expose()),
                 None,
                 index,
                 Some(limiter.clone()),
@@ -97,6 +100,7 @@ impl Peers {
                 spoofed_reported: 0,
                 spoof_reported_at: None,
                 refused_reported_at: None,
+                unconfirmed: Vec::new(),
             });
         }
         peers

@@ -130,6 +130,8 @@ pub struct Stack {
     max_per_peer: usize,
     max_total: usize,
     accepting: bool,
+    /// Connections dropped by the 4-tuple check before being handed on.
+    mismatched: u64,
     /// Bytes of socket buffers allocated (both directions, all sockets).
     allocated: usize,
     epoch: std::time::Instant,
@@ -176,6 +178,7 @@ impl Shared {
                 max_per_peer: cfg.max_per_peer,
                 max_total: cfg.max_total,
                 accepting: true,
+                mismatched: 0,
                 allocated: 0,
                 epoch,
             }),
@@ -328,6 +331,10 @@ impl Stack {
         let mut refused = Vec::new();
         let now = self.now();
         while let Some(front) = device.rx.front() {
+            // The segment's own 4-tuple (source address, source port,
+            // destination port), read from the packet itself.
+            let segment =
+                super::packet::tcp_segment(front.bytes()).map(|s| (s.src, s.src_port, s.dst_port));
             let mut listener = None;
             if let Some(syn) = front.syn {
                 let peer = front.peer;
@@ -356,8 +363,14 @@ impl Stack {
                 .poll_ingress_single(now, device, &mut self.sockets);
             if let Some((h, size, peer, (ip, sport, dport))) = listener {
                 // `h` was added just above and nothing removed it since.
-                let state = self.sockets.get::<tcp::Socket>(h).state();
-                let taken = state != tcp::State::Listen && state != tcp::State::Closed;
+                let sock = self.sockets.get::<tcp::Socket>(h);
+                let state = sock.state();
+                // Taken by this very SYN: its remote end is the SYN's
+                // source. Anything else never becomes a connection.
+                let own = sock.remote_endpoint()
+                    == Some(smoltcp::wire::IpEndpoint::new(IpAddress::from(ip), sport))
+                    && sock.local_endpoint().map(|e| e.port) == Some(dport);
+                let taken = state != tcp::State::Listen && state != tcp::State::Closed && own;
                 if taken {
                     self.conns.insert(
                         h,
@@ -380,12 +393,40 @@ impl Stack {
                     self.sockets.remove(h);
                     self.allocated = self.allocated.saturating_sub(2 * size);
                 }
+            } else if let Some(tuple) = segment {
+                self.settle(tuple);
             }
             if r == PollIngressSingleResult::None {
                 break;
             }
         }
         refused
+    }
+
+    /// After a segment of `tuple` was processed: a connection that had not
+    /// completed its handshake and is no longer bound to its remote end (a
+    /// RST in SYN-RECEIVED turns smoltcp's socket back into a listener) is
+    /// removed at once. A listener left behind would take the next SYN
+    /// from any device while still booked to the device that sent the RST.
+    fn settle(&mut self, tuple: (IpAddr, u16, u16)) {
+        let Some(&h) = self.by_tuple.get(&tuple) else {
+            return;
+        };
+        let pending = self
+            .conns
+            .get(&h)
+            .is_some_and(|c| c.phase == Phase::Pending);
+        if !pending {
+            return;
+        }
+        let bound = conn_socket(&mut self.sockets, &self.conns, h).is_some_and(|s| {
+            !matches!(s.state(), tcp::State::Listen | tcp::State::Closed)
+                && s.remote_endpoint().is_some()
+        });
+        if !bound {
+            self.pending.retain(|p| *p != h);
+            self.remove(h);
+        }
     }
 
     /// Sends what the sockets have to send, until the device queue is full.
@@ -463,6 +504,17 @@ impl Stack {
                         self.pending.push(h);
                     }
                 }
+                Some(tcp::State::Established) | Some(tcp::State::CloseWait)
+                    if !self.matches_its_tuple(h) =>
+                {
+                    // Its packets came from another 4-tuple than the one it
+                    // was booked to: never handed to a service.
+                    if let Some(s) = conn_socket(&mut self.sockets, &self.conns, h) {
+                        s.abort();
+                    }
+                    self.mismatched = self.mismatched.saturating_add(1);
+                    self.remove(h);
+                }
                 Some(tcp::State::Established) | Some(tcp::State::CloseWait) => {
                     if let Some(s) = conn_socket(&mut self.sockets, &self.conns, h) {
                         s.set_timeout(Some(USER_TIMEOUT.into()));
@@ -528,6 +580,33 @@ impl Stack {
         (accepted, closed)
     }
 
+    /// Whether connection `h`'s socket is bound to exactly the remote end
+    /// and port it was booked with.
+    fn matches_its_tuple(&mut self, h: SocketHandle) -> bool {
+        let Some((remote, port)) = self.conns.get(&h).map(|c| (c.remote, c.port)) else {
+            return false;
+        };
+        let gateway = self.gateway;
+        conn_socket(&mut self.sockets, &self.conns, h).is_some_and(|s| {
+            s.remote_endpoint()
+                == Some(smoltcp::wire::IpEndpoint::new(
+                    IpAddress::from(remote.ip()),
+                    remote.port(),
+                ))
+                && s.local_endpoint()
+                    == Some(smoltcp::wire::IpEndpoint::new(
+                        IpAddress::from(gateway),
+                        port,
+                    ))
+        })
+    }
+
+    /// Connections dropped because their socket was not bound to the
+    /// 4-tuple they were booked with (should stay 0).
+    pub fn mismatched(&self) -> u64 {
+        self.mismatched
+    }
+
     fn remove(&mut self, h: SocketHandle) -> Option<Conn> {
         let c = self.conns.remove(&h)?;
         self.sockets.remove(h);
@@ -573,6 +652,8 @@ mod tests {
 
     const GW: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 1));
     const PEER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 10));
+    /// A second device (peer index 1).
+    const PEER2: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(10, 77, 0, 11));
 
     /// A client-side device: what the client stack sends is collected in
     /// `out`; what is pushed to `inq` it receives.
@@ -644,6 +725,7 @@ mod tests {
             let mut client = Interface::new(cfg, &mut pipe, SInstant::from_millis(0));
             client.update_ip_addrs(|a| {
                 let _ = a.push(IpCidr::new(IpAddress::from(PEER), 24));
+                let _ = a.push(IpCidr::new(IpAddress::from(PEER2), 24));
             });
             Net {
                 shared,
@@ -658,11 +740,17 @@ mod tests {
 
         /// Hands a packet to the gateway the way the engine does.
         fn deliver(&mut self, p: &[u8]) {
-            if let Verdict::Accept(a) = classify(p, PEER, GW) {
+            // The device is the one whose address the packet comes from
+            // (the engine's filter drops anything else).
+            let (peer, addr) = match crate::tunnel::packet::source(p) {
+                Some(a) if a == PEER2 => (1, PEER2),
+                _ => (0, PEER),
+            };
+            if let Verdict::Accept(a) = classify(p, addr, GW) {
                 let mut b = self.dev.take();
                 b.space()[..p.len()].copy_from_slice(p);
                 b.set_len(p.len());
-                b.peer = 0;
+                b.peer = peer;
                 b.syn = a.syn;
                 self.dev.rx.push_back(b);
             }
@@ -691,12 +779,20 @@ mod tests {
         }
 
         fn connect(&mut self, port: u16) -> SocketHandle {
+            self.connect_from(PEER, port)
+        }
+
+        fn connect_from(&mut self, addr: IpAddr, port: u16) -> SocketHandle {
             let mut s = tcp::Socket::new(
                 tcp::SocketBuffer::new(vec![0; 65536]),
                 tcp::SocketBuffer::new(vec![0; 65536]),
             );
-            s.connect(self.client.context(), (IpAddress::from(GW), 22), port)
-                .unwrap();
+            s.connect(
+                self.client.context(),
+                (IpAddress::from(GW), 22),
+                (IpAddress::from(addr), port),
+            )
+            .unwrap();
             self.sockets.add(s)
         }
     }
@@ -777,6 +873,218 @@ mod tests {
             .recv_slice(&mut buf)
             .unwrap();
         assert_eq!(&buf[..n], b"and back");
+    }
+
+    /// One device sends a SYN and then a RST for it; in the same batch
+    /// another device's SYN arrives. The RST turned smoltcp's socket back
+    /// into a listener: it must not take the other device's connection
+    /// while still booked to the first.
+    #[test]
+    fn a_syn_after_another_devices_syn_rst_is_booked_to_its_own_device() {
+        for rounds in [1usize, 3, 10] {
+            let mut net = Net::new(64);
+            for i in 0..rounds {
+                let sport = 50000 + i as u16;
+                net.deliver(&tcp_packet(sport, 22, 1000, 0, 0x02));
+                net.deliver(&tcp_packet(sport, 22, 1001, 0, 0x04));
+            }
+            let h = net.connect_from(PEER2, 41000);
+            net.run(20);
+            assert_eq!(
+                net.sockets.get::<tcp::Socket>(h).state(),
+                tcp::State::Established,
+                "the second device connected"
+            );
+            assert_eq!(net.accepted.len(), 1, "{:?}", net.accepted);
+            let a = &net.accepted[0];
+            assert_eq!(a.peer, 1, "booked to the device that sent it: {a:?}");
+            assert_eq!(a.remote, SocketAddr::new(PEER2, 41000));
+            let st = net.shared.lock();
+            assert_eq!(st.peer_connections(0), 0, "nothing left for the first");
+            assert_eq!(st.connections(), 1);
+            assert_eq!(st.mismatched(), 0);
+        }
+    }
+
+    /// A SYN, its RST and the same SYN again from one device: the second
+    /// SYN gets a fresh connection on the same tuple, booked to it.
+    #[test]
+    fn a_tuple_reset_in_syn_received_can_connect_again() {
+        let mut net = Net::new(8);
+        net.deliver(&tcp_packet(41000, 22, 1000, 0, 0x02));
+        net.deliver(&tcp_packet(41000, 22, 1001, 0, 0x04));
+        net.run(2);
+        assert_eq!(net.shared.lock().connections(), 0);
+        let h = net.connect(41000);
+        net.run(20);
+        assert_eq!(
+            net.sockets.get::<tcp::Socket>(h).state(),
+            tcp::State::Established
+        );
+        assert_eq!(net.accepted.len(), 1);
+        assert_eq!(net.accepted[0].remote, SocketAddr::new(PEER, 41000));
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(48))]
+        /// Whatever segments one device sends (SYN, RST, anything, on few
+        /// ports so that tuples collide), interleaved with another device's
+        /// connection attempt, every connection handed on is booked to the
+        /// device and 4-tuple it came from, and the other device connects.
+        #[test]
+        fn hostile_segments_of_one_device_never_book_a_connection_to_it(
+            segs in proptest::collection::vec(
+                (0u16..4, proptest::prelude::any::<u32>(), proptest::prelude::any::<u32>(),
+                 proptest::prelude::any::<u8>(), 0usize..4, proptest::prelude::any::<bool>()),
+                0..40,
+            ),
+            split in 0usize..40,
+        ) {
+            let mut net = Net::new(64);
+            let (before, after) = segs.split_at(split.min(segs.len()));
+            // A segment with arbitrary flags, or a SYN and its RST back to
+            // back (the RST turns smoltcp's socket back into a listener).
+            let send = |net: &mut Net, (sport, seq, ack, flags, rounds, pair): (u16, u32, u32, u8, usize, bool)| {
+                if pair {
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq, 0, 0x02));
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq.wrapping_add(1), 0, 0x04));
+                } else {
+                    net.deliver(&tcp_packet(50000 + sport, 22, seq, ack, flags));
+                }
+                net.run(rounds);
+            };
+            for &seg in before {
+                send(&mut net, seg);
+            }
+            let h = net.connect_from(PEER2, 41000);
+            for &seg in after {
+                send(&mut net, seg);
+            }
+            net.run(20);
+            proptest::prop_assert_eq!(
+                net.sockets.get::<tcp::Socket>(h).state(),
+                tcp::State::Established
+            );
+            for a in &net.accepted {
+                let want = if a.peer == 1 { PEER2 } else { PEER };
+                proptest::prop_assert_eq!(a.remote.ip(), want, "{:?}", a);
+            }
+            proptest::prop_assert!(net
+                .accepted
+                .iter()
+                .any(|a| a.peer == 1 && a.remote == SocketAddr::new(PEER2, 41000)));
+        }
+    }
+
+    /// One's-complement checksum over `b` (IPv4 header, ICMP).
+    fn inet_checksum(b: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for c in b.chunks(2) {
+            let w = u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]);
+            sum += u32::from(w);
+        }
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    /// An echo request from the device to the gateway's tunnel address is
+    /// answered with an echo reply carrying the same identifier, sequence
+    /// and data, with valid IPv4 and ICMP checksums (the device's kernel
+    /// checks them), addressed back to the device.
+    #[test]
+    fn an_echo_request_to_the_gateway_is_answered() {
+        let mut net = Net::new(8);
+        for size in [0usize, 56, 1392] {
+            let mut icmp = vec![8, 0, 0, 0, 0x12, 0x34, 0, 7];
+            icmp.extend((0..size).map(|i| i as u8));
+            let ck = inet_checksum(&icmp);
+            icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+            let total = (20 + icmp.len()) as u16;
+            let mut p = vec![0x45, 0];
+            p.extend_from_slice(&total.to_be_bytes());
+            p.extend_from_slice(&[0, 1, 0x40, 0, 64, 1, 0, 0, 10, 77, 0, 10, 10, 77, 0, 1]);
+            let ck = inet_checksum(&p);
+            p[10..12].copy_from_slice(&ck.to_be_bytes());
+            p.extend_from_slice(&icmp);
+            net.deliver(&p);
+            {
+                let mut st = net.shared.lock();
+                st.ingress(&mut net.dev);
+                st.egress(&mut net.dev);
+            }
+            let reply = net.dev.pop_tx().expect("an echo reply");
+            let r = reply.bytes().to_vec();
+            net.dev.give(reply);
+            assert_eq!(crate::tunnel::packet::destination(&r), Some(PEER));
+            assert_eq!(crate::tunnel::packet::source(&r), Some(GW));
+            assert_eq!(r[9], 1, "ICMP");
+            assert_eq!(inet_checksum(&r[..20]), 0, "IPv4 header checksum");
+            let body = &r[20..];
+            assert_eq!(body[0], 0, "echo reply");
+            assert_eq!(&body[4..8], &[0x12, 0x34, 0, 7], "identifier and sequence");
+            assert_eq!(&body[8..], &icmp[8..], "the same data");
+            assert_eq!(inet_checksum(body), 0, "ICMP checksum");
+        }
+    }
+
+    /// The same over IPv6 (a tunnel range such as `fd00::1/64`).
+    #[test]
+    fn an_icmpv6_echo_request_to_the_gateway_is_answered() {
+        let gw: std::net::Ipv6Addr = "fd00::1".parse().unwrap();
+        let peer: std::net::Ipv6Addr = "fd00::10".parse().unwrap();
+        let mut dev = Device::default();
+        let shared = Shared::new(
+            StackConfig {
+                gateway: IpAddr::V6(gw),
+                prefix_len: 64,
+                ports: vec![22],
+                max_per_peer: 8,
+                max_total: 100,
+                random_seed: 1,
+            },
+            &mut dev,
+        );
+        let mut icmp = vec![128, 0, 0, 0, 0x12, 0x34, 0, 7];
+        icmp.extend_from_slice(b"gatehouse");
+        // ICMPv6 checksum over the pseudo-header.
+        let mut pseudo = Vec::new();
+        pseudo.extend_from_slice(&peer.octets());
+        pseudo.extend_from_slice(&gw.octets());
+        pseudo.extend_from_slice(&(icmp.len() as u32).to_be_bytes());
+        pseudo.extend_from_slice(&[0, 0, 0, 58]);
+        pseudo.extend_from_slice(&icmp);
+        let ck = inet_checksum(&pseudo);
+        icmp[2..4].copy_from_slice(&ck.to_be_bytes());
+        let mut p = vec![0x60, 0, 0, 0];
+        p.extend_from_slice(&(icmp.len() as u16).to_be_bytes());
+        p.extend_from_slice(&[58, 64]);
+        p.extend_from_slice(&peer.octets());
+        p.extend_from_slice(&gw.octets());
+        p.extend_from_slice(&icmp);
+        assert!(matches!(
+            classify(&p, IpAddr::V6(peer), IpAddr::V6(gw)),
+            Verdict::Accept(_)
+        ));
+        let mut b = dev.take();
+        b.space()[..p.len()].copy_from_slice(&p);
+        b.set_len(p.len());
+        dev.rx.push_back(b);
+        {
+            let mut st = shared.lock();
+            st.ingress(&mut dev);
+            st.egress(&mut dev);
+        }
+        let reply = dev.pop_tx().expect("an echo reply");
+        let r = reply.bytes().to_vec();
+        assert_eq!(
+            crate::tunnel::packet::destination(&r),
+            Some(IpAddr::V6(peer))
+        );
+        assert_eq!(r[6], 58, "ICMPv6");
+        assert_eq!(r[40], 129, "echo reply");
+        assert_eq!(&r[44..], &icmp[4..], "identifier, sequence and data");
     }
 
     #[test]

@@ -81,6 +81,15 @@ pub struct Counters {
     /// the RTT (a lost tail of a burst, or a lost resend).
     #[serde(default)]
     pub tcp_probes: u64,
+    /// Connections dropped before reaching a service because the device or
+    /// the 4-tuple their packets came from was not the one they were booked
+    /// to (a defence in depth; stays 0).
+    #[serde(default)]
+    pub misbooked: u64,
+    /// Handshake initiations dropped by the per-source or global handshake
+    /// budget (after the cookie check).
+    #[serde(default)]
+    pub handshakes_limited: u64,
 }
 
 /// Reads the file; None if it is missing or unreadable.
