@@ -26,6 +26,7 @@ DEPS=(
   "procps:ps,/usr/bin/kill"
   "tmux:tmux"
   "coreutils:sha256sum,timeout"
+  "iputils-ping:ping"
   "python3-paramiko:/usr/bin/python3,/usr/lib/python3/dist-packages/paramiko/__init__.py"
 )
 
