@@ -173,7 +173,11 @@ fn too_much_data_before_the_run_request_closes_the_channel() {
         r#"
 t = outer(); i = jump(t)
 ch = i.open_session(timeout=10)
-ch.sendall(b"x" * 300000)
+# gatehouse may close the channel while the bytes are still going out.
+try:
+    ch.sendall(b"x" * 300000)
+except OSError:
+    pass
 end = time.time() + 10
 while time.time() < end and not ch.closed and not ch.eof_received:
     time.sleep(0.05)
