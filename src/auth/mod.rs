@@ -120,6 +120,14 @@ impl AuthenticatedUser {
     #[cfg(test)]
     #[allow(clippy::unwrap_used)]
     pub(crate) fn for_tests(name: &str, roles: &[&str]) -> AuthenticatedUser {
+        let source = Source::Address(std::net::SocketAddr::from(([127, 0, 0, 1], 22)));
+        AuthenticatedUser::for_tests_from(name, roles, source)
+    }
+
+    /// Test-only constructor: a login from `source`.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests_from(name: &str, roles: &[&str], source: Source) -> AuthenticatedUser {
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
                 .unwrap()
@@ -130,8 +138,8 @@ impl AuthenticatedUser {
             roles: roles.iter().map(|s| s.to_string()).collect(),
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             key,
-            source: Source::Address(std::net::SocketAddr::from(([127, 0, 0, 1], 22))),
-            source_label: "127.0.0.1".into(),
+            source_label: source.to_string(),
+            source,
             admitted_by: AdmittedBy::Code,
         }
     }
