@@ -22,11 +22,14 @@ use tracing::Instrument;
 use crate::audit;
 use crate::auth::Authenticator;
 use crate::config::Settings;
+use crate::dispatch::{Connection, Dispatch, Service, Serving};
 use crate::policy::Policy;
 use crate::recording::Recorder;
-use crate::ssh::server::{Origin, Outer};
+use crate::source::Source;
+use crate::ssh::server::Outer;
 use crate::ssh::{self, Gateway};
 use crate::state::StateDir;
+use crate::tunnel;
 
 /// How long shutdown waits for sessions to finish after telling them.
 const GRACE: Duration = Duration::from_secs(10);
@@ -68,17 +71,27 @@ pub async fn run(
         settings: settings.clone(),
     });
 
+    let ssh_service: Arc<dyn Service> = Arc::new(SshService(gw.clone()));
+
     // Bind everything before serving anything: a bad address fails the start.
     let mut listeners = Vec::new();
+    let mut plain = Dispatch::new();
     for addr in &settings.gateway.ssh_listen {
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr}"))?;
+        let port = l
+            .local_addr()
+            .with_context(|| format!("cannot listen on {addr}"))?
+            .port();
+        plain = plain.route(port, ssh_service.clone());
         listeners.push(l);
     }
+    let plain = Arc::new(plain);
     // WireGuard (when configured): SSH on the tunnel address too. Bound
     // here, so a bad or busy UDP address fails the start like a TCP one.
-    let _tunnel = crate::tunnel::start(gw.clone(), &settings, &state, stop_rx.clone())
+    let tunnelled = Arc::new(Dispatch::new().route(tunnel::SSH_PORT, ssh_service));
+    let _tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
     let max = settings.gateway.max_connections;
     let slots = Arc::new(Semaphore::new(max));
@@ -101,7 +114,7 @@ pub async fn run(
         tracing::info!(listen = ?addr, host_key = %host_key.fingerprint(), "ssh listener ready");
         tokio::spawn(accept_loop(
             l,
-            gw.clone(),
+            plain.clone(),
             slots.clone(),
             pre_auth.clone(),
             stop_rx.clone(),
@@ -136,7 +149,7 @@ pub async fn run(
 /// waiting connection off the queue with a message instead of spinning.
 async fn accept_loop(
     l: TcpListener,
-    gw: Arc<Gateway>,
+    dispatch: Arc<Dispatch>,
     slots: Arc<Semaphore>,
     pre_auth: Arc<preauth::PreAuth>,
     mut stop: watch::Receiver<bool>,
@@ -198,11 +211,21 @@ async fn accept_loop(
             }
         };
         let span = tracing::info_span!("conn", %peer);
-        let gw = gw.clone();
-        let origin = Origin::tcp(peer, stream.local_addr().ok());
+        let Some(local) = stream.local_addr().ok().or_else(|| l.local_addr().ok()) else {
+            continue;
+        };
+        let conn = Connection {
+            stream: Box::new(stream),
+            source: Source::Address(peer),
+            local,
+            pre_auth: Some(Box::new(pre)),
+        };
+        let Some(serving) = dispatch.serve(conn) else {
+            continue;
+        };
         tokio::spawn(
             async move {
-                serve(gw, stream, origin, Some(pre)).await;
+                serving.await;
                 drop(permit);
             }
             .instrument(span),
@@ -254,28 +277,35 @@ async fn refuse(mut stream: tokio::net::TcpStream, why: preauth::Refusal) {
     .await;
 }
 
-/// One client connection, from any listener (TCP or the WireGuard tunnel):
-/// SSH with an authentication deadline, closed once it reaches
-/// `auth.max_connection_age`.
-pub async fn serve_connection<S>(gw: Arc<Gateway>, stream: S, origin: Origin)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    serve(gw, stream, origin, None).await;
+/// gatehouse's SSH server as a [`Service`] behind a port.
+struct SshService(Arc<Gateway>);
+
+impl Service for SshService {
+    fn serve(&self, conn: Connection) -> Serving {
+        Box::pin(serve(self.0.clone(), conn))
+    }
 }
 
-/// [`serve_connection`], holding `pre_auth` until the user has logged in.
-async fn serve<S>(gw: Arc<Gateway>, stream: S, origin: Origin, pre_auth: Option<preauth::Permit>)
-where
-    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
+/// One client connection, from any listener (TCP or the WireGuard tunnel):
+/// SSH with an authentication deadline, closed once it reaches
+/// `auth.max_connection_age`; the connection's pre-authentication slot is
+/// given back at login.
+async fn serve(gw: Arc<Gateway>, conn: Connection) {
+    let Connection {
+        stream,
+        source,
+        local,
+        pre_auth,
+    } = conn;
     let opened = tokio::time::Instant::now();
-    let source = match &origin.wireguard {
-        Some(wg) => format!("wg:{}@{}", wg.public_key, wg.tunnel_address),
-        None => origin.addr.ip().to_string(),
-    };
     let authenticated = Arc::new(AtomicBool::new(false));
-    let handler = Outer::new(gw.clone(), origin, authenticated.clone());
+    let handler = Outer::new(
+        gw.clone(),
+        source.clone(),
+        Some(local),
+        authenticated.clone(),
+    );
+    let source = source.to_string();
     let deadline = gw.settings.gateway.auth_timeout;
     let started = tokio::time::timeout(
         deadline,

@@ -83,6 +83,21 @@ impl Authorized {
             None => p == name,
         })
     }
+
+    /// Test-only: `user` as `login` on `target`, with default limits.
+    #[cfg(test)]
+    pub(crate) fn for_tests(user: AuthenticatedUser, target: Target, login: &str) -> Authorized {
+        Authorized {
+            roles: user.roles().to_vec(),
+            user,
+            target,
+            login: login.to_string(),
+            max_session: Duration::from_secs(3600),
+            idle_timeout: Duration::ZERO,
+            allow_env: Vec::new(),
+            record_input: RecordInput::default(),
+        }
+    }
 }
 
 /// One entry of "what may I reach".

@@ -30,6 +30,7 @@ use russh::keys::{HashAlg, PublicKey};
 
 use crate::audit;
 use crate::config::Settings;
+use crate::source::Source;
 use crate::state::{StateDir, StateError};
 use lease::{LeaseKey, Leases};
 pub use lockout::NewLock;
@@ -62,8 +63,9 @@ pub struct KeyVerified {
     user: String,
     key: PublicKey,
     fingerprint: String,
-    source: String,
-    source_ip: IpAddr,
+    source: Source,
+    /// `source` as the audit log and MFA leases name it.
+    source_label: String,
 }
 
 impl KeyVerified {
@@ -82,7 +84,8 @@ pub struct AuthenticatedUser {
     roles: Vec<String>,
     key: PublicKey,
     fingerprint: String,
-    source: String,
+    source: Source,
+    source_label: String,
     admitted_by: AdmittedBy,
 }
 
@@ -100,7 +103,13 @@ impl AuthenticatedUser {
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
+    /// Where the user logged in from, as the audit log and MFA leases
+    /// name it (`ADDR`, or `wg:KEY@ADDR` for a WireGuard device).
     pub fn source(&self) -> &str {
+        &self.source_label
+    }
+    /// Where the user logged in from, as a type.
+    pub fn origin(&self) -> &Source {
         &self.source
     }
     pub fn admitted_by(&self) -> AdmittedBy {
@@ -111,6 +120,14 @@ impl AuthenticatedUser {
     #[cfg(test)]
     #[allow(clippy::unwrap_used)]
     pub(crate) fn for_tests(name: &str, roles: &[&str]) -> AuthenticatedUser {
+        let source = Source::Address(std::net::SocketAddr::from(([127, 0, 0, 1], 22)));
+        AuthenticatedUser::for_tests_from(name, roles, source)
+    }
+
+    /// Test-only constructor: a login from `source`.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests_from(name: &str, roles: &[&str], source: Source) -> AuthenticatedUser {
         let key =
             russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
                 .unwrap()
@@ -121,7 +138,8 @@ impl AuthenticatedUser {
             roles: roles.iter().map(|s| s.to_string()).collect(),
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
             key,
-            source: "127.0.0.1".into(),
+            source_label: source.to_string(),
+            source,
             admitted_by: AdmittedBy::Code,
         }
     }
@@ -282,16 +300,16 @@ impl Authenticator {
 
     /// First factor, after the SSH layer verified the signature.
     ///
-    /// `source_label` is what an MFA lease is bound to: the WireGuard device
-    /// for tunnelled connections, the source address otherwise.
+    /// Locks count `source`'s IP address; an MFA lease is bound to
+    /// `source` as displayed: the WireGuard device for tunnelled
+    /// connections, the source address otherwise.
     pub fn verify_key(
         &self,
         user: &str,
         key: &PublicKey,
-        source: IpAddr,
-        source_label: &str,
+        source: &Source,
     ) -> Result<KeyVerified, KeyRefusal> {
-        if let Some(locked) = self.locked(user, source) {
+        if let Some(locked) = self.locked(user, source.ip()) {
             return Err(locked);
         }
         if !self.key_is_authorized(user, key) {
@@ -301,8 +319,8 @@ impl Authenticator {
             user: user.to_string(),
             fingerprint: fingerprint(key),
             key: key.clone(),
-            source: source_label.to_string(),
-            source_ip: source,
+            source_label: source.to_string(),
+            source: source.clone(),
         })
     }
 
@@ -318,7 +336,7 @@ impl Authenticator {
     /// A complete login clears the failure counts of its user and source.
     fn succeeded(&self, kv: &KeyVerified) {
         self.lockouts
-            .success(&[Subject::User(&kv.user), Subject::Source(kv.source_ip)]);
+            .success(&[Subject::User(&kv.user), Subject::Source(kv.source.ip())]);
     }
 
     /// Whether the user has an enrolled TOTP secret.
@@ -344,7 +362,7 @@ impl Authenticator {
     ///
     /// Blocking: reads the sealed secret and writes the replay state.
     pub fn verify_code(&self, kv: &KeyVerified, code: &str) -> Result<CodeOutcome, StateError> {
-        if let Some(KeyRefusal::Locked { until, .. }) = self.locked(&kv.user, kv.source_ip) {
+        if let Some(KeyRefusal::Locked { until, .. }) = self.locked(&kv.user, kv.source.ip()) {
             return Ok(CodeOutcome::Locked { until });
         }
         let Some(secret) = self.state.totp_secret(&kv.user)? else {
@@ -397,6 +415,7 @@ impl Authenticator {
             key: kv.key.clone(),
             fingerprint: kv.fingerprint.clone(),
             source: kv.source.clone(),
+            source_label: kv.source_label.clone(),
             admitted_by: by,
         }
     }
@@ -406,6 +425,6 @@ fn lease_key(kv: &KeyVerified) -> LeaseKey {
     LeaseKey {
         user: kv.user.clone(),
         key_fingerprint: kv.fingerprint.clone(),
-        source: kv.source.clone(),
+        source: kv.source_label.clone(),
     }
 }

@@ -33,6 +33,7 @@ use russh::server::{Auth, Handler, Msg, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
 use super::caps::{self, JumpPermit};
+use super::record;
 use super::relay::{self, Bridge, SessionGuard, Stats};
 use super::upstream::{self, Upstream};
 use super::{Gateway, SshError};
@@ -286,19 +287,12 @@ impl JumpHandler {
                     return Self::refuse_channel(session, channel, "gatehouse: not authorized");
                 };
                 if let Err(e) = b.begin_recording(&self.gw.recorder, meta).await {
-                    let (login, source) = (
-                        self.login.clone().unwrap_or_default(),
-                        self.user.source().to_string(),
-                    );
-                    audit::session_refused(
-                        self.user.name(),
-                        &login,
-                        &self.target,
-                        &source,
-                        &format!("recording: {}", e.detail()),
-                    );
+                    let msg = match &self.authorized {
+                        Some(auth) => record::recording_refused(auth, &e),
+                        None => format!("gatehouse: {e}"),
+                    };
                     self.mark_closed(channel);
-                    return Self::refuse_channel(session, channel, &format!("gatehouse: {e}"));
+                    return Self::refuse_channel(session, channel, &msg);
                 }
                 let ok = match req {
                     Run::Shell => b.shell().await,
@@ -352,19 +346,7 @@ impl JumpHandler {
     ) -> Option<RecordingMeta> {
         let auth = self.authorized.as_ref()?;
         let guard = self.guard.as_ref()?;
-        let source = self.user.source().to_string();
-        Some(RecordingMeta {
-            session_id: guard.id.clone(),
-            user: self.user.name().to_string(),
-            login: auth.login().to_string(),
-            target: self.target.clone(),
-            wireguard_peer: source.strip_prefix("wg:").map(str::to_string),
-            source,
-            kind,
-            record_input: auth.record_input(),
-            pty,
-            env,
-        })
+        Some(record::recording_meta(auth, &guard.id, kind, pty, env))
     }
 }
 

@@ -13,6 +13,7 @@
 pub mod caps;
 pub mod ending;
 pub mod jump;
+mod record;
 pub mod relay;
 pub mod server;
 pub mod upstream;

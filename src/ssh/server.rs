@@ -17,12 +17,14 @@ use russh::server::{Auth, Handler, Msg, Response, Session};
 use russh::{Channel, ChannelId, MethodKind, MethodSet, Pty, Sig};
 
 use super::jump::{self, begin_session};
+use super::record;
 use super::relay::{Bridge, SessionGuard, Stats};
 use super::upstream::Upstream;
 use super::{Gateway, SshError};
 use crate::audit;
 use crate::auth::{fingerprint, AuthenticatedUser, CodeOutcome, KeyRefusal, KeyVerified};
-use crate::recording::{RecordingKind, RecordingMeta};
+use crate::recording::RecordingKind;
+use crate::source::Source;
 
 const PROMPT: &str = "Verification code: ";
 
@@ -54,47 +56,14 @@ struct OuterChan {
     _permit: Option<super::caps::ChannelPermit>,
 }
 
-/// The WireGuard device a connection came through.
-#[derive(Debug, Clone)]
-pub struct WireGuardOrigin {
-    /// The user the device belongs to (from the config).
-    pub user: String,
-    /// The device's public key, base64 as `wg` prints it.
-    pub public_key: String,
-    /// The device's tunnel address (cryptographically bound to its key).
-    pub tunnel_address: std::net::IpAddr,
-    /// The UDP endpoint the packets came from.
-    pub endpoint: Option<SocketAddr>,
-}
-
-/// Where a connection came from, whichever listener produced it.
-#[derive(Debug, Clone)]
-pub struct Origin {
-    /// Source address (for tunnelled connections, the tunnel address).
-    pub addr: SocketAddr,
-    /// The local address the connection reached.
-    pub local: Option<SocketAddr>,
-    /// Set for connections that came through the WireGuard tunnel.
-    pub wireguard: Option<WireGuardOrigin>,
-}
-
-impl Origin {
-    /// A plain TCP connection.
-    pub fn tcp(addr: SocketAddr, local: Option<SocketAddr>) -> Origin {
-        Origin {
-            addr,
-            local,
-            wireguard: None,
-        }
-    }
-}
-
 /// One user connection.
 pub struct Outer {
     gw: Arc<Gateway>,
     peer: SocketAddr,
     local: Option<SocketAddr>,
-    origin: Origin,
+    source: Source,
+    /// `source` as the audit log names it.
+    source_label: String,
     authenticated: Arc<AtomicBool>,
     /// A key that is not the user's (or an unknown user, or another user's
     /// WireGuard device) was offered on this connection.
@@ -115,12 +84,19 @@ fn methods(kinds: &[MethodKind]) -> Option<MethodSet> {
 }
 
 impl Outer {
-    pub fn new(gw: Arc<Gateway>, origin: Origin, authenticated: Arc<AtomicBool>) -> Outer {
+    /// A connection from `source` that reached `local`.
+    pub fn new(
+        gw: Arc<Gateway>,
+        source: Source,
+        local: Option<SocketAddr>,
+        authenticated: Arc<AtomicBool>,
+    ) -> Outer {
         Outer {
             gw,
-            peer: origin.addr,
-            local: origin.local,
-            origin,
+            peer: source.addr(),
+            local,
+            source_label: source.to_string(),
+            source,
             authenticated,
             unproven_failure: false,
             key_proven: false,
@@ -133,16 +109,13 @@ impl Outer {
 
     /// What the audit log and MFA leases name as the source: the WireGuard
     /// device (`wg:KEY@ADDR`) for tunnelled connections, else the address.
-    fn source(&self) -> String {
-        match &self.origin.wireguard {
-            Some(wg) => format!("wg:{}@{}", wg.public_key, wg.tunnel_address),
-            None => self.peer.ip().to_string(),
-        }
+    fn source(&self) -> &str {
+        &self.source_label
     }
 
     /// Audits one authentication attempt from this connection.
     fn attempt(&self, user: &str, method: &str, key_fp: &str, result: &str, reason: &str) {
-        audit::auth_attempt(user, method, key_fp, &self.source(), result, reason);
+        audit::auth_attempt(user, method, key_fp, self.source(), result, reason);
     }
 
     /// Refuses an attempt because of a running lock: audited, aggregated per
@@ -150,16 +123,13 @@ impl Outer {
     fn refuse_locked(&self, user: &str, subject: &str) -> Auth {
         self.gw
             .auth
-            .refused_while_locked(user, self.peer.ip(), &self.source(), subject);
+            .refused_while_locked(user, self.peer.ip(), self.source(), subject);
         Auth::reject()
     }
 
     /// A WireGuard device belongs to one user: nobody else logs in through it.
     fn device_refuses(&self, user: &str) -> bool {
-        self.origin
-            .wireguard
-            .as_ref()
-            .is_some_and(|wg| wg.user != user)
+        self.source.device_user().is_some_and(|owner| owner != user)
     }
 
     fn user_name(&self) -> &str {
@@ -286,30 +256,13 @@ impl Outer {
                 .request_pty(&p.term, p.cols, p.rows, p.pw, p.ph, &p.modes)
                 .await;
         }
-        let source = user.source().to_string();
-        let meta = RecordingMeta {
-            session_id: guard.id.clone(),
-            user: user.name().to_string(),
-            login: login.clone(),
-            target: target.clone(),
-            wireguard_peer: source.strip_prefix("wg:").map(str::to_string),
-            source: source.clone(),
-            kind: RecordingKind::Shell { term, cols, rows },
-            record_input: auth.record_input(),
-            pty: true,
-            // The menu refuses every env request (see `env_request`).
-            env: Vec::new(),
-        };
+        // The menu refuses every env request (see `env_request`).
+        let kind = RecordingKind::Shell { term, cols, rows };
+        let meta = record::recording_meta(&auth, &guard.id, kind, true, Vec::new());
         // Fail closed: no recording, no shell.
         if let Err(e) = bridge.begin_recording(&self.gw.recorder, meta).await {
-            audit::session_refused(
-                user.name(),
-                &login,
-                &target,
-                &source,
-                &format!("recording: {}", e.detail()),
-            );
-            return self.menu_again(channel, &format!("gatehouse: {e}"), session);
+            let msg = record::recording_refused(&auth, &e);
+            return self.menu_again(channel, &msg, session);
         }
         if !bridge.shell().await {
             return self.menu_again(channel, "gatehouse: the target refused a shell", session);
@@ -367,7 +320,7 @@ impl Drop for Outer {
     fn drop(&mut self) {
         if self.unproven_failure && !self.key_proven {
             if let Some(lock) = self.gw.auth.unproven_failure(self.peer.ip()) {
-                audit::lockout(&lock.subject, lock.until, &self.source());
+                audit::lockout(&lock.subject, lock.until, self.source());
             }
         }
     }
@@ -444,12 +397,7 @@ impl Handler for Outer {
         if let Some(refusal) = self.refuse_plain_listener(user, &fp) {
             return Ok(refusal);
         }
-        let source = self.source();
-        let kv = match self
-            .gw
-            .auth
-            .verify_key(user, key.public_key, self.peer.ip(), &source)
-        {
+        let kv = match self.gw.auth.verify_key(user, key.public_key, &self.source) {
             Ok(kv) => kv,
             Err(KeyRefusal::Locked { subject, .. }) => {
                 return Ok(self.refuse_locked(user, &subject));
@@ -620,7 +568,7 @@ impl Handler for Outer {
                     reason,
                 );
                 if let Some(lock) = lock {
-                    audit::lockout(&lock.subject, lock.until, &self.source());
+                    audit::lockout(&lock.subject, lock.until, self.source());
                 }
                 if self.gw.auth.locked(user, self.peer.ip()).is_some() {
                     return Ok(Auth::reject());
@@ -658,7 +606,7 @@ impl Handler for Outer {
                     "session",
                     "-",
                     0,
-                    &self.source(),
+                    self.source(),
                     &cap.reason(),
                 );
                 reply
@@ -723,7 +671,7 @@ impl Handler for Outer {
                             "direct-tcpip",
                             host,
                             port,
-                            &self.source(),
+                            self.source(),
                             &cap.reason(),
                         );
                         reply
@@ -742,7 +690,7 @@ impl Handler for Outer {
                     "direct-tcpip",
                     host,
                     port,
-                    &self.source(),
+                    self.source(),
                     reason,
                 );
                 reply
@@ -765,7 +713,7 @@ impl Handler for Outer {
             "direct-streamlocal",
             socket_path,
             0,
-            &self.source(),
+            self.source(),
             "unix socket forwarding is not allowed",
         );
         reply
@@ -785,7 +733,7 @@ impl Handler for Outer {
             "tcpip-forward",
             address,
             *port,
-            &self.source(),
+            self.source(),
             "remote forwarding is not allowed",
         );
         Ok(false)
@@ -801,7 +749,7 @@ impl Handler for Outer {
             "streamlocal-forward",
             path,
             0,
-            &self.source(),
+            self.source(),
             "remote forwarding is not allowed",
         );
         Ok(false)
@@ -817,7 +765,7 @@ impl Handler for Outer {
             "agent-forwarding",
             "-",
             0,
-            &self.source(),
+            self.source(),
             "agent forwarding is not allowed",
         );
         Ok(false)
@@ -837,7 +785,7 @@ impl Handler for Outer {
             "x11-forwarding",
             "-",
             0,
-            &self.source(),
+            self.source(),
             "X11 forwarding is not allowed",
         );
         session.channel_failure(channel)?;
@@ -944,7 +892,7 @@ impl Handler for Outer {
             "subsystem",
             name,
             0,
-            &self.source(),
+            self.source(),
             "the gateway itself offers no subsystems",
         );
         session.channel_failure(channel)?;
@@ -1074,7 +1022,7 @@ impl Outer {
     /// shows a server's words during login). Checked after the signature so
     /// a stranger learns nothing about the user.
     fn refuse_plain_listener(&mut self, user: &str, fp: &str) -> Option<Auth> {
-        if self.origin.wireguard.is_some() {
+        if self.source.device().is_some() {
             return None;
         }
         let required = self
@@ -1144,8 +1092,8 @@ impl Outer {
             return true;
         };
         let name = user.name().to_string();
-        audit::channel_refused(&name, "channel", "-", 0, &self.source(), &reason);
-        audit::connection_closed(&name, &self.source(), &reason);
+        audit::channel_refused(&name, "channel", "-", 0, self.source(), &reason);
+        audit::connection_closed(&name, self.source(), &reason);
         let _ = session.disconnect(
             russh::Disconnect::ByApplication,
             &format!("gatehouse: {reason}; the connection is closed"),

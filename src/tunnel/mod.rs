@@ -1,7 +1,9 @@
 //! WireGuard terminated in the process: boringtun's Noise sessions feed a
 //! userspace TCP/IP stack (smoltcp), and each accepted TCP connection is
-//! handed to a gatehouse service as an ordinary async byte stream plus a
-//! [`Peer`] describing the device it came through.
+//! handed to the [`Dispatch`] the daemon gave [`start`], as an ordinary
+//! async byte stream plus a [`Source::Device`] naming the device it came
+//! through and the local address it reached. The tunnel imports no service:
+//! which service answers which port is the dispatch's business.
 //!
 //! Security behaviour:
 //! - One UDP socket serves every configured device. A handshake from a key
@@ -15,8 +17,9 @@
 //!   source is not that address is dropped, counted and audited. The source
 //!   of a tunnelled connection is therefore cryptographic identity.
 //! - Only TCP to the gateway's own tunnel address (and ICMP echo to it) is
-//!   accepted. Only service ports have listeners — SSH on [`SSH_PORT`] —
-//!   and a connection to any other port is reset. Nothing is routed onward:
+//!   accepted. Only the dispatch's ports have listeners — SSH on
+//!   [`SSH_PORT`] — and a connection to any other port is reset. Nothing is
+//!   routed onward:
 //!   there is no TUN device, no route, no forwarding, and no root needed.
 //! - Connections are capped per device and in total; buffers come from a
 //!   fixed budget, and a slow reader slows the peer instead of growing
@@ -54,8 +57,8 @@ use tokio::sync::watch;
 use tracing::Instrument;
 
 use crate::config::Settings;
-use crate::ssh::server::{Origin, WireGuardOrigin};
-use crate::ssh::Gateway;
+use crate::dispatch::{Connection, Dispatch};
+use crate::source::{Device, Source};
 use crate::state::{StateDir, StateError};
 
 pub use engine::HANDSHAKE_RATE_LIMIT;
@@ -274,10 +277,12 @@ impl Tunnel {
 }
 
 /// Starts the tunnel of `settings` (if `[wireguard]` is configured) with
-/// gatehouse's SSH server behind [`SSH_PORT`]. Must be called inside the
-/// daemon's runtime: connections are served there.
+/// the services of `dispatch` behind its ports, and nothing behind any
+/// other port. Each accepted connection is handed to `dispatch` with a
+/// [`Source::Device`] naming the device it came through. Must be called
+/// inside the daemon's runtime: connections are served there.
 pub fn start(
-    gw: Arc<Gateway>,
+    dispatch: Arc<Dispatch>,
     settings: &Settings,
     state: &StateDir,
     shutdown: watch::Receiver<bool>,
@@ -305,19 +310,26 @@ pub fn start(
     let devices = peers.len();
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|e| TunnelError::Start(std::io::Error::other(e.to_string())))?;
+    let ports = dispatch.ports();
     let service: Service = Arc::new(move |stream: TunnelStream, peer: Peer| {
-        let origin = Origin {
-            addr: peer.remote,
-            local: Some(peer.local),
-            wireguard: Some(WireGuardOrigin {
-                public_key: keys::b64(&peer.public_key),
-                user: peer.user.clone(),
+        let span = tracing::info_span!("conn", peer = %peer.remote, device_user = %peer.user);
+        let conn = Connection {
+            stream: Box::new(stream),
+            source: Source::Device(Device {
+                user: peer.user,
+                public_key: peer.public_key,
                 tunnel_address: peer.tunnel_address,
+                port: peer.remote.port(),
                 endpoint: peer.endpoint,
             }),
+            local: peer.local,
+            pre_auth: None,
         };
-        let span = tracing::info_span!("conn", peer = %peer.remote, device_user = %peer.user);
-        rt.spawn(crate::daemon::serve_connection(gw.clone(), stream, origin).instrument(span));
+        // Only the dispatch's ports have listeners, so a connection always
+        // has a service; one without is dropped, which closes it.
+        if let Some(serving) = dispatch.serve(conn) {
+            rt.spawn(serving.instrument(span));
+        }
     });
     let tunnel = Tunnel::spawn(
         TunnelConfig {
@@ -326,7 +338,7 @@ pub fn start(
             prefix_len: wg.prefix_len,
             private_key,
             peers,
-            ports: vec![SSH_PORT],
+            ports: ports.clone(),
             max_connections_per_peer: wg.max_connections_per_peer,
             max_connections: wg.max_connections,
             status_file: Some(status::path(state.root())),
@@ -337,7 +349,7 @@ pub fn start(
     tracing::info!(
         listen = %tunnel.local_addr(),
         address = %wg.address,
-        ssh_port = SSH_PORT,
+        ports = ?ports,
         public_key = %keys::b64(&tunnel.public_key()),
         devices,
         "WireGuard tunnel ready"
