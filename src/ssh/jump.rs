@@ -234,6 +234,28 @@ impl JumpHandler {
         );
     }
 
+    /// Refuses a channel open that a jump never allows, with its audit event.
+    async fn refuse_open(
+        &self,
+        reply: russh::server::ChannelOpenHandle,
+        kind: &str,
+        host: &str,
+        port: u32,
+        reason: &str,
+    ) {
+        audit::channel_refused(
+            self.user.name(),
+            kind,
+            host,
+            port,
+            self.user.source(),
+            reason,
+        );
+        reply
+            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
+            .await;
+    }
+
     async fn run_request(
         &mut self,
         channel: ChannelId,
@@ -516,17 +538,14 @@ impl Handler for JumpHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        audit::channel_refused(
-            self.user.name(),
+        self.refuse_open(
+            reply,
             "direct-tcpip",
             host,
             port,
-            self.user.source(),
             "forwarding through a target session is not allowed",
-        );
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        )
+        .await;
         Ok(())
     }
 
@@ -537,17 +556,14 @@ impl Handler for JumpHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        audit::channel_refused(
-            self.user.name(),
+        self.refuse_open(
+            reply,
             "direct-streamlocal",
             socket_path,
             0,
-            self.user.source(),
             "unix socket forwarding through a target session is not allowed",
-        );
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        )
+        .await;
         Ok(())
     }
 
@@ -559,17 +575,14 @@ impl Handler for JumpHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        audit::channel_refused(
-            self.user.name(),
+        self.refuse_open(
+            reply,
             "x11",
             originator_address,
             originator_port,
-            self.user.source(),
             "X11 channels are not allowed",
-        );
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        )
+        .await;
         Ok(())
     }
 
@@ -583,17 +596,14 @@ impl Handler for JumpHandler {
         reply: russh::server::ChannelOpenHandle,
         _session: &mut Session,
     ) -> Result<(), Self::Error> {
-        audit::channel_refused(
-            self.user.name(),
+        self.refuse_open(
+            reply,
             "forwarded-tcpip",
             host,
             port,
-            self.user.source(),
             "a client cannot open forwarded-tcpip channels",
-        );
-        reply
-            .reject(russh::ChannelOpenFailure::AdministrativelyProhibited)
-            .await;
+        )
+        .await;
         Ok(())
     }
 

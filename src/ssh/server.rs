@@ -278,6 +278,23 @@ impl Outer {
         Ok(())
     }
 
+    /// Refuses a channel open over a cap per person: audited, and the
+    /// client is told which cap (OpenSSH prints the description).
+    async fn refuse_cap(
+        &self,
+        reply: russh::server::ChannelOpenHandle,
+        user: &str,
+        kind: &str,
+        host: &str,
+        port: u32,
+        cap: &super::caps::CapRefusal,
+    ) {
+        audit::channel_refused(user, kind, host, port, self.source(), &cap.reason());
+        reply
+            .reject(super::caps::open_failure(&cap.message()))
+            .await;
+    }
+
     fn menu_again(
         &mut self,
         channel: ChannelId,
@@ -601,16 +618,7 @@ impl Handler for Outer {
         let permit = match self.gw.caps.open_channel((self.peer, self.local)) {
             Ok(p) => p,
             Err(cap) => {
-                audit::channel_refused(
-                    self.user_name(),
-                    "session",
-                    "-",
-                    0,
-                    self.source(),
-                    &cap.reason(),
-                );
-                reply
-                    .reject(super::caps::open_failure(&cap.message()))
+                self.refuse_cap(reply, self.user_name(), "session", "-", 0, &cap)
                     .await;
                 return Ok(());
             }
@@ -666,16 +674,7 @@ impl Handler for Outer {
                 let permit = match self.gw.caps.open_jump(user.name(), (self.peer, self.local)) {
                     Ok(p) => p,
                     Err(cap) => {
-                        audit::channel_refused(
-                            user.name(),
-                            "direct-tcpip",
-                            host,
-                            port,
-                            self.source(),
-                            &cap.reason(),
-                        );
-                        reply
-                            .reject(super::caps::open_failure(&cap.message()))
+                        self.refuse_cap(reply, user.name(), "direct-tcpip", host, port, &cap)
                             .await;
                         return Ok(());
                     }
