@@ -28,6 +28,12 @@ DEPS=(
   "coreutils:sha256sum,timeout"
   "iputils-ping:ping"
   "python3-paramiko:/usr/bin/python3,/usr/lib/python3/dist-packages/paramiko/__init__.py"
+  "postgresql:/usr/lib/postgresql/*/bin/postgres,/usr/lib/postgresql/*/bin/initdb,/usr/lib/postgresql/*/bin/pg_ctl"
+  "postgresql-client:psql"
+  "postgresql-contrib:/usr/lib/postgresql/*/bin/pgbench"
+  "pgbouncer:pgbouncer"
+  "openssl:openssl"
+  "util-linux:runuser,setpriv"
 )
 
 have() {
