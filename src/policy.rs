@@ -246,6 +246,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            db: None,
         }
     }
 
@@ -258,6 +259,7 @@ mod tests {
             idle_timeout: Duration::from_secs(idle),
             allow_env: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
             record_input: RecordInput::default(),
+            allow_options: false,
         }
     }
 

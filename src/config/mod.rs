@@ -162,6 +162,11 @@ pub struct Role {
     pub allow_env: Vec<String>,
     /// Which of the user's input is recorded (default [`RecordInput::Exec`]).
     pub record_input: RecordInput,
+    /// Database targets: whether the client's `options` startup parameter
+    /// (e.g. `-c search_path=...`, `-c role=...`) is passed to the server.
+    /// `options` can change server settings for the session, so it is
+    /// refused unless a role says `allow_options = true`. Default false.
+    pub allow_options: bool,
 }
 
 /// Which input (user -> target bytes) a role's sessions record. Output is
@@ -206,7 +211,22 @@ impl RecordInput {
 /// The kinds of target gatehouse can relay to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
+    /// `kind = "ssh"`: reached by `ssh -J`; pinned host keys.
     Ssh,
+    /// `kind = "postgres"`: a PostgreSQL server, reached through the
+    /// in-process proxy on its `tunnel_port` or by `ssh -L`; never a raw
+    /// forward.
+    Postgres,
+}
+
+impl TargetKind {
+    /// The config spelling: `"ssh"`, `"postgres"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TargetKind::Ssh => "ssh",
+            TargetKind::Postgres => "postgres",
+        }
+    }
 }
 
 /// `[[targets]]`
@@ -218,8 +238,88 @@ pub struct Target {
     pub host: String,
     pub port: u16,
     /// Pinned host keys; empty means every session to it is refused.
+    /// Always empty for a database target (`host_keys` is refused there).
     pub host_keys: Vec<PublicKey>,
     pub labels: BTreeMap<String, String>,
+    /// How a database target is reached: `Some` exactly when `kind` is a
+    /// database kind ([`TargetKind::Postgres`]), `None` for SSH targets.
+    pub db: Option<DbTarget>,
+}
+
+impl Target {
+    /// True for a database target whose upstream connection is not
+    /// encrypted (`tls = "disable"` written out): the daemon warns at start.
+    pub fn tls_disabled(&self) -> bool {
+        matches!(
+            self.db,
+            Some(DbTarget {
+                tls: DbTls::Disable,
+                ..
+            })
+        )
+    }
+}
+
+impl Settings {
+    /// The database targets reached without TLS (`tls = "disable"`), in
+    /// file order: each one is named in a start-up warning.
+    pub fn targets_without_tls(&self) -> impl Iterator<Item = &Target> + '_ {
+        self.targets.iter().filter(|t| t.tls_disabled())
+    }
+}
+
+/// The database part of a `[[targets]]` entry of a database kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbTarget {
+    /// The TCP port on the gateway's tunnel address where WireGuard devices
+    /// reach this target (`tunnel_port`): the port names the target, the
+    /// device names the person. Required; 1-65535, unique among targets,
+    /// never 22 (the tunnel's SSH server).
+    pub tunnel_port: u16,
+    /// TLS to the server.
+    pub tls: DbTls,
+    /// How gatehouse logs in to the server.
+    pub auth: DbAuth,
+}
+
+/// TLS from gatehouse to a database server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DbTls {
+    /// verify-full against the pinned CA (`tls_ca`, a PEM file that may hold
+    /// several certificates): the chain must lead to one of them and the
+    /// certificate must name `server_name`.
+    Verify {
+        /// The CA file, absolute (a relative `tls_ca` is resolved against
+        /// the configuration file's directory). Checked readable and holding
+        /// a PEM certificate when the file is loaded.
+        ca: PathBuf,
+        /// `tls_server_name`; default: the host of `address`.
+        server_name: String,
+    },
+    /// No TLS: only when written out as `tls = "disable"`; warned about by
+    /// `gatehouse check` and at start.
+    Disable,
+}
+
+/// How gatehouse authenticates to a database server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DbAuth {
+    /// SCRAM-SHA-256 (SCRAM-SHA-256-PLUS with channel binding over TLS).
+    /// The default.
+    #[default]
+    Scram,
+    /// MD5, only when written out as `auth = "md5"`.
+    Md5,
+}
+
+impl DbAuth {
+    /// The config spelling: `"scram"`, `"md5"`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DbAuth::Scram => "scram",
+            DbAuth::Md5 => "md5",
+        }
+    }
 }
 
 mod raw;

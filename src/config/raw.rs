@@ -139,6 +139,7 @@ pub(super) struct RawRole {
     pub idle_timeout: Option<Spanned<String>>,
     pub allow_env: Option<List<String>>,
     pub record_input: Option<Spanned<RawRecordInput>>,
+    pub allow_options: Option<Spanned<bool>>,
 }
 
 /// `roles[].record_input`: `"none"`, `"exec"` or `"all"`; the boolean of
@@ -164,6 +165,12 @@ pub(super) struct RawTarget {
     pub address: Option<Spanned<String>>,
     pub host_keys: Option<List<String>>,
     pub labels: Option<StringMap>,
+    /// Database targets only (checked against `kind` by `validate.rs`).
+    pub tunnel_port: Option<Spanned<i64>>,
+    pub tls_ca: Option<Spanned<String>>,
+    pub tls: Option<Spanned<String>>,
+    pub tls_server_name: Option<Spanned<String>>,
+    pub auth: Option<Spanned<String>>,
 }
 
 /// Parses `text` as TOML. A syntax error is returned alone: nothing after it
@@ -325,6 +332,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 "idle_timeout",
                 "allow_env",
                 "record_input",
+                "allow_options",
             ],
             diags,
         );
@@ -346,17 +354,37 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
             idle_timeout: t.string("idle_timeout", false, diags),
             allow_env: t.string_list("allow_env", false, diags),
             record_input: t.record_input("record_input", diags),
+            allow_options: t.boolean("allow_options", diags),
         }
     });
 
     let targets = root.tables("targets", diags, |t, diags| {
-        t.deny_unknown(&["name", "kind", "address", "host_keys", "labels"], diags);
+        t.deny_unknown(
+            &[
+                "name",
+                "kind",
+                "address",
+                "host_keys",
+                "labels",
+                "tunnel_port",
+                "tls_ca",
+                "tls",
+                "tls_server_name",
+                "auth",
+            ],
+            diags,
+        );
         RawTarget {
             name: t.string("name", true, diags),
             kind: t.string("kind", true, diags),
             address: t.string("address", true, diags),
             host_keys: t.string_list("host_keys", false, diags),
             labels: t.string_map("labels", diags),
+            tunnel_port: t.integer("tunnel_port", diags),
+            tls_ca: t.string("tls_ca", false, diags),
+            tls: t.string("tls", false, diags),
+            tls_server_name: t.string("tls_server_name", false, diags),
+            auth: t.string("auth", false, diags),
         }
     });
 
@@ -501,7 +529,6 @@ impl<'a, 'i> Table<'a, 'i> {
         }
     }
 
-    #[allow(dead_code)] // for boolean fields; record_input reads its old boolean itself
     fn boolean(&self, key: &str, diags: &mut Vec<Diag>) -> Option<Spanned<bool>> {
         let value = self.get(key, false, diags)?;
         match value.get_ref() {

@@ -32,6 +32,7 @@ use super::{
     AuthSettings, Gateway, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
 };
 
+mod db;
 mod extra;
 mod limits;
 pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
@@ -156,6 +157,7 @@ pub fn load_str(text: &str, source: &Path) -> Result<Settings, ConfigErrors> {
                 lines: &lines,
                 diags,
                 warnings: Vec::new(),
+                base_dir: source.parent().map(Path::to_path_buf).unwrap_or_default(),
             };
             let settings = checker.settings(&raw, source);
             match settings {
@@ -320,8 +322,11 @@ enum NameKind {
 struct Checker<'l, 't> {
     lines: &'l LineIndex<'t>,
     diags: Vec<Diag>,
-    /// Valid but deprecated settings (reported, not refused).
+    /// Valid but deprecated or unsafe settings (reported, not refused).
     warnings: Vec<Diag>,
+    /// The configuration file's directory: relative paths (`tls_ca`) are
+    /// resolved against it.
+    base_dir: PathBuf,
 }
 
 impl Checker<'_, '_> {
@@ -517,15 +522,19 @@ impl Checker<'_, '_> {
                 Some((key_path(&index_path("targets", i), "name"), name))
             }),
         );
+        self.unique_tunnel_ports(raw);
         let targets: Vec<Option<Target>> = raw
             .iter()
             .enumerate()
-            .map(|(i, t)| self.target(&index_path("targets", i), t.as_ref()?.get_ref()))
+            .map(|(i, t)| {
+                let t = t.as_ref()?;
+                self.target(&index_path("targets", i), t.get_ref(), t.span())
+            })
             .collect();
         targets.into_iter().collect()
     }
 
-    fn target(&mut self, base: &str, t: &RawTarget) -> Option<Target> {
+    fn target(&mut self, base: &str, t: &RawTarget, span: Range<usize>) -> Option<Target> {
         let name = t
             .name
             .as_ref()
@@ -535,30 +544,47 @@ impl Checker<'_, '_> {
             .as_ref()
             .and_then(|kind| match kind.get_ref().as_str() {
                 "ssh" => Some(TargetKind::Ssh),
+                "postgres" => Some(TargetKind::Postgres),
                 other => {
                     self.error(
                         kind.span(),
                         key_path(base, "kind"),
-                        format!("unknown target kind `{other}`; accepted kinds: ssh"),
+                        format!("unknown target kind `{other}`; accepted kinds: ssh, postgres"),
                     );
                     None
                 }
             });
-        let address =
-            t.address
-                .as_ref()
-                .and_then(|address| match parse_target_address(address.get_ref()) {
-                    Ok(host_port) => Some(host_port),
-                    Err(message) => {
-                        self.error(address.span(), key_path(base, "address"), message);
-                        None
-                    }
-                });
-        let host_keys = match &t.host_keys {
-            None => Some(Vec::new()),
-            Some(list) => self.each(list, &key_path(base, "host_keys"), |c, key, path| {
+        let default_port = match kind {
+            Some(TargetKind::Postgres) => db::DEFAULT_POSTGRES_PORT,
+            _ => DEFAULT_SSH_PORT,
+        };
+        let address = t.address.as_ref().and_then(|address| {
+            match parse_target_address(address.get_ref(), default_port) {
+                Ok(host_port) => Some(host_port),
+                Err(message) => {
+                    self.error(address.span(), key_path(base, "address"), message);
+                    None
+                }
+            }
+        });
+        if let Some(kind) = kind {
+            self.kind_keys(base, t, kind);
+        }
+        let host_keys = match (&t.host_keys, kind) {
+            // Refused on a database target by `kind_keys`.
+            (Some(_), Some(TargetKind::Postgres)) => None,
+            (None, _) => Some(Vec::new()),
+            (Some(list), _) => self.each(list, &key_path(base, "host_keys"), |c, key, path| {
                 c.public_key(key, path)
             }),
+        };
+        let db = match kind {
+            Some(TargetKind::Postgres) => {
+                let host = address.as_ref().map(|(host, _)| host.as_str());
+                self.db_target(base, t, span, host).map(Some)
+            }
+            // Database keys on an SSH target were refused by `kind_keys`.
+            _ => Some(None),
         };
         let labels = match &t.labels {
             None => Some(BTreeMap::new()),
@@ -572,6 +598,7 @@ impl Checker<'_, '_> {
             port,
             host_keys: host_keys?,
             labels: labels?,
+            db: db?,
         })
     }
 
@@ -641,6 +668,7 @@ impl Checker<'_, '_> {
         };
         let record_input =
             self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
+        let allow_options = r.allow_options.as_ref().is_some_and(|b| *b.get_ref());
         Some(Role {
             name: name?,
             targets: targets?,
@@ -649,6 +677,7 @@ impl Checker<'_, '_> {
             idle_timeout: idle_timeout?,
             allow_env: allow_env?,
             record_input: record_input?,
+            allow_options,
         })
     }
 
@@ -1140,23 +1169,25 @@ fn check_env_pattern(pattern: &str) -> Result<(), String> {
     }
 }
 
-/// `host:port`, `host`, `[v6]:port` or `[v6]`; the port defaults to 22 and
-/// the host may be an IPv4 literal, a bracketed IPv6 literal or a DNS name.
-/// Returns the host without brackets.
-fn parse_target_address(address: &str) -> Result<(String, u16), String> {
-    const HELP: &str = "write \"host:port\", \"host\" (port 22) or \"[IPv6]:port\"";
+/// `host:port`, `host`, `[v6]:port` or `[v6]`; the port defaults to
+/// `default_port` (22 for SSH, 5432 for PostgreSQL) and the host may be an
+/// IPv4 literal, a bracketed IPv6 literal or a DNS name. Returns the host
+/// without brackets.
+fn parse_target_address(address: &str, default_port: u16) -> Result<(String, u16), String> {
+    let help = format!("write \"host:port\", \"host\" (port {default_port}) or \"[IPv6]:port\"");
+
     if let Some(rest) = address.strip_prefix('[') {
         let Some((host, after)) = rest.split_once(']') else {
-            return Err(format!("missing `]` after the IPv6 address; {HELP}"));
+            return Err(format!("missing `]` after the IPv6 address; {help}"));
         };
         let ip: Ipv6Addr = host
             .parse()
-            .map_err(|_| format!("`{host}` is not an IPv6 address; {HELP}"))?;
+            .map_err(|_| format!("`{host}` is not an IPv6 address; {help}"))?;
         let port = match after {
-            "" => DEFAULT_SSH_PORT,
+            "" => default_port,
             _ => match after.strip_prefix(':') {
                 Some(port) => parse_port(port)?,
-                None => return Err(format!("unexpected text after `]`; {HELP}")),
+                None => return Err(format!("unexpected text after `]`; {help}")),
             },
         };
         return Ok((ip.to_string(), port));
@@ -1165,13 +1196,13 @@ fn parse_target_address(address: &str) -> Result<(String, u16), String> {
         Some((host, port)) if !port.contains(':') => (host, parse_port(port)?),
         Some(_) => {
             return Err(format!(
-                "an IPv6 address must be in brackets, e.g. \"[2001:db8::1]:22\"; {HELP}"
+                "an IPv6 address must be in brackets, e.g. \"[2001:db8::1]:22\"; {help}"
             ))
         }
-        None => (address, DEFAULT_SSH_PORT),
+        None => (address, default_port),
     };
     if host.is_empty() {
-        return Err(format!("the host is missing; {HELP}"));
+        return Err(format!("the host is missing; {help}"));
     }
     if host.chars().all(|c| c.is_ascii_digit() || c == '.') {
         return match host.parse::<Ipv4Addr>() {
@@ -1181,7 +1212,7 @@ fn parse_target_address(address: &str) -> Result<(String, u16), String> {
     }
     if !is_dns_name(host) {
         return Err(format!(
-            "`{host}` is not a valid host name or IP address; {HELP}"
+            "`{host}` is not a valid host name or IP address; {help}"
         ));
     }
     Ok((host.to_owned(), port))
@@ -1662,7 +1693,7 @@ shell = "/bin/sh"
 
     #[test]
     fn target_addresses_accept_the_documented_forms_only() {
-        let ok = |s: &str| parse_target_address(s).expect(s);
+        let ok = |s: &str| parse_target_address(s, 22).expect(s);
         assert_eq!(ok("10.0.1.10:22"), ("10.0.1.10".into(), 22));
         assert_eq!(ok("10.0.1.10"), ("10.0.1.10".into(), 22));
         assert_eq!(ok("web-1.internal:2200"), ("web-1.internal".into(), 2200));
@@ -1684,7 +1715,7 @@ shell = "/bin/sh"
             "1.2.3:22",
             "a..b",
         ] {
-            assert!(parse_target_address(bad).is_err(), "accepted {bad:?}");
+            assert!(parse_target_address(bad, 22).is_err(), "accepted {bad:?}");
         }
     }
 
