@@ -47,6 +47,15 @@ impl Leases {
                 .get(key)
                 .is_some_and(|&t| now.duration_since(t) < self.lifetime)
     }
+
+    /// True when a live lease of `user` from `source` exists, whatever key
+    /// it was granted for: a WireGuard device is its own first factor.
+    pub fn held_from(&self, user: &str, source: &str, now: Instant) -> bool {
+        !self.lifetime.is_zero()
+            && self.leases.iter().any(|(k, &t)| {
+                k.user == user && k.source == source && now.duration_since(t) < self.lifetime
+            })
+    }
 }
 
 #[cfg(test)]
@@ -70,6 +79,20 @@ mod tests {
         assert!(l.is_valid(&key("127.0.0.1"), t0 + Duration::from_secs(59)));
         assert!(!l.is_valid(&key("127.0.0.1"), t0 + Duration::from_secs(60)));
         assert!(!l.is_valid(&key("127.0.0.2"), t0));
+    }
+
+    #[test]
+    fn held_from_matches_user_and_source_with_any_key_until_it_expires() {
+        let mut l = Leases::new(Duration::from_secs(60));
+        let t0 = Instant::now();
+        l.grant(key("wg:K@10.77.0.2"), t0);
+        assert!(l.held_from("alice", "wg:K@10.77.0.2", t0 + Duration::from_secs(59)));
+        assert!(!l.held_from("alice", "wg:K@10.77.0.2", t0 + Duration::from_secs(60)));
+        assert!(!l.held_from("alice", "wg:J@10.77.0.3", t0));
+        assert!(!l.held_from("bob", "wg:K@10.77.0.2", t0));
+        let mut off = Leases::new(Duration::ZERO);
+        off.grant(key("a"), t0);
+        assert!(!off.held_from("alice", "a", t0));
     }
 
     #[test]

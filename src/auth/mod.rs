@@ -7,6 +7,14 @@
 //! `KeyVerified` plus an accepted code ([`Authenticator::verify_code`]) or a
 //! live lease ([`Authenticator::lease`]) yields an [`AuthenticatedUser`].
 //!
+//! A database client inside the WireGuard tunnel has no SSH key: its first
+//! factor is the device it came through (a [`Source::Device`], whose key the
+//! tunnel verified cryptographically), and its second is a live lease of
+//! that device ([`Authenticator::device_lease`]) or the user's current code
+//! as its password ([`Authenticator::verify_device_code`]). Such an
+//! [`AuthenticatedUser`] has no key ([`AuthenticatedUser::key`] is `None`,
+//! fingerprint `-`).
+//!
 //! Locks: the lockout table, the TOTP replay state (one lock per user) and
 //! the leases each have their own short lock, and no disk write happens
 //! under any of them except the user's replay state under her own replay
@@ -16,6 +24,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod device;
 pub mod lease;
 pub mod lockout;
 pub mod refusals;
@@ -77,12 +86,17 @@ impl KeyVerified {
     }
 }
 
+/// The fingerprint recorded for a login without an SSH key (a database
+/// client admitted by its WireGuard device), in the audit log and in leases.
+pub const NO_KEY_FINGERPRINT: &str = "-";
+
 /// Proof of a complete two-factor login. Only this module constructs it.
 #[derive(Debug, Clone)]
 pub struct AuthenticatedUser {
     name: String,
     roles: Vec<String>,
-    key: PublicKey,
+    /// None for a database login by WireGuard device + code or lease.
+    key: Option<PublicKey>,
     fingerprint: String,
     source: Source,
     source_label: String,
@@ -97,9 +111,12 @@ impl AuthenticatedUser {
         &self.roles
     }
     /// The key the user logged in with; jump sessions must present it again.
-    pub fn key(&self) -> &PublicKey {
-        &self.key
+    /// None when the user was admitted without an SSH key (a database client
+    /// by its WireGuard device): such a login matches no key.
+    pub fn key(&self) -> Option<&PublicKey> {
+        self.key.as_ref()
     }
+    /// The SHA-256 fingerprint of [`Self::key`], or `-` without a key.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -137,7 +154,7 @@ impl AuthenticatedUser {
             name: name.into(),
             roles: roles.iter().map(|s| s.to_string()).collect(),
             fingerprint: key.fingerprint(HashAlg::Sha256).to_string(),
-            key,
+            key: Some(key),
             source_label: source.to_string(),
             source,
             admitted_by: AdmittedBy::Code,
@@ -362,63 +379,85 @@ impl Authenticator {
     ///
     /// Blocking: reads the sealed secret and writes the replay state.
     pub fn verify_code(&self, kv: &KeyVerified, code: &str) -> Result<CodeOutcome, StateError> {
-        if let Some(KeyRefusal::Locked { until, .. }) = self.locked(&kv.user, kv.source.ip()) {
-            return Ok(CodeOutcome::Locked { until });
+        match self.check_code(&kv.user, kv.source.ip(), code)? {
+            CodeCheck::Refused(outcome) => Ok(outcome),
+            CodeCheck::Accepted => {
+                self.succeeded(kv);
+                lock(&self.leases).grant(lease_key(kv), Instant::now());
+                Ok(CodeOutcome::Accepted(Box::new(
+                    self.admit(kv, AdmittedBy::Code),
+                )))
+            }
         }
-        let Some(secret) = self.state.totp_secret(&kv.user)? else {
-            return Ok(CodeOutcome::NotEnrolled);
+    }
+
+    /// The code check shared by SSH and database logins: locks, the
+    /// replay state, and counting a wrong or reused code against `user` (a
+    /// configured user). An accepted step is on disk before this returns.
+    fn check_code(&self, user: &str, ip: IpAddr, code: &str) -> Result<CodeCheck, StateError> {
+        if let Some(KeyRefusal::Locked { until, .. }) = self.locked(user, ip) {
+            return Ok(CodeCheck::Refused(CodeOutcome::Locked { until }));
+        }
+        let Some(secret) = self.state.totp_secret(user)? else {
+            return Ok(CodeCheck::Refused(CodeOutcome::NotEnrolled));
         };
         let now = unix_now();
-        let Some(replay) = self.replay.get(&kv.user) else {
-            return Ok(CodeOutcome::NotEnrolled);
+        let Some(replay) = self.replay.get(user) else {
+            return Ok(CodeCheck::Refused(CodeOutcome::NotEnrolled));
         };
         let accepted = {
             let _replay = lock(replay);
-            let last = self.state.last_totp_step(&kv.user)?;
+            let last = self.state.last_totp_step(user)?;
             match totp::verify(&secret, code, now, last) {
                 Some(step) => {
-                    self.state.set_last_totp_step(&kv.user, step)?;
+                    self.state.set_last_totp_step(user, step)?;
                     true
                 }
                 None => false,
             }
         };
         if accepted {
-            self.succeeded(kv);
-            lock(&self.leases).grant(lease_key(kv), Instant::now());
-            return Ok(CodeOutcome::Accepted(Box::new(
-                self.admit(kv, AdmittedBy::Code),
-            )));
+            return Ok(CodeCheck::Accepted);
         }
         let reused = totp::verify(&secret, code, now, 0).is_some();
-        let (new_lock, generation) = self.lockouts.failure(Subject::User(&kv.user), now);
+        let (new_lock, generation) = self.lockouts.failure(Subject::User(user), now);
         if new_lock.is_some() && !self.lockouts.wait_written(generation, LOCK_WRITE_WAIT) {
             tracing::warn!("a new lockout is not on disk yet");
         }
-        Ok(if reused {
+        Ok(CodeCheck::Refused(if reused {
             CodeOutcome::Reused { lock: new_lock }
         } else {
             CodeOutcome::Wrong { lock: new_lock }
-        })
+        }))
+    }
+
+    fn roles_of(&self, user: &str) -> Vec<String> {
+        self.users
+            .get(user)
+            .and_then(|&i| self.settings.users.get(i))
+            .map(|u| u.roles.clone())
+            .unwrap_or_default()
     }
 
     fn admit(&self, kv: &KeyVerified, by: AdmittedBy) -> AuthenticatedUser {
-        let roles = self
-            .users
-            .get(&kv.user)
-            .and_then(|&i| self.settings.users.get(i))
-            .map(|u| u.roles.clone())
-            .unwrap_or_default();
         AuthenticatedUser {
             name: kv.user.clone(),
-            roles,
-            key: kv.key.clone(),
+            roles: self.roles_of(&kv.user),
+            key: Some(kv.key.clone()),
             fingerprint: kv.fingerprint.clone(),
             source: kv.source.clone(),
             source_label: kv.source_label.clone(),
             admitted_by: by,
         }
     }
+}
+
+/// What the shared code check found.
+enum CodeCheck {
+    /// The code was right and its step is now spent.
+    Accepted,
+    /// Anything else, as the caller reports it.
+    Refused(CodeOutcome),
 }
 
 fn lease_key(kv: &KeyVerified) -> LeaseKey {

@@ -149,8 +149,12 @@ impl JumpHandler {
         h
     }
 
+    /// True when `key` is the key the user logged in with; a login without
+    /// a key matches none.
     fn same_key(&self, key: &PublicKey) -> bool {
-        self.user.key().key_data() == key.key_data()
+        self.user
+            .key()
+            .is_some_and(|k| k.key_data() == key.key_data())
     }
 
     /// Connects to the target once per jump; later channels reuse it.

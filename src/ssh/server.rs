@@ -1075,7 +1075,12 @@ impl Outer {
             // russh answers no channel before authentication; refuse anyway.
             return false;
         };
-        let reason = if !self.gw.auth.key_is_authorized(user.name(), user.key()) {
+        // A login without a key (a database client by its device) never
+        // holds an SSH connection; if one ever did, it holds no key.
+        let holds_key = user
+            .key()
+            .is_some_and(|key| self.gw.auth.key_is_authorized(user.name(), key));
+        let reason = if !holds_key {
             Some("the user or their key is no longer in the configuration".to_string())
         } else {
             self.gw
