@@ -46,9 +46,18 @@ pub struct Authorized {
     idle_timeout: Duration,
     allow_env: Vec<String>,
     record_input: RecordInput,
+    /// Whether a granting role lets the database client pass `options`.
+    allow_options: bool,
 }
 
 impl Authorized {
+    /// Whether the database client may pass server `options` (PGOPTIONS):
+    /// true when any role that grants this login allows it (`options` can
+    /// change server settings for the session, so it is off by default).
+    pub fn allow_options(&self) -> bool {
+        self.allow_options
+    }
+
     /// Which input is recorded: the most-recording `record_input` among the
     /// granting roles (recording more is the stricter choice, as the
     /// shortest limits are for `max_session`).
@@ -96,6 +105,7 @@ impl Authorized {
             idle_timeout: Duration::ZERO,
             allow_env: Vec::new(),
             record_input: RecordInput::default(),
+            allow_options: false,
         }
     }
 }
@@ -224,6 +234,7 @@ impl Policy {
                 .map(|r| r.record_input)
                 .max()
                 .unwrap_or_default(),
+            allow_options: granting.iter().any(|r| r.allow_options),
         })
     }
 }
@@ -246,6 +257,7 @@ mod tests {
                 .iter()
                 .map(|(k, v)| (k.to_string(), v.to_string()))
                 .collect(),
+            db: None,
         }
     }
 
@@ -258,6 +270,7 @@ mod tests {
             idle_timeout: Duration::from_secs(idle),
             allow_env: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
             record_input: RecordInput::default(),
+            allow_options: false,
         }
     }
 

@@ -428,3 +428,17 @@ fn lease_key(kv: &KeyVerified) -> LeaseKey {
         source: kv.source_label.clone(),
     }
 }
+
+// STUB (cfg owns this; dropped at merge)
+impl Authenticator {
+    pub fn device_lease(&self, _source: &Source) -> Option<AuthenticatedUser> {
+        None
+    }
+    pub fn verify_device_code(
+        &self,
+        _source: &Source,
+        _code: &str,
+    ) -> Result<CodeOutcome, StateError> {
+        Ok(CodeOutcome::NotEnrolled)
+    }
+}

@@ -162,6 +162,7 @@ pub struct Role {
     pub allow_env: Vec<String>,
     /// Which of the user's input is recorded (default [`RecordInput::Exec`]).
     pub record_input: RecordInput,
+    pub allow_options: bool,
 }
 
 /// Which input (user -> target bytes) a role's sessions record. Output is
@@ -207,6 +208,30 @@ impl RecordInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
     Ssh,
+    Postgres,
+}
+
+/// STUB (cfg owns this)
+#[derive(Debug, Clone)]
+pub struct DbTarget {
+    pub tunnel_port: u16,
+    pub tls: DbTls,
+    pub auth: DbAuth,
+}
+/// STUB
+#[derive(Debug, Clone)]
+pub enum DbTls {
+    Verify {
+        ca: std::path::PathBuf,
+        server_name: String,
+    },
+    Disable,
+}
+/// STUB
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbAuth {
+    Scram,
+    Md5,
 }
 
 /// `[[targets]]`
@@ -220,6 +245,7 @@ pub struct Target {
     /// Pinned host keys; empty means every session to it is refused.
     pub host_keys: Vec<PublicKey>,
     pub labels: BTreeMap<String, String>,
+    pub db: Option<DbTarget>,
 }
 
 mod raw;

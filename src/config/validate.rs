@@ -572,6 +572,7 @@ impl Checker<'_, '_> {
             port,
             host_keys: host_keys?,
             labels: labels?,
+            db: None,
         })
     }
 
@@ -649,6 +650,7 @@ impl Checker<'_, '_> {
             idle_timeout: idle_timeout?,
             allow_env: allow_env?,
             record_input: record_input?,
+            allow_options: false,
         })
     }
 
