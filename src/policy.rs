@@ -52,7 +52,7 @@ pub struct Authorized {
 
 impl Authorized {
     /// Whether the database client may pass server `options` (PGOPTIONS):
-    /// true when any role that grants this login allows it (`options` can
+    /// true only when every role that grants this login allows it (`options` can
     /// change server settings for the session, so it is off by default).
     pub fn allow_options(&self) -> bool {
         self.allow_options
@@ -234,7 +234,8 @@ impl Policy {
                 .map(|r| r.record_input)
                 .max()
                 .unwrap_or_default(),
-            allow_options: granting.iter().any(|r| r.allow_options),
+            // Strictest wins, like the limits: every granting role must allow it.
+            allow_options: granting.iter().all(|r| r.allow_options),
         })
     }
 }

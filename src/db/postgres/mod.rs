@@ -318,6 +318,20 @@ async fn code_login(
         "password authentication failed for user \"{}\"",
         audit::client_name(login_name)
     );
+    // Audited as the SSH server audits a code: method `db-code`.
+    let label = source.to_string();
+    let person = source.device_user().unwrap_or("-");
+    let (result, reason, lock) = match &outcome {
+        CodeOutcome::Accepted(_) => ("success", "code accepted", None),
+        CodeOutcome::Wrong { lock } => ("failure", "wrong code", lock.as_ref()),
+        CodeOutcome::Reused { lock } => ("failure", "reused code", lock.as_ref()),
+        CodeOutcome::Locked { .. } => ("failure", "locked", None),
+        CodeOutcome::NotEnrolled => ("failure", "not enrolled", None),
+    };
+    audit::auth_attempt(person, "db-code", "-", &label, result, reason);
+    if let Some(l) = lock {
+        audit::lockout(&l.subject, l.until, &label);
+    }
     match outcome {
         CodeOutcome::Accepted(u) => Ok(*u),
         CodeOutcome::Wrong { .. } => Err(Refusal::new("28P01", failed, "wrong code").hint(

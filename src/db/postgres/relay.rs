@@ -39,8 +39,8 @@ use crate::recording::query::{CopyDirection, DbEvent, Param};
 use crate::recording::{Recording, RecordingError};
 
 /// The largest `Query`, `Parse` or `Bind` message recorded (and so
-/// allowed): 32 MiB.
-pub const MAX_RECORDED: usize = 32 << 20;
+/// allowed): 16 MiB, the most one recording event holds.
+pub const MAX_RECORDED: usize = 16 << 20;
 /// The largest server status message read whole (`CommandComplete`,
 /// `ErrorResponse`, `NoticeResponse`).
 pub const MAX_STATUS: usize = 1 << 20;
