@@ -547,3 +547,121 @@ pub fn recording_removed(
         "recording {recording_id} ({user} to {target}, started {started}) removed: {reason}"
     );
 }
+
+// Database sessions (src/db). SQL text never appears here: it is only in
+// the sealed recording.
+const ID_DB_SESSION_START: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c01";
+const ID_DB_SESSION_END: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c02";
+const ID_DB_SESSION_REFUSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c03";
+const ID_DB_CANCEL: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c04";
+
+/// Who a database session is, for its audit events.
+#[derive(Debug, Clone, Copy)]
+pub struct DbWho<'a> {
+    pub user: &'a str,
+    pub login: &'a str,
+    pub target: &'a str,
+    pub database: &'a str,
+    pub source: &'a str,
+}
+
+/// A database session began (after login, policy and the upstream login).
+pub fn db_session_start(session_id: &str, who: DbWho<'_>, admitted_by: &str, recording: &str) {
+    let DbWho {
+        user,
+        login,
+        target,
+        database,
+        source,
+    } = who;
+    let user = client_name(user);
+    let login = client_name(login);
+    let database = client_name(database);
+    info!(
+        target: TARGET,
+        event = "db.session.start",
+        message_id = ID_DB_SESSION_START,
+        session_id,
+        user = %user,
+        login = %login,
+        target,
+        database = %database,
+        source,
+        admitted_by,
+        recording,
+        "{user} started a database session to {login}@{target}/{database}"
+    );
+}
+
+/// What a finished database session did.
+#[derive(Debug, Default, Clone)]
+pub struct DbSummary {
+    pub duration_ms: u64,
+    pub statements: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub reason: String,
+}
+
+/// A database session ended.
+pub fn db_session_end(session_id: &str, who: DbWho<'_>, s: &DbSummary) {
+    let user = client_name(who.user);
+    let login = client_name(who.login);
+    let target = who.target;
+    info!(
+        target: TARGET,
+        event = "db.session.end",
+        message_id = ID_DB_SESSION_END,
+        session_id,
+        user = %user,
+        login = %login,
+        target,
+        duration_ms = s.duration_ms,
+        statements = s.statements,
+        bytes_up = s.bytes_up,
+        bytes_down = s.bytes_down,
+        reason = %s.reason,
+        "{user}'s database session to {login}@{target} ended: {}", s.reason
+    );
+}
+
+/// A database connection was refused (login, policy, upstream, recorder).
+pub fn db_session_refused(who: DbWho<'_>, reason: &str) {
+    let user = client_name(who.user);
+    let login = client_name(who.login);
+    let database = client_name(who.database);
+    let target = who.target;
+    let source = who.source;
+    info!(
+        target: TARGET,
+        event = "db.session.refused",
+        message_id = ID_DB_SESSION_REFUSED,
+        user = %user,
+        login = %login,
+        target,
+        database = %database,
+        source,
+        reason,
+        "refused database session {user} -> {login}@{target}: {reason}"
+    );
+}
+
+/// A cancel request: forwarded to the server, or ignored (with why).
+pub fn db_cancel(user: &str, target: &str, source: &str, session_id: &str, outcome: &str) {
+    let event = if outcome == "forwarded" {
+        "db.cancel"
+    } else {
+        "db.cancel.ignored"
+    };
+    info!(
+        target: TARGET,
+        event,
+        message_id = ID_DB_CANCEL,
+        user,
+        target,
+        source,
+        session_id,
+        outcome,
+        "cancel request from {user} for {target}: {outcome}"
+    );
+}

@@ -21,7 +21,8 @@ use tracing::Instrument;
 
 use crate::audit;
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{DbTls, Settings};
+use crate::db::{self, DbGateway, DbService};
 use crate::dispatch::{Connection, Dispatch, Service, Serving};
 use crate::policy::Policy;
 use crate::recording::Recorder;
@@ -49,7 +50,7 @@ pub async fn run(
     let state = Arc::new(StateDir::open(&settings.gateway.state_dir)?);
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
-    let auth = Authenticator::new(settings.clone(), state.clone())?;
+    let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
@@ -58,10 +59,39 @@ pub async fn run(
             .map_err(|e| anyhow::anyhow!("recordings: {}", e.detail()))?,
     );
     recorder.clone().spawn_retention(stop_rx.clone());
+    // The database proxies, one per database target, by tunnel_port: the
+    // same services inside the tunnel and behind SSH direct-tcpip.
+    let db_gw = Arc::new(DbGateway {
+        settings: settings.clone(),
+        policy: Policy::new(settings.clone()),
+        auth: auth.clone(),
+        recorder: recorder.clone(),
+        state: state.clone(),
+        keys: db::cancel::Keys::default(),
+        shutdown: stop_rx.clone(),
+    });
+    let mut databases = Dispatch::new();
+    for t in &settings.targets {
+        if let Some(d) = &t.db {
+            if matches!(d.tls, DbTls::Disable) {
+                tracing::warn!(
+                    target = %t.name,
+                    "database target {} has tls = \"disable\": its traffic and login cross the network unencrypted",
+                    t.name
+                );
+            }
+            databases = databases.route(
+                d.tunnel_port,
+                Arc::new(DbService::new(db_gw.clone(), &t.name)),
+            );
+        }
+    }
+    let databases = Arc::new(databases);
     let gw = Arc::new(Gateway {
         recorder: recorder.clone(),
         policy: Policy::new(settings.clone()),
         auth,
+        databases: databases.clone(),
         server_config,
         jump_config,
         client_config: ssh::client_config(),
@@ -90,7 +120,12 @@ pub async fn run(
     let plain = Arc::new(plain);
     // WireGuard (when configured): SSH on the tunnel address too. Bound
     // here, so a bad or busy UDP address fails the start like a TCP one.
-    let tunnelled = Arc::new(Dispatch::new().route(tunnel::SSH_PORT, ssh_service));
+    let tunnelled = Arc::new(
+        databases
+            .as_ref()
+            .clone()
+            .route(tunnel::SSH_PORT, ssh_service),
+    );
     let _tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
     let max = settings.gateway.max_connections;
@@ -219,6 +254,7 @@ async fn accept_loop(
             source: Source::Address(peer),
             local,
             pre_auth: Some(Box::new(pre)),
+            admitted: None,
         };
         let Some(serving) = dispatch.serve(conn) else {
             continue;
@@ -296,6 +332,7 @@ async fn serve(gw: Arc<Gateway>, conn: Connection) {
         source,
         local,
         pre_auth,
+        admitted: _,
     } = conn;
     let opened = tokio::time::Instant::now();
     let authenticated = Arc::new(AtomicBool::new(false));

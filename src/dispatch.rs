@@ -1,5 +1,5 @@
 //! One dispatch for every door. A listener (plain TCP, the WireGuard
-//! tunnel) accepts a connection and hands it here as a [`Connection`]:
+//! tunnel, an SSH channel to a database target) accepts a connection and hands it here as a [`Connection`]:
 //! the byte stream, the [`Source`] (who connected), and the local address
 //! it reached. The [`Dispatch`] picks the service by the local port — today
 //! the SSH server; later the database proxies — and returns the future that
@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 
+use crate::auth::AuthenticatedUser;
 use crate::source::Source;
 
 /// A byte stream any service can speak over (a TCP socket, a tunnelled
@@ -34,6 +35,11 @@ pub struct Connection {
     /// authenticated; the service drops it then (or when the connection
     /// ends). None where the listener keeps no such count.
     pub pre_auth: Option<Box<dyn Send>>,
+    /// The person, when she has already logged in with both factors before
+    /// this connection existed: an SSH `direct-tcpip` channel to a database
+    /// target. Only in-process code builds a `Connection`, and only the SSH
+    /// server sets this, from its own [`AuthenticatedUser`] proof.
+    pub admitted: Option<AuthenticatedUser>,
 }
 
 impl std::fmt::Debug for Connection {
@@ -122,6 +128,7 @@ mod tests {
             source: Source::Address(SocketAddr::from(([192, 0, 2, 7], 40000))),
             local: SocketAddr::from(([10, 77, 0, 1], port)),
             pre_auth: None,
+            admitted: None,
         }
     }
 

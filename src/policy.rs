@@ -46,9 +46,18 @@ pub struct Authorized {
     idle_timeout: Duration,
     allow_env: Vec<String>,
     record_input: RecordInput,
+    /// Whether a granting role lets the database client pass `options`.
+    allow_options: bool,
 }
 
 impl Authorized {
+    /// Whether the database client may pass server `options` (PGOPTIONS):
+    /// true only when every role that grants this login allows it (`options` can
+    /// change server settings for the session, so it is off by default).
+    pub fn allow_options(&self) -> bool {
+        self.allow_options
+    }
+
     /// Which input is recorded: the most-recording `record_input` among the
     /// granting roles (recording more is the stricter choice, as the
     /// shortest limits are for `max_session`).
@@ -96,6 +105,7 @@ impl Authorized {
             idle_timeout: Duration::ZERO,
             allow_env: Vec::new(),
             record_input: RecordInput::default(),
+            allow_options: false,
         }
     }
 }
@@ -224,6 +234,8 @@ impl Policy {
                 .map(|r| r.record_input)
                 .max()
                 .unwrap_or_default(),
+            // Strictest wins, like the limits: every granting role must allow it.
+            allow_options: granting.iter().all(|r| r.allow_options),
         })
     }
 }

@@ -89,6 +89,7 @@
 pub mod cli;
 pub mod export;
 pub mod format;
+pub mod query;
 pub mod reader;
 mod retention;
 mod segment;
@@ -152,11 +153,20 @@ impl RecordingError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordingKind {
     /// A shell with a PTY (`term`, `cols`, `rows` from the pty-request).
-    Shell { term: String, cols: u32, rows: u32 },
+    Shell {
+        term: String,
+        cols: u32,
+        rows: u32,
+    },
     /// `ssh host command`, scp -O, rsync: the command's exact bytes.
-    Exec { command: Vec<u8> },
+    Exec {
+        command: Vec<u8>,
+    },
     /// The sftp subsystem (also modern scp).
     Sftp,
+    Postgres {
+        database: String,
+    },
 }
 
 /// Who and what a recording is of. All of it except the exec command and
@@ -490,6 +500,7 @@ fn fill_recording(
         RecordingKind::Shell { term, .. } => (Kind::Shell, None, Some(term.clone()), 80, 24),
         RecordingKind::Exec { command } => (Kind::Exec, Some(command.as_slice()), None, 80, 24),
         RecordingKind::Sftp => (Kind::Sftp, None, None, 80, 24),
+        RecordingKind::Postgres { .. } => (Kind::Sftp, None, None, 80, 24), // STUB
     };
     let term = term.filter(|t| !t.is_empty());
     let disk_meta = Meta {

@@ -74,7 +74,9 @@ pub fn modern_algorithms() -> Preferred {
 pub struct Gateway {
     pub settings: Arc<Settings>,
     pub policy: Policy,
-    pub auth: Authenticator,
+    /// Shared with the database proxies: one lockout table, one set of
+    /// MFA leases.
+    pub auth: Arc<Authenticator>,
     /// Config of the server users log in to (publickey + keyboard-interactive).
     pub server_config: Arc<russh::server::Config>,
     /// Config of the in-process server answering jump channels (publickey).
@@ -89,6 +91,10 @@ pub struct Gateway {
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live jumps and channels per connection and per user, under their caps.
     pub caps: Arc<caps::Caps>,
+    /// The database proxies, by their targets' `tunnel_port`: where an SSH
+    /// `direct-tcpip` channel to a database target is answered (never a raw
+    /// forward).
+    pub databases: Arc<crate::dispatch::Dispatch>,
 }
 
 impl std::fmt::Debug for Gateway {

@@ -663,13 +663,49 @@ impl Handler for Outer {
                 if t.kind == crate::config::TargetKind::Ssh
                     && (port == 22 || port == u32::from(t.port)) =>
             {
-                Ok(t.name.clone())
+                Ok((t.name.clone(), None))
             }
-            Ok(_) => Err("port is not the target's SSH port"),
+            Ok(t) => match &t.db {
+                // A database target: its proxy answers, never a raw forward.
+                Some(d) if port == u32::from(t.port) || port == u32::from(d.tunnel_port) => {
+                    Ok((t.name.clone(), Some(d.tunnel_port)))
+                }
+                Some(_) => Err("port is not the database target's port"),
+                None => Err("port is not the target's SSH port"),
+            },
             Err(d) => Err(d.reason()),
         };
         match decision {
-            Ok(target) => {
+            Ok((_target, Some(db_port))) => {
+                let permit = match self.gw.caps.open_jump(user.name(), (self.peer, self.local)) {
+                    Ok(p) => p,
+                    Err(cap) => {
+                        self.refuse_cap(reply, user.name(), "direct-tcpip", host, port, &cap)
+                            .await;
+                        return Ok(());
+                    }
+                };
+                let conn = crate::dispatch::Connection {
+                    stream: Box::new(channel.into_stream()),
+                    source: user.origin().clone(),
+                    local: std::net::SocketAddr::from(([0, 0, 0, 0], db_port)),
+                    pre_auth: None,
+                    admitted: Some(user.clone()),
+                };
+                match self.gw.databases.serve(conn) {
+                    Some(serving) => {
+                        reply.accept().await;
+                        tokio::spawn(async move {
+                            serving.await;
+                            drop(permit);
+                        });
+                    }
+                    None => {
+                        reply.reject(russh::ChannelOpenFailure::ConnectFailed).await;
+                    }
+                }
+            }
+            Ok((target, None)) => {
                 // Caps per person: each jump holds a connection to a target.
                 let permit = match self.gw.caps.open_jump(user.name(), (self.peer, self.local)) {
                     Ok(p) => p,

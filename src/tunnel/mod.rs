@@ -324,6 +324,7 @@ pub fn start(
             }),
             local: peer.local,
             pre_auth: None,
+            admitted: None,
         };
         // Only the dispatch's ports have listeners, so a connection always
         // has a service; one without is dropped, which closes it.

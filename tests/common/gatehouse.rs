@@ -104,6 +104,12 @@ impl GatehouseBuilder {
         self
     }
 
+    /// Gives an already added user exactly `roles`.
+    pub fn user_roles(mut self, user: &str, roles: &[&str]) -> Self {
+        find(&mut self.users, |u| u.name == user, "user", user).roles = strings(roles);
+        self
+    }
+
     /// A raw line for an already added user.
     pub fn user_line(mut self, user: &str, line: &str) -> Self {
         find(&mut self.users, |u| u.name == user, "user", user)

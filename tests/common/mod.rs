@@ -15,6 +15,8 @@ pub mod client;
 pub mod gatehouse;
 pub mod keys;
 pub mod netns;
+pub mod pgwire;
+pub mod postgres;
 pub mod scripted;
 pub mod sshd;
 pub mod util;

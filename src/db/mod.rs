@@ -1,0 +1,77 @@
+//! Database access: protocol-aware proxies for database targets, behind the
+//! same doors as SSH (see `design.md`, "Database access").
+//!
+//! A connection reaches a proxy through the [`crate::dispatch`]: either
+//! inside the WireGuard tunnel, on the target's `tunnel_port` (the device
+//! names the person, the port names the target), or through an SSH
+//! `direct-tcpip` channel (`ssh -L`, `-W`) of a person who has already
+//! logged in with key + code. There is no plain TCP listener for a database:
+//! its parsers would face the network before any login.
+//!
+//! This module never imports `ssh` or `tunnel`; `daemon` wires it.
+
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+pub mod cancel;
+pub mod postgres;
+
+use std::sync::Arc;
+
+use crate::auth::Authenticator;
+use crate::config::Settings;
+use crate::dispatch::{Connection, Service, Serving};
+use crate::policy::Policy;
+use crate::recording::Recorder;
+use crate::state::StateDir;
+
+/// What every database session needs: who may log in, what they may reach,
+/// the recorder, the sealed credentials and the live sessions' cancel keys.
+pub struct DbGateway {
+    pub settings: Arc<Settings>,
+    pub policy: Policy,
+    /// Shared with the SSH server: one lockout table, one set of MFA leases.
+    pub auth: Arc<Authenticator>,
+    pub recorder: Arc<Recorder>,
+    pub state: Arc<StateDir>,
+    pub keys: cancel::Keys,
+    /// Fires when the daemon shuts down.
+    pub shutdown: tokio::sync::watch::Receiver<bool>,
+}
+
+impl std::fmt::Debug for DbGateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbGateway")
+            .field("live_sessions", &self.keys.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// The proxy of one database target (the dispatch routes its
+/// `tunnel_port` here).
+#[derive(Debug)]
+pub struct DbService {
+    gw: Arc<DbGateway>,
+    target: String,
+}
+
+impl DbService {
+    pub fn new(gw: Arc<DbGateway>, target: &str) -> DbService {
+        DbService {
+            gw,
+            target: target.to_string(),
+        }
+    }
+}
+
+impl Service for DbService {
+    fn serve(&self, conn: Connection) -> Serving {
+        Box::pin(postgres::serve(self.gw.clone(), self.target.clone(), conn))
+    }
+}
+
+/// A random session id (hex, 16 bytes), like the SSH sessions'.
+pub fn new_session_id() -> String {
+    let mut b = [0u8; 16];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
+    hex::encode(b)
+}
