@@ -207,6 +207,29 @@ impl RecordInput {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum TargetKind {
     Ssh,
+    Postgres,
+}
+
+/// STUB (helper "up"; dropped at merge for helper "cfg"'s real types).
+#[derive(Debug, Clone)]
+pub struct DbTarget {
+    pub tunnel_port: u16,
+    pub tls: DbTls,
+    pub auth: DbAuth,
+}
+
+/// STUB (helper "up").
+#[derive(Debug, Clone)]
+pub enum DbTls {
+    Verify { ca: PathBuf, server_name: String },
+    Disable,
+}
+
+/// STUB (helper "up").
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DbAuth {
+    Scram,
+    Md5,
 }
 
 /// `[[targets]]`
@@ -220,6 +243,8 @@ pub struct Target {
     /// Pinned host keys; empty means every session to it is refused.
     pub host_keys: Vec<PublicKey>,
     pub labels: BTreeMap<String, String>,
+    /// STUB (helper "up"): Some iff kind == Postgres.
+    pub db: Option<DbTarget>,
 }
 
 mod raw;

@@ -572,6 +572,7 @@ impl Checker<'_, '_> {
             port,
             host_keys: host_keys?,
             labels: labels?,
+            db: None,
         })
     }
 

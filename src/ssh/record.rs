@@ -66,6 +66,7 @@ mod tests {
             port: 22,
             host_keys: vec![],
             labels: Default::default(),
+            db: None,
         };
         let user = AuthenticatedUser::for_tests_from("alice", &["ops"], source);
         Authorized::for_tests(user, target, "deploy")
