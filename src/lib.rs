@@ -13,6 +13,7 @@ pub mod cli;
 mod cli_quickstart;
 pub mod config;
 pub mod daemon;
+pub mod db;
 pub mod dispatch;
 pub mod policy;
 pub mod recording;

@@ -1,0 +1,3 @@
+//! Database proxies: protocol-aware relays to database targets.
+
+pub mod postgres;
