@@ -448,3 +448,52 @@ async fn an_event_over_the_bound_is_refused_and_the_recording_goes_on() {
         .unwrap_err();
     assert!(matches!(err, RecordingError::Closed), "{err:?}");
 }
+
+#[tokio::test]
+async fn a_write_failure_fails_db_closed_and_keeps_sealed_statements() {
+    let f = fixture();
+    f.rec
+        .set_segment_interval_for_tests(Duration::from_millis(50));
+    let r = f.rec.start(pg_meta()).await.unwrap();
+    let dir = f.root.join(r.id());
+    let first = DbEvent::Statement {
+        text: b"SELECT 'sealed'".to_vec(),
+        parse: None,
+    };
+    r.db(first.clone()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while manifest(&dir).len() < 2 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(manifest(&dir).len(), 2);
+    // The directory disappears under the writer: the next seal fails.
+    let moved = f.root.join("moved-away");
+    std::fs::rename(&dir, &moved).unwrap();
+    let mut err = None;
+    for _ in 0..300 {
+        let ev = DbEvent::Statement {
+            text: b"SELECT 'lost'".to_vec(),
+            parse: None,
+        };
+        if let Err(e) = r.db(ev).await {
+            err = Some(e);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let err = err.expect("the session is told");
+    assert!(matches!(err, RecordingError::Failed { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot continue unrecorded"));
+    // Every later event is refused at once, not left waiting.
+    let later = tokio::time::timeout(
+        Duration::from_secs(5),
+        r.db(DbEvent::Cancel { forwarded: true }),
+    )
+    .await
+    .expect("db() does not wait for a writer that is gone");
+    assert!(later.is_err());
+    std::fs::rename(&moved, &dir).unwrap();
+    let v = reader::verify(&reader::open(&f.root, r.id()).unwrap());
+    assert!(v.ok(), "{v:?}");
+    assert_eq!(db_events(&f, r.id()), vec![first]);
+}
