@@ -270,10 +270,17 @@ mod text_bytes {
 }
 
 /// `{"text": T}` with `T` as in `text_bytes`.
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct TextParam {
     #[serde(with = "text_bytes")]
     text: Vec<u8>,
+}
+
+/// [`TextParam`] without copying the bytes.
+#[derive(Serialize)]
+struct TextParamRef<'a> {
+    #[serde(with = "text_bytes")]
+    text: &'a [u8],
 }
 
 #[derive(Serialize, Deserialize)]
@@ -292,7 +299,7 @@ impl Serialize for Param {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         match self {
             Param::Null => s.serialize_none(),
-            Param::Text(b) => TextParam { text: b.clone() }.serialize(s),
+            Param::Text(b) => TextParamRef { text: b }.serialize(s),
             Param::Binary(b) => BinaryParam { base64: b64(b) }.serialize(s),
         }
     }
