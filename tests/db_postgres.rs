@@ -282,6 +282,25 @@ fn replication_and_options_are_refused_unless_allowed() {
         "{}",
         stderr(&out)
     );
+    // Any other startup parameter is a server setting like options.
+    let mut s = PgConn::connect(&db.addr()).unwrap();
+    let got = s.login(
+        &[
+            ("user", "app_ro"),
+            ("database", "app"),
+            ("search_path", "evil"),
+        ],
+        None,
+    );
+    let last = got.last().expect("an answer");
+    assert_eq!(last.tag, b'E');
+    assert!(
+        last.field(b'M')
+            .unwrap_or_default()
+            .contains("startup parameter \"search_path\" is not allowed"),
+        "{:?}",
+        last.field(b'M')
+    );
     let refused = db.w.gw.events("db.session.refused");
     assert!(
         refused.iter().any(|e| e["reason"] == "replication refused")
@@ -501,6 +520,23 @@ fn extended_protocol_binary_parameters_are_recorded_exactly() {
     let got = s.until_ready().unwrap();
     let rows: Vec<&pgwire::Msg> = got.iter().filter(|m| m.tag == b'D').collect();
     assert_eq!(rows.len(), 2, "both executions answered");
+    // The fast-path FunctionCall (int4pl, OID 177) is recorded too.
+    let mut f = 177i32.to_be_bytes().to_vec();
+    f.extend_from_slice(&1i16.to_be_bytes());
+    f.extend_from_slice(&1i16.to_be_bytes());
+    f.extend_from_slice(&2i16.to_be_bytes());
+    for v in [40i32, 2] {
+        f.extend_from_slice(&4i32.to_be_bytes());
+        f.extend_from_slice(&v.to_be_bytes());
+    }
+    f.extend_from_slice(&1i16.to_be_bytes());
+    s.send(&pgwire::msg(b'F', &f)).unwrap();
+    let got = s.until_ready().unwrap();
+    let v = got
+        .iter()
+        .find(|m| m.tag == b'V')
+        .expect("FunctionCallResponse");
+    assert_eq!(&v.body[4..8], &42i32.to_be_bytes());
     s.send(&pgwire::msg(b'X', &[])).unwrap();
     drop(s);
     let id = finished_pg_recording(&db.w);
@@ -514,6 +550,12 @@ fn extended_protocol_binary_parameters_are_recorded_exactly() {
     let b64_41 = base64::engine::general_purpose::STANDARD.encode(41i32.to_be_bytes());
     assert!(text.contains(&b64_41), "{text}");
     assert!(text.contains("select length($1::bytea)"), "{text}");
+    assert!(
+        text.contains("oid 177"),
+        "the function call was not recorded: {text}"
+    );
+    let b64_40 = base64::engine::general_purpose::STANDARD.encode(40i32.to_be_bytes());
+    assert!(text.contains(&b64_40), "{text}");
     // The auditor's screen is safe from the recorded escape sequence.
     let shown = show(&db.w, &id);
     assert!(!shown.contains('\u{1b}'), "raw ESC reached the transcript");

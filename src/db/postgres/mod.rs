@@ -404,8 +404,44 @@ fn authorize(
             "options refused",
         ));
     }
+    // Any other startup parameter is a server setting too (the server
+    // applies `search_path=...` like `-c search_path=...`): the same rule
+    // as `options`, except for the ones stock clients send.
+    if !authorized.allow_options() {
+        if let Some((k, _)) = startup
+            .params
+            .iter()
+            .find(|(k, _)| !PLAIN_PARAMS.contains(&k.as_str()))
+        {
+            return Err(Refusal::new(
+                "28000",
+                format!(
+                    "gatehouse: the startup parameter \"{}\" is not allowed by your role",
+                    audit::client_name(k)
+                ),
+                "options refused",
+            ));
+        }
+    }
     Ok(authorized)
 }
+
+/// Startup parameters any client may send: who and where (`user`,
+/// `database`), and the session formats libpq, JDBC (DBeaver), psycopg
+/// (pgAdmin) and pgbench set. `replication` and `options` are decided above.
+const PLAIN_PARAMS: &[&str] = &[
+    "user",
+    "database",
+    "application_name",
+    "fallback_application_name",
+    "client_encoding",
+    "DateStyle",
+    "TimeZone",
+    "extra_float_digits",
+    "IntervalStyle",
+    "replication",
+    "options",
+];
 
 fn d_reason(d: &Denied) -> String {
     d.reason().to_string()

@@ -355,20 +355,36 @@ pub fn parse_bind(body: &[u8]) -> Result<(String, String, Vec<BindParam>), Proto
     let mut c = Cursor::new(body);
     let portal = String::from_utf8_lossy(c.cstr()?).into_owned();
     let statement = String::from_utf8_lossy(c.cstr()?).into_owned();
+    let params = values(&mut c)?;
+    Ok((portal, statement, params))
+}
+
+/// A `FunctionCall` body: the function's OID and its arguments (formats
+/// applied as for Bind).
+pub fn parse_function_call(body: &[u8]) -> Result<(u32, Vec<BindParam>), ProtoError> {
+    let mut c = Cursor::new(body);
+    let oid = c.i32()? as u32;
+    let args = values(&mut c)?;
+    Ok((oid, args))
+}
+
+/// Format codes, then values, as Bind and FunctionCall carry them: no
+/// format = all text, one = all that format, else one per value.
+fn values(c: &mut Cursor<'_>) -> Result<Vec<BindParam>, ProtoError> {
     let nformats =
         usize::try_from(c.i16()?).map_err(|_| ProtoError::Malformed("negative count"))?;
     let mut formats = Vec::with_capacity(nformats.min(c.rest().len() / 2));
     for _ in 0..nformats {
         formats.push(c.i16()?);
     }
-    let nparams = usize::try_from(c.i16()?).map_err(|_| ProtoError::Malformed("negative count"))?;
-    if nformats > 1 && nformats != nparams {
+    let n = usize::try_from(c.i16()?).map_err(|_| ProtoError::Malformed("negative count"))?;
+    if nformats > 1 && nformats != n {
         return Err(ProtoError::Malformed(
-            "Bind format count differs from parameter count",
+            "format count differs from value count",
         ));
     }
-    let mut params = Vec::with_capacity(nparams.min(c.rest().len() / 4));
-    for i in 0..nparams {
+    let mut out = Vec::with_capacity(n.min(c.rest().len() / 4));
+    for i in 0..n {
         let len = c.i32()?;
         let format = match formats.len() {
             0 => 0,
@@ -376,17 +392,17 @@ pub fn parse_bind(body: &[u8]) -> Result<(String, String, Vec<BindParam>), Proto
             _ => formats.get(i).copied().unwrap_or(0),
         };
         if len < 0 {
-            params.push(BindParam::Null);
+            out.push(BindParam::Null);
             continue;
         }
         let v = c.take(len as usize)?.to_vec();
-        params.push(if format == 1 {
+        out.push(if format == 1 {
             BindParam::Binary(v)
         } else {
             BindParam::Text(v)
         });
     }
-    Ok((portal, statement, params))
+    Ok(out)
 }
 
 /// A `CommandComplete` tag and the row count it carries (`SELECT 3`,

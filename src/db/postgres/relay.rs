@@ -3,7 +3,8 @@
 //!
 //! **What is decoded.** Client to server: `Query` and `Parse` (statement
 //! text, recorded before the message is forwarded, so nothing runs
-//! unrecorded), `Bind` (parameters), `Execute` and `Sync` (to pair results
+//! unrecorded), `Bind` (parameters), `FunctionCall` (the function's OID and
+//! arguments), `Execute` and `Sync` (to pair results
 //! with statements), `CopyData`/`CopyDone`/`CopyFail` (byte counts). Server
 //! to client: `CommandComplete`, `ErrorResponse`, `EmptyQueryResponse`,
 //! `PortalSuspended`, `ReadyForQuery`, the COPY responses and `CopyData`
@@ -11,7 +12,7 @@
 //! through without being buffered or kept.
 //!
 //! **Bounded memory.** A message is streamed through in pieces, except the
-//! ones recorded whole: `Query`, `Parse` and `Bind` up to
+//! ones recorded whole: `Query`, `Parse`, `Bind` and `FunctionCall` up to
 //! [`MAX_RECORDED`] bytes (a larger one ends the session: it could not be
 //! recorded), and the server's small status messages up to
 //! [`MAX_STATUS`]. At most [`MAX_PENDING`] statements may await their
@@ -360,7 +361,7 @@ where
             .up
             .fetch_add(h.body_len as u64 + 5, Ordering::Relaxed);
         match h.tag {
-            b'Q' | b'P' | b'B' => {
+            b'Q' | b'P' | b'B' | b'F' => {
                 if h.body_len > MAX_RECORDED {
                     return Ok(End::TooLarge(h.body_len));
                 }
@@ -386,6 +387,28 @@ where
                             parse: Some(name),
                         })
                         .await?;
+                    }
+                    b'F' => {
+                        // The fast-path FunctionCall (large objects, some
+                        // drivers): a function by OID with arguments. Recorded
+                        // as a statement naming the OID and its arguments, and
+                        // timed like a simple query.
+                        let (oid, args) = proto::parse_function_call(&body)?;
+                        rec.db(DbEvent::Statement {
+                            text: format!("/* fast-path function call */ oid {oid}").into_bytes(),
+                            parse: None,
+                        })
+                        .await?;
+                        rec.db(DbEvent::Bind {
+                            statement: format!("function {oid}"),
+                            portal: String::new(),
+                            params: args.into_iter().map(param).collect(),
+                        })
+                        .await?;
+                        wait_for_room(shared).await;
+                        let mut t = shared.track();
+                        t.pending.push_back(Pending::Simple(Instant::now()));
+                        t.statements += 1;
                     }
                     _ => {
                         let (portal, statement, params) = proto::parse_bind(&body)?;
@@ -584,9 +607,13 @@ where
                 })
                 .await?;
             }
-            (b'I', _) | (b's', _) => {
+            (b'I', _) | (b's', _) | (b'V', _) => {
                 let micros = complete(shared);
-                let tag = if h.tag == b'I' { "EMPTY" } else { "SUSPENDED" };
+                let tag = match h.tag {
+                    b'I' => "EMPTY",
+                    b's' => "SUSPENDED",
+                    _ => "FUNCTION CALL",
+                };
                 rec.db(DbEvent::Result {
                     tag: Some(tag.to_string()),
                     rows: None,
