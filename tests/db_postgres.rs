@@ -206,6 +206,7 @@ fn psql_through_ssh_forward_runs_as_the_role_login_and_every_statement_is_record
     assert_eq!(end["session_id"], start["session_id"]);
     let id = finished_pg_recording(&db.w);
     let text = show(&db.w, &id);
+    eprintln!("{text}");
     assert!(text.contains("answer_marker"), "{text}");
     assert!(text.contains("SELECT 1"), "{text}");
     // SQL text is only in the sealed recording.
