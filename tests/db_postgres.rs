@@ -753,3 +753,51 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[test]
+fn pgbench_runs_through_the_ssh_forward() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let bench = |args: &[&str]| {
+        let mut c = Command::new(common::postgres::pg_bindir().unwrap().join("pgbench"));
+        c.args(args)
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &db.lport.to_string(),
+                "-U",
+                "app_ro",
+                "app",
+            ])
+            .env_remove("PGPASSWORD")
+            .stdin(Stdio::null());
+        run_with_timeout(&mut c, Duration::from_secs(120)).unwrap()
+    };
+    let out = bench(&["-i", "-s", "1", "-q"]);
+    assert!(out.status.success(), "pgbench -i: {}", stderr(&out));
+    let out = bench(&["-c", "4", "-T", "3", "-n"]);
+    assert!(out.status.success(), "pgbench: {}", stderr(&out));
+    let text = stdout(&out);
+    assert!(text.contains("tps = "), "{text}");
+    // Every pgbench connection was a recorded session.
+    let starts = db.w.gw.events("db.session.start").len();
+    assert!(starts >= 5, "{starts} sessions");
+}
+
+#[test]
+fn the_targets_list_shows_database_targets_with_how_to_reach_them() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let out = db.w.client.run(&["gw", "targets"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains("db-1") && text.contains("(PostgreSQL)"),
+        "{text}"
+    );
+    assert!(text.contains("ssh -N -L 15432:TARGET:5432"), "{text}");
+}

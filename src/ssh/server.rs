@@ -156,6 +156,15 @@ impl Outer {
         }
     }
 
+    /// Whether `target` is a database target (reached through `ssh -L`,
+    /// not the menu).
+    fn is_database(&self, target: &str) -> bool {
+        self.gw
+            .policy
+            .target(target)
+            .is_some_and(|t| t.kind != crate::config::TargetKind::Ssh)
+    }
+
     /// The text `ssh alice@gw CMD` prints: how to reach targets, and which.
     fn help_text(&self) -> String {
         let Some(user) = &self.user else {
@@ -172,11 +181,22 @@ impl Outer {
             s.push_str("Your roles allow no targets. Ask an administrator.\r\n");
         } else {
             s.push_str(&format!("{} may reach:\r\n", user.name()));
+            let mut databases = false;
             for g in grants {
+                let is_db = self.is_database(&g.target);
+                databases |= is_db;
                 s.push_str(&format!(
-                    "  {:<20} as {}\r\n",
+                    "  {:<20} as {}{}\r\n",
                     g.target,
-                    g.logins.join(", ")
+                    g.logins.join(", "),
+                    if is_db { "  (PostgreSQL)" } else { "" }
+                ));
+            }
+            if databases {
+                s.push_str(&format!(
+                    "\r\nReach a database with:  ssh -N -L 15432:TARGET:5432 {}@{}\r\n                     then:  psql \"host=127.0.0.1 port=15432 user=LOGIN dbname=DB\"\r\n",
+                    user.name(),
+                    self.gateway_address()
                 ));
             }
         }
@@ -889,6 +909,9 @@ impl Handler for Outer {
                 .policy
                 .grants(u)
                 .into_iter()
+                // The menu opens SSH sessions; databases are reached with
+                // `ssh -L` (the help text says how).
+                .filter(|g| !self.is_database(&g.target))
                 .flat_map(|g| g.logins.into_iter().map(move |l| (g.target.clone(), l)))
                 .collect(),
             None => Vec::new(),
