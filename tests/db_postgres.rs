@@ -801,3 +801,43 @@ fn the_targets_list_shows_database_targets_with_how_to_reach_them() {
     );
     assert!(text.contains("ssh -N -L 15432:TARGET:5432"), "{text}");
 }
+
+#[test]
+fn idle_timeout_ends_an_idle_database_session_with_a_fatal() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b.role_line("dba", "idle_timeout = \"2s\""));
+    let mut s = PgConn::connect(&db.addr()).unwrap();
+    let hello = s.login(&[("user", "app_ro"), ("database", "app")], None);
+    assert_eq!(hello.last().map(|m| m.tag), Some(b'Z'));
+    let t0 = Instant::now();
+    let m = s.recv().expect("a FATAL before the connection closes");
+    assert_eq!(m.tag, b'E');
+    assert_eq!(m.field(b'C').as_deref(), Some("57P05"));
+    assert!(m.field(b'M').unwrap_or_default().contains("idle"));
+    assert!(t0.elapsed() < Duration::from_secs(6), "{:?}", t0.elapsed());
+}
+
+#[test]
+fn max_session_ends_a_session_whose_client_stops_reading() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b.role_line("dba", "max_session = \"3s\""));
+    let mut s = PgConn::connect(&db.addr()).unwrap();
+    let hello = s.login(&[("user", "app_ro"), ("database", "app")], None);
+    assert_eq!(hello.last().map(|m| m.tag), Some(b'Z'));
+    let t0 = Instant::now();
+    // Far more output than any buffer holds, never read.
+    s.send(&pgwire::query(
+        "select repeat('x', 100000) from generate_series(1, 100000)",
+    ))
+    .unwrap();
+    let end =
+        db.w.gw
+            .wait_for_event_named("db.session.end", Duration::from_secs(15))
+            .expect("the session ended although its client does not read");
+    assert_eq!(end["reason"], "max_session reached");
+    assert!(t0.elapsed() < Duration::from_secs(8), "{:?}", t0.elapsed());
+}
