@@ -164,8 +164,10 @@ pub struct Role {
     pub record_input: RecordInput,
     /// Database targets: whether the client's `options` startup parameter
     /// (e.g. `-c search_path=...`, `-c role=...`) is passed to the server.
-    /// `options` can change server settings for the session, so it is
-    /// refused unless a role says `allow_options = true`. Default false.
+    /// `options`, and any startup parameter beyond the ones stock clients
+    /// send, change server settings for the session, so they are refused
+    /// unless every role granting the login says `allow_options = true`.
+    /// Default false.
     pub allow_options: bool,
 }
 
