@@ -661,3 +661,39 @@ fn sql_quoted_in_errors_stays_out_of_the_logs() {
     assert!(!logs.contains("sql-marker-in-error"), "SQL in the log");
     assert!(!logs.contains(APP_PASSWORD), "password in the log");
 }
+
+/// **HOLE** (medium, availability): after an error in an extended-protocol
+/// batch, PostgreSQL discards every message up to the next Sync without
+/// answering it. The relay counts each Execute as awaiting a result and
+/// stops reading the client at `MAX_PENDING` (65,536) of them, so a batch
+/// of more Executes than that, one Sync at its end (as a JDBC batch
+/// sends), deadlocks once any of them fails: the server waits for the
+/// Sync, the relay waits for results that never come. The session hangs
+/// (holding its server connection) until `max_session`.
+#[test]
+fn a_failing_batch_larger_than_the_pending_limit_still_gets_its_answer() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let mut s = db.login(&[]);
+    let mut batch = Vec::new();
+    // The first Execute fails (no such portal); the rest are discarded.
+    for _ in 0..70_000 {
+        batch.extend(pgwire::execute("no_such_portal"));
+    }
+    batch.extend(pgwire::sync());
+    let mut w = s.s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || w.write_all(&batch).is_ok());
+    s.s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let t0 = Instant::now();
+    let got = s.until_ready();
+    let wrote = writer.join().unwrap_or(false);
+    assert!(
+        got.as_ref()
+            .is_ok_and(|g| g.iter().any(|m| m.field(b'C').as_deref() == Some("34000"))),
+        "no answer after {:?} (batch written: {wrote}): {:?}",
+        t0.elapsed(),
+        got.map(|g| g.len())
+    );
+}
