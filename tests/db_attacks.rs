@@ -273,7 +273,14 @@ fn a_tls_target_whose_server_refuses_tls_gets_nothing_after_the_ssl_request() {
         let _ = c.write_all(b"N");
         [first, drain(c)].concat()
     });
-    let db = start(|b, pg| b.raw(&pg_target("db-n", &fake.address(), free_port(), &tls_ca(pg))));
+    let db = start(|b, pg| {
+        b.raw(&pg_target(
+            "db-n",
+            &fake.address(),
+            free_port(),
+            &tls_ca(pg),
+        ))
+    });
     store_credential(&db.w, "db-n", "app_ro", APP_PASSWORD);
     let err = psql_to(&db, "db-n");
     assert!(err.contains("TLS"), "{err}");
@@ -353,7 +360,11 @@ fn a_server_closing_mid_login_fails_only_that_login() {
     store_credential(&db.w, "db-close", "app_ro", APP_PASSWORD);
     let t0 = Instant::now();
     let err = psql_to(&db, "db-close");
-    assert!(t0.elapsed() < Duration::from_secs(30), "took {:?}", t0.elapsed());
+    assert!(
+        t0.elapsed() < Duration::from_secs(30),
+        "took {:?}",
+        t0.elapsed()
+    );
     assert!(err.contains("db-close"), "{err}");
     assert!(!err.contains(APP_PASSWORD));
     let out = db.psql("select 'still-serving'");
@@ -450,14 +461,16 @@ fn text_after_a_querys_nul_never_runs() {
     }
     let db = start(|b, _| b);
     let mut s = db.login(&[]);
-    s.send(&pgwire::msg(
-        b'Q',
-        b"select 'harmless'\0drop table t\0",
-    ))
-    .unwrap();
+    s.send(&pgwire::msg(b'Q', b"select 'harmless'\0drop table t\0"))
+        .unwrap();
     let _ = s.until_ready();
     drop(s);
-    assert_eq!(db.pg.psql("app", "select to_regclass('t') is not null").trim(), "t");
+    assert_eq!(
+        db.pg
+            .psql("app", "select to_regclass('t') is not null")
+            .trim(),
+        "t"
+    );
 }
 
 /// **HOLE** (low): `idle_timeout` counts messages, not bytes: a session
@@ -496,8 +509,7 @@ fn a_session_streaming_one_large_message_is_not_idle() {
     let got = s.until_ready();
     let ended = db.w.gw.events("db.session.end");
     assert!(
-        got.as_ref()
-            .is_ok_and(|g| g.iter().any(|m| m.tag == b'C')),
+        got.as_ref().is_ok_and(|g| g.iter().any(|m| m.tag == b'C')),
         "a COPY streaming data was cut as idle: {:?} {ended:?}",
         got.map(|g| g.iter().map(|m| m.field(b'M')).collect::<Vec<_>>())
     );
@@ -605,7 +617,8 @@ fn a_statement_too_large_to_record_never_runs() {
     }
     let db = start(|b, _| b);
     let mut s = db.login(&[]);
-    s.s.set_write_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.s.set_write_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
     let mut sql = b"drop table t; --".to_vec();
     sql.resize(16 * 1024 * 1024 + 64, b'x');
     sql.push(0);
@@ -617,7 +630,9 @@ fn a_statement_too_large_to_record_never_runs() {
         .and_then(|g| g.iter().find(|m| m.tag == b'E').cloned());
     drop(s);
     assert_eq!(
-        db.pg.psql("app", "select to_regclass('t') is not null").trim(),
+        db.pg
+            .psql("app", "select to_regclass('t') is not null")
+            .trim(),
         "t",
         "an unrecordable statement ran"
     );
@@ -625,7 +640,10 @@ fn a_statement_too_large_to_record_never_runs() {
         db.w.gw
             .wait_for_event_named("db.session.end", Duration::from_secs(15))
             .expect("session ended");
-    assert_eq!(end["reason"], "message too large to record", "{end} {fatal:?}");
+    assert_eq!(
+        end["reason"], "message too large to record",
+        "{end} {fatal:?}"
+    );
 }
 
 /// SQL text never reaches the gateway's own log, not even through a
