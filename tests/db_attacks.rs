@@ -737,8 +737,8 @@ fn concurrent_maximal_statements_keep_memory_bounded() {
         let (peak, done) = (peak.clone(), done.clone());
         std::thread::spawn(move || {
             while !done.load(std::sync::atomic::Ordering::SeqCst) {
-                let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .unwrap_or_default();
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
                 let kib = status
                     .lines()
                     .find(|l| l.starts_with("VmRSS:"))
