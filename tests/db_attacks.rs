@@ -783,3 +783,34 @@ fn concurrent_maximal_statements_keep_memory_bounded() {
         (peak - rss0) / 1024
     );
 }
+
+/// **HOLE** (medium, same root cause as the Terminate case): a client that
+/// sends a statement and closes its socket at once: the statement runs on
+/// the server, but the relay drops the server side at the client's EOF, so
+/// its result never reaches the recording.
+#[test]
+fn the_result_of_a_statement_sent_just_before_the_client_closes_is_recorded() {
+    if !tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let mut s = db.login(&[]);
+    s.send(&pgwire::query(
+        "insert into t select g, 'closing' from generate_series(1, 4) g, pg_sleep(0.3)",
+    ))
+    .unwrap();
+    let _ = s.s.shutdown(std::net::Shutdown::Both);
+    drop(s);
+    let id = finished_pg_recording(&db.w);
+    let text = export(&db.w, &id);
+    std::thread::sleep(Duration::from_secs(1));
+    let rows = db
+        .pg
+        .psql("app", "select count(*) from t where body = 'closing'");
+    assert!(text.contains("generate_series"), "{text}");
+    assert!(
+        text.contains("INSERT 0 4"),
+        "the statement ran ({} rows inserted) but its result is not recorded:\n{text}",
+        rows.trim()
+    );
+}
