@@ -69,6 +69,7 @@ pub async fn run(
         state: state.clone(),
         keys: db::cancel::Keys::default(),
         shutdown: stop_rx.clone(),
+        statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
     });
     let mut databases = Dispatch::new();
     for t in &settings.targets {

@@ -19,9 +19,9 @@ pub struct Entry {
     pub server_secret: i32,
     /// The session, for its recording.
     pub session_id: String,
-    /// Told when a cancel for this session is forwarded (the session
-    /// records it).
-    pub notify: tokio::sync::mpsc::Sender<()>,
+    /// Told when a cancel for this session was tried, and whether it was
+    /// forwarded (the session records it).
+    pub notify: tokio::sync::mpsc::Sender<bool>,
 }
 
 /// Why a cancel request was not forwarded.

@@ -36,6 +36,9 @@ pub struct DbGateway {
     pub keys: cancel::Keys,
     /// Fires when the daemon shuts down.
     pub shutdown: tokio::sync::watch::Receiver<bool>,
+    /// Gateway-wide budget (KiB) for large statements read whole to be
+    /// recorded: see [`postgres::relay`].
+    pub statement_budget: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for DbGateway {

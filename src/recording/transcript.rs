@@ -246,7 +246,10 @@ pub fn show_text(stored: &Stored, ids: &Identities, out: &mut dyn Write) -> Resu
             None => {
                 let s = started_ms(stored, seg);
                 start = Some(s);
-                for l in summary_lines(stored, &v0, None, &[]) {
+                // `env` holds the client's startup parameters (its
+                // client_encoding above all: the server reads the
+                // statements' bytes in it).
+                for l in summary_lines(stored, &v0, None, &seg.header.gatehouse.env) {
                     write_line(out, &l)?;
                 }
                 if let Some(db) = &seg.header.gatehouse.database {
@@ -286,6 +289,7 @@ pub fn json_lines(stored: &Stored, ids: &Identities, out: &mut dyn Write) -> Res
                 if let Some(o) = v.as_object_mut() {
                     o.insert("type".into(), json!("recording"));
                     o.insert("database".into(), json!(seg.header.gatehouse.database));
+                    o.insert("startup".into(), json!(seg.header.gatehouse.env));
                     o.insert("verified_segments".into(), json!(v0.good.len()));
                     o.insert("notes".into(), json!(v0.notes));
                 }

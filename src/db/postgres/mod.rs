@@ -515,7 +515,15 @@ async fn session(
         },
         record_input: authorized.record_input(),
         pty: false,
-        env: Vec::new(),
+        // The startup parameters besides user and database, sealed in the
+        // header: `client_encoding` above all, since the server reads the
+        // statements' bytes in it.
+        env: startup
+            .params
+            .iter()
+            .filter(|(k, _)| k != "user" && k != "database")
+            .cloned()
+            .collect(),
     };
     let recording = match gw.recorder.start(meta).await {
         Ok(r) => r,
@@ -587,6 +595,7 @@ async fn session(
         max_session: authorized.max_session(),
         idle_timeout: authorized.idle_timeout(),
         shutdown: gw.shutdown.clone(),
+        budget: gw.statement_budget.clone(),
     };
     let summary = relay::run(stream, up.stream, recording.clone(), limits, cancel_rx).await;
     drop(key);
@@ -635,11 +644,11 @@ async fn cancel_request(
             let Some(t) = gw.policy.target(target).cloned() else {
                 return;
             };
-            let _ = entry.notify.try_send(());
-            let outcome = match upstream::cancel(&t, entry.server_pid, entry.server_secret).await {
-                Ok(()) => "forwarded",
-                Err(_) => "forward failed",
-            };
+            let sent = upstream::cancel(&t, entry.server_pid, entry.server_secret)
+                .await
+                .is_ok();
+            let _ = entry.notify.try_send(sent);
+            let outcome = if sent { "forwarded" } else { "forward failed" };
             audit::db_cancel(person, target, &label, &entry.session_id, outcome);
         }
         Err(why) => audit::db_cancel(person, target, &label, "-", why.reason()),

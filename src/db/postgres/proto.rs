@@ -244,6 +244,11 @@ pub fn backend_key(pid: i32, secret: i32) -> Bytes {
     message(b'K', &body)
 }
 
+/// `Terminate`.
+pub fn terminate() -> Bytes {
+    message(b'X', &[])
+}
+
 /// `ReadyForQuery` with transaction status `status` (`I`, `T`, `E`).
 pub fn ready(status: u8) -> Bytes {
     message(b'Z', &[status])

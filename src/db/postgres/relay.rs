@@ -15,14 +15,24 @@
 //! ones recorded whole: `Query`, `Parse`, `Bind` and `FunctionCall` up to
 //! [`MAX_RECORDED`] bytes (a larger one ends the session: it could not be
 //! recorded), and the server's small status messages up to
-//! [`MAX_STATUS`]. At most [`MAX_PENDING`] statements may await their
-//! results; a client that pipelines more waits. A slow recorder slows the
-//! session (every recording call waits for room in its queue).
+//! [`MAX_STATUS`]. One over [`SMALL`] bytes first takes its share of a
+//! gateway-wide budget ([`BUDGET_KIB`]), so many sessions at once cannot
+//! multiply that bound; when no share frees up within 2 s the session ends
+//! with an error saying so (it never waits longer: see `BUDGET_WAIT`). At most [`MAX_PENDING`] statements in flight are
+//! timed; past that their results are recorded untimed (never waiting: a
+//! failed statement in a pipelined batch makes the server skip everything
+//! until the batch's Sync, which the client must be able to send). A slow
+//! recorder slows the session (every recording call waits for room in its
+//! queue).
 //!
-//! **Ending.** `max_session`, `idle_timeout` (no message either way) and
-//! shutdown end the session with a `FATAL` the client prints, written only
-//! between two whole messages; a client that does not read gets
-//! [`super::GOODBYE`] and is cut.
+//! **Ending.** `max_session`, `idle_timeout` (no message either way, a
+//! message still streaming counts as activity) and shutdown end the session
+//! with a `FATAL` the client prints, written only between two whole
+//! messages; a client that does not read gets [`super::GOODBYE`] and is
+//! cut. When the client ends first (Terminate, or closing its socket), the
+//! server side runs on until the server closes, so the results of the
+//! statements it already sent are recorded (a closed socket is answered
+//! with a Terminate to the server after what was sent).
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -33,7 +43,7 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
     BufWriter,
 };
-use tokio::sync::{mpsc, watch, Notify};
+use tokio::sync::{mpsc, watch, Semaphore};
 
 use super::proto::{self, BindParam, Header, Severity};
 use crate::recording::query::{CopyDirection, DbEvent, Param};
@@ -57,7 +67,20 @@ pub struct Limits {
     /// Zero: no idle limit.
     pub idle_timeout: Duration,
     pub shutdown: watch::Receiver<bool>,
+    /// Gateway-wide budget, in KiB, for recorded messages read whole: a
+    /// message over [`SMALL`] bytes waits for its share, so many sessions
+    /// sending 16 MiB statements at once cannot multiply the bound.
+    pub budget: Arc<Semaphore>,
 }
+
+/// Recorded messages up to this size need no share of the budget.
+pub const SMALL: usize = 64 << 10;
+/// The gateway-wide budget for larger ones: 32 MiB, in KiB (two maximal
+/// statements at once; each is held about three times over while it is
+/// recorded: the message, the recorded copy, its encoding).
+pub const BUDGET_KIB: usize = 32 << 10;
+/// How long a large message waits for its share before the session ends.
+const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// How a session went.
 #[derive(Debug, Default, Clone)]
@@ -76,6 +99,8 @@ enum End {
     ServerClosed,
     Protocol(String),
     TooLarge(usize),
+    /// The gateway-wide budget for large messages stayed exhausted.
+    Busy(usize),
     Recording(RecordingError),
     Io(String),
 }
@@ -100,6 +125,22 @@ enum Pending {
     Sync,
 }
 
+impl Track {
+    /// Tracks a statement or Sync. Past [`MAX_PENDING`] entries in flight
+    /// a new one is counted but not tracked (its result is recorded
+    /// untimed): never waiting here is what keeps a pipelined batch whose
+    /// statement failed (the server then answers nothing until the Sync)
+    /// from deadlocking, and the cap keeps memory bounded.
+    fn push(&mut self, p: Pending) {
+        if !matches!(p, Pending::Sync) {
+            self.statements += 1;
+        }
+        if self.pending.len() < MAX_PENDING {
+            self.pending.push_back(p);
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 struct Track {
     pending: VecDeque<Pending>,
@@ -110,7 +151,6 @@ struct Track {
 
 struct Shared {
     track: Mutex<Track>,
-    drained: Notify,
     /// Milliseconds since `start` of the last message either way.
     last: AtomicU64,
     start: Instant,
@@ -132,8 +172,59 @@ impl Shared {
 /// the code that ends the session: `partial` says a message is half
 /// written, so no FATAL may follow it.
 struct ClientOut<W> {
-    w: BufWriter<W>,
+    w: Lossy<BufWriter<W>>,
     partial: bool,
+}
+
+/// The client's writer. Once a write fails (the client went away), every
+/// later write is swallowed: the server side goes on, so that the results
+/// of statements already sent are still read and recorded.
+struct Lossy<W> {
+    inner: W,
+    failed: bool,
+}
+
+impl<W: AsyncWrite + Unpin> AsyncWrite for Lossy<W> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.failed {
+            return std::task::Poll::Ready(Ok(buf.len()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_write(cx, buf) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.failed = true;
+                std::task::Poll::Ready(Ok(buf.len()))
+            }
+            other => other,
+        }
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.failed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        match std::pin::Pin::new(&mut self.inner).poll_flush(cx) {
+            std::task::Poll::Ready(Err(_)) => {
+                self.failed = true;
+                std::task::Poll::Ready(Ok(()))
+            }
+            other => other,
+        }
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.failed {
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 type Out<W> = Arc<tokio::sync::Mutex<ClientOut<W>>>;
@@ -144,7 +235,7 @@ pub async fn run<C, S>(
     server: S,
     rec: Recording,
     limits: Limits,
-    mut cancels: mpsc::Receiver<()>,
+    mut cancels: mpsc::Receiver<bool>,
 ) -> Summary
 where
     C: AsyncRead + AsyncWrite + Send + 'static,
@@ -154,14 +245,16 @@ where
     let (sr, sw) = tokio::io::split(server);
     let shared = Arc::new(Shared {
         track: Mutex::new(Track::default()),
-        drained: Notify::new(),
         last: AtomicU64::new(0),
         start: Instant::now(),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
     });
     let out: Out<_> = Arc::new(tokio::sync::Mutex::new(ClientOut {
-        w: BufWriter::with_capacity(BUF, cw),
+        w: Lossy {
+            inner: BufWriter::with_capacity(BUF, cw),
+            failed: false,
+        },
         partial: false,
     }));
     // Boxed, so that dropping them below really ends both directions.
@@ -170,6 +263,7 @@ where
         BufWriter::with_capacity(BUF, sw),
         rec.clone(),
         shared.clone(),
+        limits.budget.clone(),
     ));
     let mut down = Box::pin(downward(
         BufReader::with_capacity(BUF, sr),
@@ -180,6 +274,10 @@ where
     let deadline = tokio::time::Instant::now() + limits.max_session;
     let mut shutdown = limits.shutdown.clone();
     let mut cancels_open = true;
+    // Once the client has ended (Terminate, or closed), the server side
+    // runs on until the server closes: the results of statements already
+    // sent are still recorded. Limits still apply.
+    let mut client_done: Option<End> = None;
     let ending: Result<End, (&'static str, String, String)> = loop {
         let idle_at = if limits.idle_timeout.is_zero() {
             None
@@ -190,8 +288,11 @@ where
             ))
         };
         tokio::select! {
-            e = &mut up => break Ok(e),
-            e = &mut down => break Ok(e),
+            e = &mut up, if client_done.is_none() => match e {
+                End::ClientClosed | End::ClientTerminated => client_done = Some(e),
+                other => break Ok(other),
+            },
+            e = &mut down => break Ok(client_done.take().unwrap_or(e)),
             _ = tokio::time::sleep_until(deadline) => {
                 break Err(("57P01",
                     format!("gatehouse: session ended: the role's max_session ({}) is reached",
@@ -220,8 +321,8 @@ where
             }
             c = cancels.recv(), if cancels_open => {
                 match c {
-                    Some(()) => {
-                        if let Err(e) = rec.db(DbEvent::Cancel { forwarded: true }).await {
+                    Some(forwarded) => {
+                        if let Err(e) = rec.db(DbEvent::Cancel { forwarded }).await {
                             break Ok(End::Recording(e));
                         }
                     }
@@ -245,6 +346,15 @@ where
                 ),
             )),
             "message too large to record".to_string(),
+        ),
+        Ok(End::Busy(n)) => (
+            Some((
+                "53200",
+                format!(
+                    "gatehouse: too many large statements at once on the gateway; a message of {n} bytes was not run (retry)"
+                ),
+            )),
+            "large-statement budget exhausted".to_string(),
         ),
         Ok(End::Recording(e)) => (
             Some(("58000", format!("gatehouse: {e}"))),
@@ -297,7 +407,7 @@ async fn read_body<R: AsyncRead + Unpin>(r: &mut R, len: usize) -> Result<Vec<u8
 
 /// Copies exactly `n` bytes from `r` to `w` without holding more than the
 /// reader's buffer.
-async fn pass<R, W>(r: &mut R, w: &mut W, mut n: usize) -> Result<(), End>
+async fn pass<R, W>(r: &mut R, w: &mut W, mut n: usize, shared: &Shared) -> Result<(), End>
 where
     R: AsyncBufRead + Unpin,
     W: AsyncWrite + Unpin,
@@ -314,6 +424,8 @@ where
             .map_err(|e| End::Io(e.to_string()))?;
         r.consume(k);
         n -= k;
+        // A message still streaming is activity, not idleness.
+        shared.touch();
     }
     Ok(())
 }
@@ -332,12 +444,13 @@ async fn upward<R, W>(
     mut w: BufWriter<W>,
     rec: Recording,
     shared: Arc<Shared>,
+    budget: Arc<Semaphore>,
 ) -> End
 where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    match upward_inner(&mut r, &mut w, &rec, &shared).await {
+    match upward_inner(&mut r, &mut w, &rec, &shared, &budget).await {
         Ok(e) | Err(e) => e,
     }
 }
@@ -347,6 +460,7 @@ async fn upward_inner<R, W>(
     w: &mut BufWriter<W>,
     rec: &Recording,
     shared: &Shared,
+    budget: &Arc<Semaphore>,
 ) -> Result<End, End>
 where
     R: AsyncRead + Unpin,
@@ -354,6 +468,10 @@ where
 {
     loop {
         let Some(h) = read_header(r).await? else {
+            // The client closed without Terminate: end the server session
+            // the same way, after what the client already sent.
+            let _ = w.write_all(&proto::terminate()).await;
+            let _ = w.flush().await;
             return Ok(End::ClientClosed);
         };
         shared.touch();
@@ -365,6 +483,23 @@ where
                 if h.body_len > MAX_RECORDED {
                     return Ok(End::TooLarge(h.body_len));
                 }
+                // A large message waits for its share of the gateway-wide
+                // budget, held until it is recorded and forwarded.
+                // It waits at most BUDGET_WAIT: a session waiting here reads
+                // nothing from its client, and through `ssh -L` its channel
+                // shares one connection with others; a longer wait would let
+                // one person's sessions stall each other.
+                let _share = if h.body_len > SMALL {
+                    let kib = u32::try_from(h.body_len.div_ceil(1024)).unwrap_or(u32::MAX);
+                    match tokio::time::timeout(BUDGET_WAIT, budget.clone().acquire_many_owned(kib))
+                        .await
+                    {
+                        Ok(Ok(p)) => Some(p),
+                        _ => return Ok(End::Busy(h.body_len)),
+                    }
+                } else {
+                    None
+                };
                 let body = read_body(r, h.body_len).await?;
                 // Recorded before it is forwarded: nothing runs unrecorded.
                 match h.tag {
@@ -375,10 +510,7 @@ where
                             parse: None,
                         })
                         .await?;
-                        wait_for_room(shared).await;
-                        let mut t = shared.track();
-                        t.pending.push_back(Pending::Simple(Instant::now()));
-                        t.statements += 1;
+                        shared.track().push(Pending::Simple(Instant::now()));
                     }
                     b'P' => {
                         let (name, text) = proto::parse_parse(&body)?;
@@ -405,10 +537,7 @@ where
                             params: args.into_iter().map(param).collect(),
                         })
                         .await?;
-                        wait_for_room(shared).await;
-                        let mut t = shared.track();
-                        t.pending.push_back(Pending::Simple(Instant::now()));
-                        t.statements += 1;
+                        shared.track().push(Pending::Simple(Instant::now()));
                     }
                     _ => {
                         let (portal, statement, params) = proto::parse_bind(&body)?;
@@ -424,25 +553,20 @@ where
                 write(w, &body).await?;
             }
             b'E' | b'S' => {
-                wait_for_room(shared).await;
-                {
-                    let mut t = shared.track();
-                    if h.tag == b'E' {
-                        t.pending.push_back(Pending::Execute(Instant::now()));
-                        t.statements += 1;
-                    } else {
-                        t.pending.push_back(Pending::Sync);
-                    }
-                }
+                shared.track().push(if h.tag == b'E' {
+                    Pending::Execute(Instant::now())
+                } else {
+                    Pending::Sync
+                });
                 write(w, &h.bytes()).await?;
-                pass(r, w, h.body_len).await?;
+                pass(r, w, h.body_len, shared).await?;
             }
             b'd' => {
                 if let Some(n) = shared.track().copy_in.as_mut() {
                     *n += h.body_len as u64;
                 }
                 write(w, &h.bytes()).await?;
-                pass(r, w, h.body_len).await?;
+                pass(r, w, h.body_len, shared).await?;
             }
             b'c' | b'f' => {
                 let copied = shared.track().copy_in.take();
@@ -454,17 +578,17 @@ where
                     .await?;
                 }
                 write(w, &h.bytes()).await?;
-                pass(r, w, h.body_len).await?;
+                pass(r, w, h.body_len, shared).await?;
             }
             b'X' => {
                 write(w, &h.bytes()).await?;
-                pass(r, w, h.body_len).await?;
+                pass(r, w, h.body_len, shared).await?;
                 let _ = w.flush().await;
                 return Ok(End::ClientTerminated);
             }
             _ => {
                 write(w, &h.bytes()).await?;
-                pass(r, w, h.body_len).await?;
+                pass(r, w, h.body_len, shared).await?;
             }
         }
         // Batch what the client pipelined; flush when it has sent all.
@@ -476,19 +600,6 @@ where
 
 async fn write<W: AsyncWrite + Unpin>(w: &mut W, b: &[u8]) -> Result<(), End> {
     w.write_all(b).await.map_err(|e| End::Io(e.to_string()))
-}
-
-/// Waits while [`MAX_PENDING`] statements await their results.
-async fn wait_for_room(shared: &Shared) {
-    loop {
-        let drained = shared.drained.notified();
-        tokio::pin!(drained);
-        drained.as_mut().enable();
-        if shared.track().pending.len() < MAX_PENDING {
-            return;
-        }
-        drained.await;
-    }
 }
 
 /// What a server message finished.
@@ -505,7 +616,6 @@ fn complete(shared: &Shared) -> u64 {
         Some(Pending::Execute(start)) => {
             let m = start.elapsed().as_micros() as u64;
             t.pending.pop_front();
-            shared.drained.notify_waiters();
             m
         }
         _ => 0,
@@ -523,8 +633,6 @@ fn ready(shared: &Shared) {
     }
     t.copy_in = None;
     t.copy_out = None;
-    drop(t);
-    shared.drained.notify_waiters();
 }
 
 /// Server to client.
@@ -648,7 +756,7 @@ where
         write(&mut o.w, &h.bytes()).await?;
         match &body {
             Some(b) => write(&mut o.w, b).await?,
-            None => pass(r, &mut o.w, h.body_len).await?,
+            None => pass(r, &mut o.w, h.body_len, shared).await?,
         }
         o.partial = false;
         if r.buffer().is_empty() {
