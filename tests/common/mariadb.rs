@@ -115,10 +115,14 @@ impl MariaDb {
         db.chown_all();
         let install = find_tool("mariadb-install-db").expect("mariadb-install-db");
         let datadir = format!("--datadir={}", db.datadir().display());
+        // Its own tmpdir: parallel bootstraps sharing /tmp collide on
+        // temporary table names ("Could not remove temporary table").
+        let tmpdir = format!("--tmpdir={}", root.display());
         let mut cmd = db.as_owner(&install);
         cmd.args([
             "--no-defaults",
             &datadir,
+            &tmpdir,
             "--auth-root-authentication-method=normal",
             "--skip-test-db",
             "--skip-name-resolve",
