@@ -301,12 +301,7 @@ mod tests {
             assert_eq!(c & caps::ZSTD_COMPRESSION, 0);
             assert_eq!(c & caps::SSL != 0, tls);
         }
-        let c = client_capabilities(
-            caps::DEPRECATE_EOF,
-            u32::MAX & !caps::DEPRECATE_EOF,
-            false,
-            false,
-        );
+        let c = client_capabilities(caps::DEPRECATE_EOF, !caps::DEPRECATE_EOF, false, false);
         assert_eq!(c & caps::DEPRECATE_EOF, 0, "only what the server has too");
         assert_eq!(c & caps::CONNECT_WITH_DB, 0);
         // The response carries them: no LOCAL_FILES bit on the wire.
