@@ -482,3 +482,104 @@ fn load_data_local_infile_is_refused_because_local_files_is_never_asked_for() {
         assert_eq!(cell(&rows, 0, 0), "0");
     });
 }
+
+/// A MySQL 8 greeting announcing caching_sha2_password with `nonce`.
+fn mysql8_hello(nonce: &[u8; 20]) -> Vec<u8> {
+    let mut p = vec![10];
+    p.extend_from_slice(b"8.0.40\0");
+    p.extend_from_slice(&7u32.to_le_bytes());
+    p.extend_from_slice(&nonce[..8]);
+    p.push(0);
+    let server_caps: u32 = caps::LONG_PASSWORD
+        | caps::PROTOCOL_41
+        | caps::SECURE_CONNECTION
+        | caps::PLUGIN_AUTH
+        | caps::PLUGIN_AUTH_LENENC_CLIENT_DATA
+        | caps::LOCAL_FILES
+        | caps::DEPRECATE_EOF;
+    p.extend_from_slice(&(server_caps as u16).to_le_bytes());
+    p.push(255);
+    p.extend_from_slice(&2u16.to_le_bytes());
+    p.extend_from_slice(&((server_caps >> 16) as u16).to_le_bytes());
+    p.push(21);
+    p.extend_from_slice(&[0; 10]);
+    p.extend_from_slice(&nonce[8..]);
+    p.push(0);
+    p.extend_from_slice(b"caching_sha2_password\0");
+    p
+}
+
+/// A fake MySQL 8 (no TLS) that checks the caching_sha2 scramble, then
+/// answers `more` (AuthMoreData payload) and, for fast auth, OK. Returns
+/// everything the client sent after its HandshakeResponse.
+async fn fake_mysql8(
+    listener: tokio::net::TcpListener,
+    password: &'static [u8],
+    more: u8,
+) -> Vec<u8> {
+    use tokio::io::AsyncReadExt;
+    let (mut s, _) = listener.accept().await.unwrap();
+    let nonce = *b"0123456789abcdefghij";
+    let mut seq = 0u8;
+    write_packet(&mut s, &mut seq, &mysql8_hello(&nonce))
+        .await
+        .unwrap();
+    let resp = read_packet(&mut s, &mut seq, 1 << 20).await.unwrap();
+    let sent_caps = u32::from_le_bytes(resp[..4].try_into().unwrap());
+    assert_eq!(sent_caps & caps::LOCAL_FILES, 0);
+    let user_end = 32 + resp[32..].iter().position(|&b| b == 0).unwrap();
+    assert_eq!(&resp[32..user_end], b"app");
+    let len = resp[user_end + 1] as usize;
+    let scramble = &resp[user_end + 2..user_end + 2 + len];
+    let expected = gatehouse::db::mysql::upstream::auth::caching_sha2_scramble(password, &nonce);
+    assert_eq!(scramble, expected.as_slice(), "caching_sha2 scramble");
+    assert!(resp.ends_with(b"caching_sha2_password\0"));
+    write_packet(&mut s, &mut seq, &[0x01, more]).await.unwrap();
+    if more == 3 {
+        write_packet(&mut s, &mut seq, &[0, 0, 0, 2, 0, 0, 0])
+            .await
+            .unwrap();
+    }
+    let mut rest = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut rest)).await;
+    rest
+}
+
+#[test]
+fn caching_sha2_fast_auth_logs_in_and_full_auth_without_tls_sends_nothing() {
+    rt().block_on(async {
+        for more in [3u8, 4] {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let ep = Endpoint {
+                host: "127.0.0.1".into(),
+                port: listener.local_addr().unwrap().port(),
+                tls: DbTls::Disable,
+            };
+            let server = tokio::spawn(fake_mysql8(listener, b"sha2-Secret-pw", more));
+            let result = upstream::connect(&ep, "app", None, b"sha2-Secret-pw", CLIENT_CAPS).await;
+            match more {
+                3 => {
+                    let up = result.unwrap();
+                    assert_eq!(up.auth, AuthPlugin::CachingSha2Fast);
+                    assert_eq!(up.server_version, "8.0.40");
+                    assert_eq!(up.capabilities & caps::LOCAL_FILES, 0);
+                    drop(up);
+                }
+                _ => {
+                    let err = result.unwrap_err();
+                    assert!(matches!(err, UpstreamError::AuthMethod(_)), "{err}");
+                    assert!(err.to_string().contains("RSA"), "{err}");
+                    assert!(!err.to_string().contains("sha2-Secret-pw"));
+                }
+            }
+            let after = server.await.unwrap();
+            if more == 4 {
+                // Neither the password nor a request for the server's RSA key.
+                assert!(
+                    after.is_empty(),
+                    "client sent {after:?} after full-auth request"
+                );
+            }
+        }
+    });
+}
