@@ -34,6 +34,8 @@ DEPS=(
   "pgbouncer:pgbouncer"
   "openssl:openssl"
   "util-linux:runuser,setpriv"
+  "mariadb-server:/usr/sbin/mariadbd,/usr/bin/mariadb-install-db"
+  "mariadb-client:mariadb"
 )
 
 have() {

@@ -13,6 +13,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 pub mod cancel;
+pub mod mysql;
 pub mod postgres;
 
 use std::sync::Arc;

@@ -7,6 +7,7 @@
 //! - [`SshClient`]: the stock `ssh`/`scp`/`sftp`/`rsync` for one user, with
 //!   TOTP codes supplied through `SSH_ASKPASS`.
 //! - [`PgServer`]: a real PostgreSQL cluster with TLS and SCRAM logins.
+//! - [`mariadb::MariaDb`]: a real MariaDB server with TLS.
 //! - [`require_tools`], [`free_port`], [`totp`], ...: small helpers.
 //!
 //! Each test binary includes this with `mod common;` and uses a subset.
@@ -15,6 +16,7 @@
 pub mod client;
 pub mod gatehouse;
 pub mod keys;
+pub mod mariadb;
 pub mod netns;
 pub mod pgwire;
 pub mod postgres;

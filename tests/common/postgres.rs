@@ -74,7 +74,7 @@ pub fn pg_available() -> bool {
     require_tools(&tools)
 }
 
-fn is_root() -> bool {
+pub fn is_root() -> bool {
     Command::new("id")
         .arg("-u")
         .output()
@@ -425,7 +425,7 @@ impl Drop for PgServer {
 
 /// Creates [`PG_OS_USER`] if it does not exist (idempotent, race-safe within
 /// one test binary; `useradd` exit 9 = already exists from another binary).
-fn ensure_os_user() {
+pub fn ensure_os_user() {
     let _guard = USERADD.lock().unwrap_or_else(|e| e.into_inner());
     let exists = |u: &str| {
         Command::new("id")
@@ -473,7 +473,7 @@ authorityKeyIdentifier = keyid
 
 /// `ca.pem`/`ca.key`, `server.crt`/`server.key` signed by it, and an
 /// unrelated `wrong-ca.pem`; P-256 keys, ecdsa-with-SHA256 signatures.
-fn make_certificates(root: &Path) {
+pub fn make_certificates(root: &Path) {
     let cnf = root.join("openssl.cnf");
     std::fs::write(&cnf, OPENSSL_CNF).expect("write openssl.cnf");
     let openssl = |args: &[&str]| {
