@@ -24,8 +24,8 @@ done
 # The PostgreSQL rows (part of the full run; `--rows postgres` alone) need
 # Debian's postgresql (initdb, pg_ctl, pgbench, psql), pgbouncer and openssl;
 # without them that row reports the failure and the others run.
-if ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 || ! command -v pgbouncer >/dev/null 2>&1 \
-  && [[ ! -x /usr/sbin/pgbouncer ]]; then
+if ! ls /usr/lib/postgresql/*/bin/pgbench >/dev/null 2>&1 \
+  || { ! command -v pgbouncer >/dev/null 2>&1 && [[ ! -x /usr/sbin/pgbouncer ]]; }; then
   echo "bench: postgresql or pgbouncer is missing; the postgres row will fail (scripts/install-test-deps.sh, apt-get install pgbouncer)" >&2
 fi
 
