@@ -589,7 +589,7 @@ def _pg_probe(w, path):
 
 
 def _pg_start_door(w, p):
-    """`ssh -N -L 127.0.0.1:LPORT:db-1:5432 gw`: gatehouse's database door
+    """`ssh -N -L 127.0.0.1:LPORT:db-1:15432 gw`: gatehouse's database door
     for a process on this host (the lease admits the key login)."""
     from harness import free_port, wait_for_port
 
@@ -600,7 +600,9 @@ def _pg_start_door(w, p):
     pg.door_cipher = cipher
     for _ in range(3):
         pg.door_port = free_port()
-        spec = f"127.0.0.1:{pg.door_port}:{pg.target}:5432"
+        # gatehouse answers a direct-tcpip channel to a database target on
+        # the target's port or its tunnel_port; the latter is fixed here.
+        spec = f"127.0.0.1:{pg.door_port}:{pg.target}:{pg.tunnel_port}"
         args = w.client.ssh(cipher, "-N", "-o", "ExitOnForwardFailure=yes", "-L", spec, "gw")
         pg.door = w.procs.spawn(args, w.root / "ssh-L.log", env=w.client.env)
         if wait_for_port(pg.door_port, 30, pg.door):
@@ -769,7 +771,7 @@ def postgres(w, p):
         "init_s": init_s,
         "door": {
             "kind": "ssh -L",
-            "command": f"ssh -N -L 127.0.0.1:LPORT:{pg.target}:5432 bench@gw",
+            "command": f"ssh -N -L 127.0.0.1:LPORT:{pg.target}:{pg.tunnel_port} bench@gw",
             "cipher": getattr(pg, "door_cipher", None),
         },
         "versions": pg.versions,

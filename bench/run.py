@@ -106,6 +106,7 @@ def build_pg(w, procs):
     pg.cluster = harness.PgCluster(procs, w.root)
     procs.cleanups.append(pg.cluster.stop)
     pg.target, pg.login, pg.db = PG_TARGET, PG_LOGIN, PG_DB
+    pg.tunnel_port = 15432
     pg.password = "bench-db-" + os.urandom(9).hex()
     pg.cluster.psql(
         f"SET password_encryption = 'scram-sha-256'; CREATE ROLE {PG_LOGIN} LOGIN PASSWORD '{pg.password}'"
@@ -138,7 +139,7 @@ def pg_gatehouse_toml(pg):
             f'name = "{pg.target}"',
             'kind = "postgres"',
             f'address = "127.0.0.1:{pg.cluster.port}"',
-            "tunnel_port = 15432",
+            f"tunnel_port = {pg.tunnel_port}",
             f'tls_ca = "{pg.cluster.ca_pem}"',
         ]
     )
