@@ -1,5 +1,5 @@
 //! Command line: `run`, `check`, `pubkey`, `hostkey`, `user enroll`,
-//! `target keyscan`, `quickstart`.
+//! `target keyscan`, `target credential`, `quickstart`.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -8,9 +8,10 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::{Parser, Subcommand};
+use zeroize::Zeroizing;
 
 use crate::auth::totp;
-use crate::config::{self, Settings};
+use crate::config::{self, Settings, Target, TargetKind};
 use crate::state::StateDir;
 
 /// Exit status for a configuration error (EX_CONFIG).
@@ -91,6 +92,19 @@ pub enum TargetCommand {
         /// Give up after this long.
         #[arg(long, default_value = "10s", value_parser = config::parse_duration)]
         timeout: Duration,
+    },
+    /// Store the password gatehouse uses to log in to a database target as
+    /// LOGIN, sealed (AES-256-GCM) in the state directory. Asks on the
+    /// terminal without echo; the password is never printed or logged.
+    Credential {
+        /// Target name (a `kind = "postgres"` target in the config).
+        target: String,
+        /// Database login (role name on the server).
+        login: String,
+        /// Read the password as one line from standard input instead of
+        /// prompting on the terminal.
+        #[arg(long)]
+        stdin: bool,
     },
 }
 
@@ -212,6 +226,31 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             println!("host_keys = [\n{}\n]", lines.join("\n"));
             Ok(ExitCode::SUCCESS)
         }
+        Command::Target(TargetCommand::Credential {
+            target,
+            login,
+            stdin,
+        }) => {
+            let s = match load(&cli.config) {
+                Ok(s) => s,
+                Err(code) => return Ok(code),
+            };
+            let t = credential_target(&s.targets, &target, &cli.config)?;
+            check_login(&login)?;
+            let password = if stdin {
+                read_password_line(&mut std::io::stdin().lock())?
+            } else {
+                prompt_password(&t.name, &login)?
+            };
+            let st = StateDir::open(&s.gateway.state_dir)?;
+            st.store_db_credential(&t.name, &login, &password)?;
+            println!(
+                "Stored the password for {login} on {} (sealed in {}).",
+                t.name,
+                st.root().display()
+            );
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Recordings(cmd) => {
             let s = match load(&cli.config) {
                 Ok(s) => s,
@@ -258,6 +297,91 @@ pub fn enroll(st: &StateDir, name: &str) -> anyhow::Result<String> {
     Ok(b32)
 }
 
+/// The database target named `name`, or an error saying why it cannot hold
+/// a database credential.
+fn credential_target<'a>(
+    targets: &'a [Target],
+    name: &str,
+    config: &Path,
+) -> anyhow::Result<&'a Target> {
+    let Some(t) = targets.iter().find(|t| t.name == name) else {
+        bail!(
+            "no target named {name:?} in {}; add a [[targets]] entry with kind = \"postgres\" first",
+            config.display()
+        );
+    };
+    if t.kind != TargetKind::Postgres {
+        bail!(
+            "target {name:?} is not a database target (kind = \"ssh\"); \
+             credentials are stored only for kind = \"postgres\" targets"
+        );
+    }
+    Ok(t)
+}
+
+/// A database login as PostgreSQL accepts it in a startup packet.
+fn check_login(login: &str) -> anyhow::Result<()> {
+    if login.is_empty() || login.contains('\0') {
+        bail!("the login must be a non-empty name without NUL bytes");
+    }
+    Ok(())
+}
+
+/// Longest password accepted (bytes).
+const MAX_PASSWORD: usize = 4096;
+
+/// One line (without its `\n` or `\r\n`) from `input`: the password for
+/// `--stdin`. Refuses an empty line and one longer than [`MAX_PASSWORD`];
+/// the buffer is wiped on drop.
+fn read_password_line(input: &mut impl std::io::BufRead) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    use std::io::{BufRead as _, Read as _};
+    let mut line = Zeroizing::new(Vec::with_capacity(MAX_PASSWORD + 2));
+    input
+        .take(MAX_PASSWORD as u64 + 2)
+        .read_until(b'\n', &mut line)
+        .context("cannot read the password from standard input")?;
+    if line.last() == Some(&b'\n') {
+        line.pop();
+        if line.last() == Some(&b'\r') {
+            line.pop();
+        }
+    }
+    check_password(&line)?;
+    Ok(line)
+}
+
+/// Asks twice on the terminal (no echo) and insists both match.
+fn prompt_password(target: &str, login: &str) -> anyhow::Result<Zeroizing<Vec<u8>>> {
+    let first = Zeroizing::new(
+        rpassword::prompt_password(format!("Password for {login} on {target}: "))
+            .context("cannot read the password from the terminal (use --stdin without one)")?
+            .into_bytes(),
+    );
+    check_password(&first)?;
+    let again = Zeroizing::new(
+        rpassword::prompt_password("Again: ")
+            .context("cannot read the password from the terminal")?
+            .into_bytes(),
+    );
+    if *first != *again {
+        bail!("the two passwords differ; nothing was stored");
+    }
+    Ok(first)
+}
+
+fn check_password(p: &[u8]) -> anyhow::Result<()> {
+    if p.is_empty() {
+        bail!("empty password; nothing was stored");
+    }
+    if p.len() > MAX_PASSWORD {
+        bail!("password longer than {MAX_PASSWORD} bytes; nothing was stored");
+    }
+    if p.contains(&0) {
+        bail!("the password contains a NUL byte, which PostgreSQL cannot take; nothing was stored");
+    }
+    Ok(())
+}
+
 async fn shutdown_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = match signal(SignalKind::terminate()) {
@@ -270,5 +394,63 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use super::*;
+
+    fn target(name: &str, kind: TargetKind) -> Target {
+        Target {
+            name: name.into(),
+            kind,
+            host: "127.0.0.1".into(),
+            port: 5432,
+            host_keys: vec![],
+            labels: Default::default(),
+            db: None,
+        }
+    }
+
+    #[test]
+    fn credential_refuses_an_unknown_or_non_database_target() {
+        let targets = vec![
+            target("web-1", TargetKind::Ssh),
+            target("db-1", TargetKind::Postgres),
+        ];
+        let cfg = Path::new("/etc/gatehouse/config.toml");
+        let err = credential_target(&targets, "db-9", cfg).unwrap_err();
+        assert!(
+            err.to_string().contains("no target named \"db-9\""),
+            "{err}"
+        );
+        let err = credential_target(&targets, "web-1", cfg).unwrap_err();
+        assert!(err.to_string().contains("not a database target"), "{err}");
+        assert_eq!(
+            credential_target(&targets, "db-1", cfg).unwrap().name,
+            "db-1"
+        );
+    }
+
+    #[test]
+    fn credential_from_stdin_is_one_line_without_its_newline() {
+        let mut input = std::io::Cursor::new(b"pa ss\r\nsecond line\n".to_vec());
+        assert_eq!(read_password_line(&mut input).unwrap().as_slice(), b"pa ss");
+        let mut input = std::io::Cursor::new(b"no-newline".to_vec());
+        assert_eq!(
+            read_password_line(&mut input).unwrap().as_slice(),
+            b"no-newline"
+        );
+        for bad in [&b"\n"[..], b"", b"a\0b\n"] {
+            let mut input = std::io::Cursor::new(bad.to_vec());
+            let err = read_password_line(&mut input).unwrap_err().to_string();
+            assert!(err.contains("nothing was stored"), "{err}");
+        }
+        let mut input = std::io::Cursor::new(vec![b'x'; MAX_PASSWORD + 10]);
+        let err = read_password_line(&mut input).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        assert!(!err.contains("xxxx"), "{err}");
     }
 }

@@ -55,7 +55,8 @@ pub enum RecordingsCommand {
         #[arg(long, default_value = "2s", value_parser = parse_duration)]
         idle_limit: Duration,
     },
-    /// Write a recording as one plain asciicast v2 file (for `asciinema play`/`cat`).
+    /// Write a recording as one plain asciicast v2 file (for `asciinema
+    /// play`/`cat`); a database session as JSON lines (one object per event).
     Export {
         /// Recording id (or a unique prefix).
         id: String,
@@ -66,7 +67,9 @@ pub enum RecordingsCommand {
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
     },
-    /// Print the event log: output, SFTP operations, exit status.
+    /// Print the event log: output, SFTP operations, exit status; for a
+    /// database session a psql-like transcript (statements, parameters,
+    /// results, durations).
     Show {
         /// Recording id (or a unique prefix).
         id: String,
@@ -172,11 +175,23 @@ fn list(
     since: Option<Duration>,
     json: bool,
 ) -> anyhow::Result<ExitCode> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    list_to(root, user, target, since, json, &mut out)
+}
+
+/// `list`, written to `out`.
+pub(super) fn list_to(
+    root: &std::path::Path,
+    user: Option<String>,
+    target: Option<String>,
+    since: Option<Duration>,
+    json: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
     let all = reader::list(root).with_context(|| format!("cannot read {}", root.display()))?;
     let cutoff =
         since.map(|d| format::unix_ms(SystemTime::now()).saturating_sub(d.as_millis() as u64));
-    let stdout = std::io::stdout();
-    let mut out = stdout.lock();
     if !json {
         writeln!(
             out,

@@ -68,7 +68,7 @@ trait CastSink {
     fn event(&mut self, t: f64, code: &str, data: &str) -> Result<(), ReadError>;
 }
 
-fn io_err(e: std::io::Error) -> ReadError {
+pub(super) fn io_err(e: std::io::Error) -> ReadError {
     ReadError::Io(format!("cannot write: {e}"))
 }
 
@@ -234,15 +234,27 @@ impl CastSink for FileSink<'_> {
     }
 }
 
+/// Whether `stored` is a database session (its `meta.json` says so; that
+/// it matches the sealed header is checked as it is read).
+fn is_database(stored: &Stored) -> bool {
+    matches!(&stored.meta, Ok(m) if m.kind == Kind::Postgres)
+}
+
 /// Writes recording `stored` as one asciicast v2 file: header (width,
 /// height, timestamp, env.TERM, title, gatehouse metadata) and `o`/`i`/`r`
 /// events. Exec recordings start with `$ command` and end with the exit
-/// status; sftp operations appear as `[sftp] ...` lines.
+/// status; sftp operations appear as `[sftp] ...` lines. A database
+/// session has no terminal: it is written as JSON lines instead (see
+/// [`super::transcript::json_lines`]).
 pub fn export(
     stored: &Stored,
     ids: &Identities,
     out: &mut dyn Write,
 ) -> Result<Verification, ReadError> {
+    if is_database(stored) {
+        super::transcript::json_lines(stored, ids, out)?;
+        return Ok(reader::verify(stored));
+    }
     let mut sink = FileSink { out };
     let mut caster = Caster::new(&mut sink, stored);
     let v = reader::read_all(stored, ids, |seg| caster.segment(seg))?;
@@ -281,7 +293,8 @@ impl CastSink for PlaySink<'_> {
 }
 
 /// Replays the terminal output with the original timing, divided by
-/// `speed`, with idle gaps capped at `idle_limit`.
+/// `speed`, with idle gaps capped at `idle_limit`. A database session is
+/// printed as its transcript (as `show`).
 pub fn play(
     stored: &Stored,
     ids: &Identities,
@@ -289,6 +302,9 @@ pub fn play(
     idle_limit: Duration,
     out: &mut dyn Write,
 ) -> Result<(), ReadError> {
+    if is_database(stored) {
+        return super::transcript::show_text(stored, ids, out);
+    }
     let speed = if speed.is_finite() && speed > 0.0 {
         speed
     } else {
@@ -330,7 +346,7 @@ pub fn terminal_safe(s: &str) -> String {
     out
 }
 
-fn summary_lines(
+pub(super) fn summary_lines(
     stored: &Stored,
     v: &Verification,
     command: Option<&str>,
@@ -407,6 +423,8 @@ fn event_text(ev: &Event) -> Option<String> {
         Event::Resize { t, cols, rows } => format!("{t:>10.3} {:<7} {cols}x{rows}", "resize"),
         Event::Sftp { t, op } => format!("{t:>10.3} {:<7} {}", "sftp", safe(&op.describe())),
         Event::Exit { t, status } => format!("{t:>10.3} {:<7} {status}", "exit"),
+        // Database recordings are shown by `transcript`.
+        Event::Db { t, ev } => format!("{t:>10.3} {:<7}", ev.name()),
         Event::End { t, info } => {
             let reason = info.get("reason").and_then(|r| r.as_str()).unwrap_or("");
             format!("{t:>10.3} {:<7} {}", "end", safe(reason))
@@ -415,7 +433,7 @@ fn event_text(ev: &Event) -> Option<String> {
     })
 }
 
-fn event_json(ev: &Event) -> Option<serde_json::Value> {
+pub(super) fn event_json(ev: &Event) -> Option<serde_json::Value> {
     let b64 = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
     Some(match ev {
         Event::Data {
@@ -439,6 +457,15 @@ fn event_json(ev: &Event) -> Option<serde_json::Value> {
             v
         }
         Event::Exit { t, status } => json!({"t": t, "type": "exit", "status": status}),
+        Event::Db { t, ev } => {
+            let mut v = ev.to_object();
+            if let Some(o) = v.as_object_mut() {
+                o.insert("t".into(), json!(t));
+                o.insert("code".into(), json!(ev.code()));
+                o.insert("type".into(), json!(ev.name()));
+            }
+            v
+        }
         Event::End { t, info } => json!({"t": t, "type": "end", "end": info}),
         Event::Other { .. } => return None,
     })
@@ -447,13 +474,21 @@ fn event_json(ev: &Event) -> Option<serde_json::Value> {
 /// The event log: a summary and one line per event (text, with control
 /// characters escaped), or JSON lines (`{"type":"recording",...}` first,
 /// then one object per event; binary data as base64, so exact bytes can be
-/// recovered).
+/// recovered). A database session is shown as a psql-like transcript, or
+/// the same JSON lines as its export (see [`super::transcript`]).
 pub fn show(
     stored: &Stored,
     ids: &Identities,
     as_json: bool,
     out: &mut dyn Write,
 ) -> Result<(), ReadError> {
+    if is_database(stored) {
+        return if as_json {
+            super::transcript::json_lines(stored, ids, out)
+        } else {
+            super::transcript::show_text(stored, ids, out)
+        };
+    }
     let v0 = reader::verify(stored);
     let mut header_done = false;
     let write_line = |out: &mut dyn Write, s: &str| -> Result<(), ReadError> {

@@ -131,6 +131,8 @@ pub enum Kind {
     Shell,
     Exec,
     Sftp,
+    /// A PostgreSQL session: a query log (see [`crate::recording::query`]).
+    Postgres,
 }
 
 impl Kind {
@@ -139,6 +141,7 @@ impl Kind {
             Kind::Shell => "shell",
             Kind::Exec => "exec",
             Kind::Sftp => "sftp",
+            Kind::Postgres => "postgres",
         }
     }
 }
@@ -231,6 +234,9 @@ pub struct SegmentInfo {
     /// The exact command bytes, base64, when they are not valid UTF-8.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub command_base64: Option<String>,
+    /// The database the client asked for (database recordings only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<String>,
     /// Whether this channel's input (user -> target bytes) is stored.
     pub record_input: bool,
     /// The role's `record_input` setting (`none`, `exec`, `all`).

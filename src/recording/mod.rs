@@ -52,7 +52,11 @@
 //! `o`/`e`/`i` output/stderr/input as UTF-8 text, `ob`/`eb`/`ib` the same as
 //! base64 when the bytes are not tidy text (binary output is lossless), `r`
 //! resize `"COLSxROWS"`, `sftp` an operation object, `x` exit status, `end`
-//! how it ended. A decrypted segment is thus itself an asciicast file
+//! how it ended. A database session (`kind = "postgres"`) is a recording
+//! like any other, with a query log instead of a terminal: its header
+//! names the database, and its events are statements, bind parameters,
+//! results, COPY byte counts, cancels and notices ([`query`], fed through
+//! [`Recording::db`]); result rows are never recorded. A decrypted segment is thus itself an asciicast file
 //! (`asciinema cat` prints its text output). Which input is recorded follows
 //! the role's `record_input` ([`RecordingMeta::stores_input`]): by default
 //! (`"exec"`) the stdin of exec channels without a PTY, never keystrokes in
@@ -81,6 +85,11 @@
 //! of 32 chunks of at most 32 KiB; the writer encrypts and writes on the
 //! blocking pool. A slow disk makes the `Recording` methods wait, which
 //! slows the session; memory stays bounded and nothing is dropped.
+//! Database events ([`Recording::db`]), whose size the client chooses, also
+//! wait for room in a budget of 1 MiB of queued event bytes (one larger
+//! event waits until it is alone), and one event holds at most
+//! [`query::MAX_EVENT_BYTES`]: a client pipelining thousands of
+//! statements is slowed to the disk's pace.
 //! `GATEHOUSE_TEST_RECORDER_THROTTLE_BPS` (test-only) limits the writer to
 //! that many bytes per second to prove it.
 
@@ -94,6 +103,7 @@ pub mod reader;
 mod retention;
 mod segment;
 pub mod sftp;
+pub mod transcript;
 pub mod verify;
 mod writer;
 
@@ -108,6 +118,7 @@ use crate::config::RecordInput;
 use format::{Kind, Meta, SegmentInfo};
 use segment::{Recipients, SegmentStore};
 
+pub use query::{CopyDirection, DbEvent, Param};
 pub use writer::Recording;
 
 /// Test-only: limit every recording writer to this many bytes per second.
@@ -133,6 +144,10 @@ pub enum RecordingError {
     Failed { detail: String },
     #[error("the session recording has already ended")]
     Closed,
+    /// One event is over [`query::MAX_EVENT_BYTES`]: it is not recorded,
+    /// and what it describes must not run. The recording itself goes on.
+    #[error("the statement is too large to be recorded (over 16 MiB); it was not run")]
+    TooLarge { detail: String },
 }
 
 impl RecordingError {
@@ -143,7 +158,8 @@ impl RecordingError {
             | RecordingError::Unwritable { detail: d }
             | RecordingError::DiskFull { detail: d }
             | RecordingError::Seal { detail: d }
-            | RecordingError::Failed { detail: d } => d.clone(),
+            | RecordingError::Failed { detail: d }
+            | RecordingError::TooLarge { detail: d } => d.clone(),
             RecordingError::Closed => "recording already ended".into(),
         }
     }
@@ -153,20 +169,15 @@ impl RecordingError {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RecordingKind {
     /// A shell with a PTY (`term`, `cols`, `rows` from the pty-request).
-    Shell {
-        term: String,
-        cols: u32,
-        rows: u32,
-    },
+    Shell { term: String, cols: u32, rows: u32 },
     /// `ssh host command`, scp -O, rsync: the command's exact bytes.
-    Exec {
-        command: Vec<u8>,
-    },
+    Exec { command: Vec<u8> },
     /// The sftp subsystem (also modern scp).
     Sftp,
-    Postgres {
-        database: String,
-    },
+    /// A PostgreSQL session: a query log fed by [`Recording::db`]. The
+    /// database name is only in the sealed header (with the statements),
+    /// not in `meta.json`.
+    Postgres { database: String },
 }
 
 /// Who and what a recording is of. All of it except the exec command and
@@ -198,8 +209,12 @@ impl RecordingMeta {
     /// as a script or an upload, not keystrokes): an exec, or a shell
     /// without a PTY, which is how `ssh host < script.sh` runs a script;
     /// nothing under `"none"`. SFTP channels record operations whatever
-    /// this says, never file contents.
+    /// this says, never file contents; database sessions record their
+    /// statements ([`Recording::db`]) whatever this says, never raw bytes.
     pub fn stores_input(&self) -> bool {
+        if matches!(self.kind, RecordingKind::Postgres { .. }) {
+            return false;
+        }
         match self.record_input {
             RecordInput::All => !matches!(self.kind, RecordingKind::Sftp),
             RecordInput::Exec => !self.pty && !matches!(self.kind, RecordingKind::Sftp),
@@ -500,7 +515,12 @@ fn fill_recording(
         RecordingKind::Shell { term, .. } => (Kind::Shell, None, Some(term.clone()), 80, 24),
         RecordingKind::Exec { command } => (Kind::Exec, Some(command.as_slice()), None, 80, 24),
         RecordingKind::Sftp => (Kind::Sftp, None, None, 80, 24),
-        RecordingKind::Postgres { .. } => (Kind::Sftp, None, None, 80, 24), // STUB
+        // No terminal: the asciicast header still needs a size.
+        RecordingKind::Postgres { .. } => (Kind::Postgres, None, None, 80, 24),
+    };
+    let database = match &meta.kind {
+        RecordingKind::Postgres { database } => Some(database.clone()),
+        _ => None,
     };
     let term = term.filter(|t| !t.is_empty());
     let disk_meta = Meta {
@@ -551,6 +571,7 @@ fn fill_recording(
         kind,
         command: command_text,
         command_base64,
+        database,
         record_input: meta.stores_input(),
         record_input_mode: Some(meta.record_input.as_str().into()),
         pty: meta.pty,

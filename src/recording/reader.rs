@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use base64::Engine;
 
 use super::format::{self, code, ManifestEntry, Meta, SegmentHeader};
+use super::query::{self, DbEvent};
 use super::sftp::SftpOp;
 use super::verify::seg_name;
 pub use super::verify::{last_sealed_ms, verify, AuditIndex, Verification};
@@ -267,6 +268,11 @@ pub enum Event {
         t: f64,
         op: Box<SftpOp>,
     },
+    /// A database session's event (see [`super::query`]).
+    Db {
+        t: f64,
+        ev: Box<DbEvent>,
+    },
     Exit {
         t: f64,
         status: u32,
@@ -287,6 +293,7 @@ impl Event {
             Event::Data { t, .. }
             | Event::Resize { t, .. }
             | Event::Sftp { t, .. }
+            | Event::Db { t, .. }
             | Event::Exit { t, .. }
             | Event::End { t, .. }
             | Event::Other { t, .. } => *t,
@@ -340,6 +347,12 @@ fn parse_event(line: &[u8]) -> Option<Parsed> {
         code::STDERR_BIN => return binary(DataStream::Stderr, &data),
         code::INPUT => return data_ev(DataStream::Input, text(&data), true),
         code::INPUT_BIN => return binary(DataStream::Input, &data),
+        // A database result shares asciicast's resize code; its data is
+        // an object, a resize's a string.
+        query::code::RESULT if data.is_object() => Event::Db {
+            t,
+            ev: Box::new(DbEvent::from_line(&c, data)?),
+        },
         code::RESIZE => {
             let s = data.as_str()?;
             let (c, r) = s.split_once('x')?;
@@ -358,6 +371,14 @@ fn parse_event(line: &[u8]) -> Option<Parsed> {
             status: data.as_str()?.parse().ok()?,
         },
         code::END => Event::End { t, info: data },
+        query::code::STATEMENT
+        | query::code::BIND
+        | query::code::COPY
+        | query::code::CANCEL
+        | query::code::NOTICE => Event::Db {
+            t,
+            ev: Box::new(DbEvent::from_line(&c, data)?),
+        },
         other => Event::Other {
             t,
             code: other.to_string(),

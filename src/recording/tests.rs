@@ -1621,3 +1621,7 @@ async fn command_and_metadata_escapes_never_reach_the_auditors_terminal() {
         );
     }
 }
+
+/// Database session recordings.
+#[path = "db_tests.rs"]
+mod db;

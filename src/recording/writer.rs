@@ -1,6 +1,9 @@
 //! The per-recording writer task and the [`Recording`] handle the relay
 //! feeds. Data goes through a bounded queue ([`QUEUE_CAP`] chunks of at
-//! most [`CHUNK`] bytes); the task encodes events into a plaintext buffer
+//! most [`CHUNK`] bytes; database events, whose size the client chooses,
+//! also hold a share of a [`DB_BUDGET`] of bytes while they wait, so the
+//! queue never holds more than that, or one larger event, of them); the
+//! task encodes events into a plaintext buffer
 //! and hands it to the blocking pool to be encrypted and written, sealing a
 //! segment every [`SEGMENT_INTERVAL`] of activity or [`SEGMENT_MAX`] bytes.
 
@@ -12,6 +15,7 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 
 use super::format::{self, code, EndInfo, Kind, Meta};
+use super::query::{self, DbEvent};
 use super::segment::{self, SegmentStore};
 use super::sftp::{Direction, SftpOp, SftpTracker};
 use super::{RecorderInner, RecordingError, RecordingMeta};
@@ -27,6 +31,9 @@ const FLUSH_AT: usize = 512 * 1024;
 pub const SEGMENT_MAX: u64 = 4 * 1024 * 1024;
 /// ... or when it has been open this long.
 pub const SEGMENT_INTERVAL: Duration = Duration::from_secs(5);
+/// Bytes of database events (their [`DbEvent::payload_len`]) waiting in
+/// the queue at most; an event larger than this waits until it is alone.
+pub const DB_BUDGET: usize = QUEUE_CAP * CHUNK;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Stream {
@@ -46,6 +53,13 @@ enum Cmd {
         cols: u32,
         rows: u32,
     },
+    Db {
+        t: Duration,
+        ev: Box<DbEvent>,
+        bytes: u64,
+        /// Share of the byte budget held, given back when dequeued.
+        permits: u32,
+    },
     Finish {
         t: Duration,
         exit_status: Option<u32>,
@@ -57,13 +71,27 @@ enum Cmd {
 }
 
 /// State shared by the handles and the writer.
-#[derive(Default)]
 struct Shared {
     error: Mutex<Option<RecordingError>>,
     finished: AtomicBool,
     /// Bytes in (or about to enter) the queue, and the most there ever were.
     queued: AtomicU64,
     high_water: AtomicU64,
+    /// [`DB_BUDGET`] permits of one byte each; closed when the writer ends
+    /// (so that nobody waits for ever on a writer that is gone).
+    db_budget: tokio::sync::Semaphore,
+}
+
+impl Default for Shared {
+    fn default() -> Self {
+        Shared {
+            error: Mutex::new(None),
+            finished: AtomicBool::new(false),
+            queued: AtomicU64::new(0),
+            high_water: AtomicU64::new(0),
+            db_budget: tokio::sync::Semaphore::new(DB_BUDGET),
+        }
+    }
 }
 
 impl Shared {
@@ -183,6 +211,51 @@ impl Recording {
                 None => Ok(()),
             }
         }
+    }
+
+    /// One event of a database session (statement, bind parameters,
+    /// result, COPY, cancel, notice), stored exactly (see
+    /// [`super::query`]). Applies the same backpressure as
+    /// [`Recording::output`]: it waits while the writer's queue is full,
+    /// and while the database events already waiting hold [`DB_BUDGET`]
+    /// bytes, so a client that pipelines thousands of statements is slowed
+    /// to the disk's pace and memory stays bounded. Call it *before*
+    /// forwarding what the event describes: on `Err` the session must end
+    /// (the recording failed or has ended), except for
+    /// [`RecordingError::TooLarge`] (one event over
+    /// [`query::MAX_EVENT_BYTES`]), where only that statement must not run.
+    pub async fn db(&self, ev: DbEvent) -> Result<(), RecordingError> {
+        let s = &self.inner.shared;
+        if let Some(e) = s.error() {
+            return Err(e);
+        }
+        let len = ev.payload_len();
+        if len > query::MAX_EVENT_BYTES {
+            // Size only: never the statement.
+            return Err(RecordingError::TooLarge {
+                detail: format!(
+                    "a database event of {len} bytes is over the {} bytes one recorded event may hold",
+                    query::MAX_EVENT_BYTES
+                ),
+            });
+        }
+        let permits = u32::try_from(len.min(DB_BUDGET)).unwrap_or(u32::MAX);
+        match s.db_budget.acquire_many(permits).await {
+            // Given back by the writer when it takes the event.
+            Ok(p) => p.forget(),
+            Err(_) => return Err(s.closed_error()),
+        }
+        let cmd = Cmd::Db {
+            t: self.now(),
+            ev: Box::new(ev),
+            bytes: len as u64,
+            permits,
+        };
+        let r = self.send(cmd, len as u64).await;
+        if r.is_err() {
+            s.db_budget.add_permits(permits as usize);
+        }
+        r
     }
 
     /// The user's terminal was resized.
@@ -353,7 +426,7 @@ fn push_event(buf: &mut Vec<u8>, t: Duration, code: &str, data: &impl serde::Ser
 
 /// Text that JSON can carry without bloating: few control characters
 /// besides newline, carriage return, tab, escape, backspace and bell.
-fn tidy(s: &str) -> bool {
+pub(super) fn tidy(s: &str) -> bool {
     let limit = s.len() / 32;
     let mut odd = 0usize;
     for b in s.bytes() {
@@ -476,6 +549,20 @@ impl Writer {
                 let t = self.time(t);
                 self.mark_activity();
                 self.encode_data(stream, t, &data)?;
+            }
+            Cmd::Db {
+                t,
+                ev,
+                bytes,
+                permits,
+            } => {
+                self.shared.queued.fetch_sub(bytes, Ordering::SeqCst);
+                self.shared.db_budget.add_permits(permits as usize);
+                let t = self.time(t);
+                self.mark_activity();
+                push_head(&mut self.pending, t, ev.code());
+                ev.write_object(&mut self.pending);
+                self.pending.extend_from_slice(b"]\n");
             }
             Cmd::Resize { t, cols, rows } => {
                 let t = self.time(t);
@@ -824,6 +911,9 @@ impl Drop for Writer {
     /// segment is lost, as on `kill -9`; the daemon drains recordings
     /// before it stops, so this is the last resort.)
     fn drop(&mut self) {
+        // Wake anyone waiting for room for a database event: there is no
+        // writer any more.
+        self.shared.db_budget.close();
         if self.done {
             return;
         }

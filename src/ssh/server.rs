@@ -667,7 +667,13 @@ impl Handler for Outer {
             }
             Ok(t) => match &t.db {
                 // A database target: its proxy answers, never a raw forward.
-                Some(d) if port == u32::from(t.port) || port == u32::from(d.tunnel_port) => {
+                // Its name with PostgreSQL's standard port, its own port or
+                // its tunnel_port (as `web-1:22` for SSH targets).
+                Some(d)
+                    if port == 5432
+                        || port == u32::from(t.port)
+                        || port == u32::from(d.tunnel_port) =>
+                {
                     Ok((t.name.clone(), Some(d.tunnel_port)))
                 }
                 Some(_) => Err("port is not the database target's port"),

@@ -17,6 +17,7 @@
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
+mod credentials;
 mod keys;
 mod records;
 mod seal;
@@ -451,17 +452,5 @@ mod tests {
             st.totp_secret("bob"),
             Err(StateError::Unseal { .. })
         ));
-    }
-}
-
-// STUB (up owns this; dropped at merge)
-#[allow(clippy::items_after_test_module)]
-impl StateDir {
-    pub fn db_credential(
-        &self,
-        _t: &str,
-        _l: &str,
-    ) -> Result<Option<Zeroizing<Vec<u8>>>, StateError> {
-        Ok(None)
     }
 }

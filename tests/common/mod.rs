@@ -6,6 +6,7 @@
 //!   under test with a generated config, its CLI, and its audit log.
 //! - [`SshClient`]: the stock `ssh`/`scp`/`sftp`/`rsync` for one user, with
 //!   TOTP codes supplied through `SSH_ASKPASS`.
+//! - [`PgServer`]: a real PostgreSQL cluster with TLS and SCRAM logins.
 //! - [`require_tools`], [`free_port`], [`totp`], ...: small helpers.
 //!
 //! Each test binary includes this with `mod common;` and uses a subset.
@@ -28,6 +29,7 @@ pub use gatehouse::{
     GatehouseBuilder, GatehouseSetup,
 };
 pub use keys::{gen_ed25519, key_without_comment, KeyPair};
+pub use postgres::{pg_available, PgOptions, PgServer};
 pub use sshd::Sshd;
 pub use util::{
     current_user, descendants, find_tool, free_port, kill_tree, port_is_listening, require_tools,

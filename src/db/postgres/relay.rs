@@ -40,7 +40,7 @@ use crate::recording::{Recording, RecordingError};
 
 /// The largest `Query`, `Parse` or `Bind` message recorded (and so
 /// allowed): 16 MiB, the most one recording event holds.
-pub const MAX_RECORDED: usize = 16 << 20;
+pub const MAX_RECORDED: usize = crate::recording::query::MAX_EVENT_BYTES;
 /// The largest server status message read whole (`CommandComplete`,
 /// `ErrorResponse`, `NoticeResponse`).
 pub const MAX_STATUS: usize = 1 << 20;
