@@ -454,9 +454,13 @@ def render_postgres(info, res):
         a(f"**Row `postgres_profile` failed:** `{prof['error'][:600]}`")
         a("")
     elif prof:
-        a("Profile (`perf record -a -e cpu-clock`, both CPUs, during `pgbench -S -c 8 -j 2` on each path): share of all samples by command")
+        a(
+            "Profile (`perf record -a -e cpu-clock`, both CPUs, during `pgbench -S -c 8 -j 2` on each path): share of all samples "
+            "by process on the path (threads matched by pid while pgbench ran; kernel time in a process's context counts to it; "
+            "\"other processes\" is everything else on the shared machine, \"idle\" the idle task)"
+        )
         a("")
-        a("| path | TPS under perf | by command (% of both CPUs' samples) |")
+        a("| path | TPS under perf | share of both CPUs (%) |")
         a("|---|---|---|")
         for path, d in prof.items():
             a(f"| {PG_PATH_NAMES.get(path, path)} | {f(d['tps'], 0)} | " + ", ".join(f"{c} {pct:.1f}" for pct, c in d["by_command"][:10]) + " |")

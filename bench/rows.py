@@ -843,9 +843,18 @@ def postgres_profile(w, p):
         )
         w.procs.track(rec)
         time.sleep(0.5)
+        # Which threads are whose: collected while pgbench runs (backends
+        # and pgbench exist only then), so that other people's processes on
+        # the shared machine land in "other" and not under "postgres".
+        owners = {}
+        stop = threading.Event()
+        collector = threading.Thread(target=_collect_owners, args=(w, owners, stop), daemon=True)
+        collector.start()
         try:
             res = _pgbench(w, path, test, p.pg_secs, "perf", log=False)
         finally:
+            stop.set()
+            collector.join(5)
             rec.send_signal(signal.SIGINT)
             try:
                 rec.wait(timeout=60)
@@ -853,19 +862,22 @@ def postgres_profile(w, p):
                 Procs.kill(rec)
             w.procs.procs.remove(rec)
         rep = subprocess.run(
-            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "comm", "--percent-limit", "0.5"],
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "pid"],
             capture_output=True, text=True, timeout=300,
         ).stdout
-        comms = []
+        split = {}
         for line in rep.splitlines():
-            m = re.match(r"\s*([\d.]+)%\s+(.+?)\s*$", line)
-            if m and not line.lstrip().startswith("#"):
-                comms.append((float(m.group(1)), m.group(2)))
-        d = {"tps": res["tps"], "by_command": comms}
+            m = re.match(r"\s*([\d.]+)%\s+(\d+):(.*?)\s*$", line)
+            if not m:
+                continue
+            pct, tid, comm = float(m.group(1)), int(m.group(2)), m.group(3)
+            who = "idle" if tid == 0 else owners.get(tid, "other processes")
+            split[who] = split.get(who, 0.0) + pct
+        d = {"tps": res["tps"], "by_command": sorted(((v, k) for k, v in split.items()), reverse=True)}
         if path == "gatehouse":
             rep = subprocess.run(
                 ["perf", "report", "-i", str(data), "--stdio", "--no-children", "--pid", str(w.gw.pid), "--percentage", "relative",
-                 "--sort", "dso,symbol", "--percent-limit", "0.3"],
+                 "--sort", "dso,symbol", "--percent-limit", "0.05"],
                 capture_output=True, text=True, timeout=300,
             ).stdout
             symbols = []
@@ -875,7 +887,7 @@ def postgres_profile(w, p):
                     symbols.append((float(m.group(1)), m.group(2), m.group(3).strip()))
             cats = {}
             for pct, dso, sym in symbols:
-                cat = "other"
+                cat = "kernel: other" if "kernel" in dso else ("libc: other" if dso.startswith("libc") else "other")
                 for cname, pat in PG_CATEGORIES:
                     if re.search(pat, sym, re.I):
                         cat = cname
@@ -884,12 +896,41 @@ def postgres_profile(w, p):
             d["gatehouse_categories"] = sorted(cats.items(), key=lambda kv: -kv[1])
             d["gatehouse_top"] = symbols[:30]
         out[path] = d
-        _progress(w, f"postgres profile {path}", d["by_command"][:8])
+        _progress(w, f"postgres profile {path}", d["by_command"])
         try:
             os.remove(data)
         except OSError:
             pass
     return out
+
+
+def _tasks(pid):
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:
+        return []
+
+
+def _collect_owners(w, owners, stop):
+    """{tid: role} of every thread on the measured path, polled every
+    0.5 s until `stop`."""
+    from harness import descendants, comm
+
+    pg = w.pg
+    while True:
+        roles = [("gatehouse", [w.gw.pid]), ("postgres", descendants(pg.cluster.postmaster_pid) + [pg.cluster.postmaster_pid])]
+        if pg.bouncer is not None:
+            roles.append(("pgbouncer", [pg.bouncer.pid]))
+        door = getattr(pg, "door", None)
+        if door is not None:
+            roles.append(("ssh client", [door.pid]))
+        roles.append(("pgbench", [c for c in descendants(os.getpid()) if comm(c) == "pgbench"]))
+        for role, pids in roles:
+            for pid in pids:
+                for tid in _tasks(pid):
+                    owners[tid] = role
+        if stop.wait(0.5):
+            return
 
 
 # Symbol -> where gatehouse's time goes in the PostgreSQL relay.
