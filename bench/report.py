@@ -409,8 +409,13 @@ def render_postgres(info, res):
             for m, val, t, ok in tg:
                 a(f"| {m} | {val} | {t} | {'met' if ok else '**missed**'} |")
             a("")
-        a("| pgbench | path | TPS | / direct | / pgbouncer | p50 ms | p99 ms | p99 added vs direct | failed tx |")
-        a("|---|---|---|---|---|---|---|---|---|")
+        a(
+            "TPS: median (each round); \"others\": the share of both CPUs other processes on the shared machine used "
+            "during each kept run (a run above 15 % is run again once in full mode, the less disturbed kept)."
+        )
+        a("")
+        a("| pgbench | path | TPS | / direct | / pgbouncer | p50 ms | p99 ms | p99 added vs direct | failed tx | others % |")
+        a("|---|---|---|---|---|---|---|---|---|---|")
         for t in pg["tests"]:
             ps = t["paths"]
             d = ps.get("direct", {})
@@ -424,7 +429,8 @@ def render_postgres(info, res):
                 a(
                     f"| {PG_TEST_LABELS.get(t['name'], t['name'])} | {PG_PATH_NAMES[path]} | {f(x['tps'], 0)} ({runs}) "
                     f"| {f(ratio(x['tps'], d.get('tps')), 2)}× | {f(ratio(x['tps'], b.get('tps')), 2)}× "
-                    f"| {f(x['p50_ms'], 3)} | {f(x['p99_ms'], 3)} | {f(added, 3) if path != 'direct' else '–'} | {x['failed']} |"
+                    f"| {f(x['p50_ms'], 3)} | {f(x['p99_ms'], 3)} | {f(added, 3) if path != 'direct' else '–'} | {x['failed']} "
+                    f"| {', '.join(str(o) for o in x.get('others_pct') or []) or '–'} |"
                 )
         a("")
         a(

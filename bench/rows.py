@@ -664,8 +664,11 @@ def _pgbench(w, path, test, seconds, tag, log=True):
         args += ["-l", f"--log-prefix={logdir / 'tx'}"]
     if path == "gatehouse":
         w.gw.clear_recordings()
+    from harness import Disturbance
+
     before = _pg_cpu_snapshot(w, path)
     before["pgbench"] = _children_cpu()
+    dist = Disturbance()
     t0 = time.perf_counter()
     proc = subprocess.Popen(args, env=_pg_env(w, path), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             stdin=subprocess.DEVNULL, start_new_session=True, cwd=logdir)
@@ -681,6 +684,7 @@ def _pgbench(w, path, test, seconds, tag, log=True):
     wall = time.perf_counter() - t0
     # pgbench itself: the only child of this process reaped meanwhile.
     pgbench_cpu = _children_cpu()
+    others_pct = dist.result()["other_pct"]
     time.sleep(0.3)  # the postmaster reaps the exited backends
     after = _pg_cpu_snapshot(w, path)
     after["pgbench"] = pgbench_cpu
@@ -701,6 +705,7 @@ def _pgbench(w, path, test, seconds, tag, log=True):
         "latency_avg_ms": _pgbench_number(out, r"latency average = ([\d.]+) ms"),
         "latency_us": lat,
         "cpu": {k: after[k] - before[k] for k in after},
+        "others_pct": others_pct,
     }
     if path == "gatehouse":
         w.gw.wait_recordings_ended()
@@ -758,10 +763,25 @@ def postgres(w, p):
         for rnd in range(p.pg_rounds):
             order = paths if rnd % 2 == 0 else list(reversed(paths))
             for path in order:
-                try:
-                    runs[path].append(_pgbench(w, path, test, p.pg_secs, f"r{rnd}"))
-                except BenchError as e:
-                    failures.setdefault(path, str(e)[:2000])
+                # A run during which other processes used more than 15% of
+                # the CPUs is run again (full mode: once, after waiting up
+                # to 60 s for idle CPUs); the less disturbed one is kept.
+                best = None
+                for attempt in range(p.pg_attempts):
+                    if attempt:
+                        w.wait_for_idle(60)
+                    try:
+                        r = _pgbench(w, path, test, p.pg_secs, f"r{rnd}a{attempt}")
+                    except BenchError as e:
+                        failures.setdefault(path, str(e)[:2000])
+                        continue
+                    r["attempts"] = attempt + 1
+                    if best is None or r["others_pct"] < best["others_pct"]:
+                        best = r
+                    if r["others_pct"] <= 15:
+                        break
+                if best is not None:
+                    runs[path].append(best)
         tests.append(_pg_summarise(test, runs))
         _progress(w, f"postgres {test[0]}", {path: (d.get("tps"), d.get("p99_ms")) for path, d in tests[-1]["paths"].items()})
     return {
@@ -802,6 +822,7 @@ def _pg_summarise(test, runs):
             "p99_ms": (percentile(lat, 99) or 0) / 1000 if lat else None,
             "p999_ms": (percentile(lat, 99.9) or 0) / 1000 if lat else None,
             "latency_avg_ms": median([r["latency_avg_ms"] for r in rs if r["latency_avg_ms"] is not None]),
+            "others_pct": [round(r["others_pct"]) for r in rs],
             "cpu_s_per_10k_statements": cpu,
         }
         if path == "gatehouse":

@@ -61,6 +61,7 @@ class Params:
         self.pg_secs = 3 if quick else 12
         self.pg_rounds = 1 if quick else 2
         self.pg_warm_secs = 1 if quick else 3
+        self.pg_attempts = 1 if quick else 2
         # Everything, including setup and cleanup, ends by then.
         self.overall_limit = 420 if quick else 50 * 60
 
@@ -148,6 +149,7 @@ def pg_gatehouse_toml(pg):
 def build_world(args, p, procs, root, wanted=()):
     w = World()
     w.verbose = True
+    w.wait_for_idle = wait_for_idle
     w.procs = procs
     w.ciphers = CIPHERS
     w.root = root
