@@ -439,8 +439,8 @@ def render_postgres(info, res):
             "pgbouncer, the PostgreSQL server (postmaster with its backends) and pgbench:"
         )
         a("")
-        a("| pgbench | path | gatehouse | ssh client | pgbouncer | server | pgbench | total | recording bytes / statement |")
-        a("|---|---|---|---|---|---|---|---|---|")
+        a("| pgbench | path | gatehouse | ssh client | pgbouncer | server | pgbench | total | proxy context switches / statement | recording bytes / statement |")
+        a("|---|---|---|---|---|---|---|---|---|---|")
         for t in pg["tests"]:
             for path in ("direct", "pgbouncer", "gatehouse"):
                 x = t["paths"].get(path)
@@ -450,9 +450,15 @@ def render_postgres(info, res):
                 own = {"direct": (), "pgbouncer": ("pgbouncer",), "gatehouse": ("gatehouse", "ssh_client")}[path]
                 cell = lambda k: f(c.get(k), 3) if k in own or k in ("server", "pgbench") else "–"
                 total = sum(c.get(k) or 0 for k in (*own, "server", "pgbench"))
+                cs = x.get("ctx_switches_per_statement") or {}
+                csw = {
+                    "direct": "–",
+                    "pgbouncer": f(cs.get("pgbouncer"), 2),
+                    "gatehouse": f"{f(cs.get('gatehouse'), 2)} (+ ssh {f(cs.get('ssh_client'), 2)})",
+                }[path]
                 a(
                     f"| {PG_TEST_LABELS.get(t['name'], t['name'])} | {PG_PATH_NAMES[path]} | {cell('gatehouse')} | {cell('ssh_client')} "
-                    f"| {cell('pgbouncer')} | {cell('server')} | {cell('pgbench')} | {f(total, 3)} "
+                    f"| {cell('pgbouncer')} | {cell('server')} | {cell('pgbench')} | {f(total, 3)} | {csw} "
                     f"| {f(x.get('recorded_bytes_per_statement'), 0) if path == 'gatehouse' else '–'} |"
                 )
         a("")

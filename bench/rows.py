@@ -634,6 +634,20 @@ def _pgbench_number(text, pattern):
     return float(m.group(1)) if m else None
 
 
+def _ctx_switches(pid):
+    """Voluntary + involuntary context switches of all threads of `pid`."""
+    total = 0
+    for tid in _tasks(pid):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/status") as fh:
+                for line in fh:
+                    if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                        total += int(line.split()[1])
+        except OSError:
+            pass
+    return total
+
+
 def _pg_cpu_snapshot(w, path):
     pg = w.pg
     snap = {"server": (pg.cluster.cpu() or 0.0) + pg.cluster.live_backend_cpu()}
@@ -642,6 +656,16 @@ def _pg_cpu_snapshot(w, path):
     door = getattr(pg, "door", None)
     snap["ssh_client"] = (cpu_seconds(door.pid) or 0.0) if door is not None else 0.0
     return snap
+
+
+def _pg_ctx_snapshot(w):
+    pg = w.pg
+    door = getattr(pg, "door", None)
+    return {
+        "gatehouse": _ctx_switches(w.gw.pid),
+        "ssh_client": _ctx_switches(door.pid) if door is not None else 0,
+        "pgbouncer": _ctx_switches(pg.bouncer.pid) if pg.bouncer is not None else 0,
+    }
 
 
 def _children_cpu():
@@ -666,6 +690,7 @@ def _pgbench(w, path, test, seconds, tag, log=True):
         w.gw.clear_recordings()
     from harness import Disturbance
 
+    ctx0 = _pg_ctx_snapshot(w)
     before = _pg_cpu_snapshot(w, path)
     before["pgbench"] = _children_cpu()
     dist = Disturbance()
@@ -688,6 +713,7 @@ def _pgbench(w, path, test, seconds, tag, log=True):
     time.sleep(0.3)  # the postmaster reaps the exited backends
     after = _pg_cpu_snapshot(w, path)
     after["pgbench"] = pgbench_cpu
+    ctx1 = _pg_ctx_snapshot(w)
     out, err = out.decode(errors="replace"), err.decode(errors="replace")
     if proc.returncode != 0:
         raise BenchError(f"pgbench {name} through {path} exited {proc.returncode}: {(out + err)[-1500:]}")
@@ -706,6 +732,7 @@ def _pgbench(w, path, test, seconds, tag, log=True):
         "latency_us": lat,
         "cpu": {k: after[k] - before[k] for k in after},
         "others_pct": others_pct,
+        "ctx_switches": {k: ctx1[k] - ctx0[k] for k in ctx1},
     }
     if path == "gatehouse":
         w.gw.wait_recordings_ended()
@@ -823,6 +850,10 @@ def _pg_summarise(test, runs):
             "p999_ms": (percentile(lat, 99.9) or 0) / 1000 if lat else None,
             "latency_avg_ms": median([r["latency_avg_ms"] for r in rs if r["latency_avg_ms"] is not None]),
             "others_pct": [round(r["others_pct"]) for r in rs],
+            "ctx_switches_per_statement": {
+                k: sum(r["ctx_switches"][k] for r in rs) / stmts_total if stmts_total else None
+                for k in rs[0]["ctx_switches"]
+            },
             "cpu_s_per_10k_statements": cpu,
         }
         if path == "gatehouse":
