@@ -551,11 +551,6 @@ PG_TESTS = [
     ("select_c8", ["-S"], 8, 2, 1),
     ("tpcb_c8", [], 8, 2, 7),
 ]
-PG_TEST_LABELS = {
-    "select_c1": "`pgbench -S -c 1` (select-only)",
-    "select_c8": "`pgbench -S -c 8 -j 2` (select-only)",
-    "tpcb_c8": "`pgbench -c 8 -j 2` (TPC-B-like)",
-}
 
 
 def _pg_env(w, path):
@@ -755,8 +750,6 @@ def postgres(w, p):
         raise BenchError(getattr(w, "pg_error", None) or "postgres world not set up")
     failures = {}
     # Initialise once, directly (TLS): pgbench_* at scale p.pg_scale.
-    from harness import run_checked
-
     t0 = time.monotonic()
     init = [str(pg.cluster.bin / "pgbench"), "-i", "-q", "-s", str(p.pg_scale)]
     env = _pg_env(w, "direct")
