@@ -264,6 +264,7 @@ class Procs:
 
     def __init__(self):
         self.procs = []
+        self.cleanups = []
         self._installed = False
 
     def spawn(self, args, log_path, env=None, **kw):
@@ -308,6 +309,13 @@ class Procs:
     def stop_all(self):
         while self.procs:
             self.kill(self.procs.pop())
+        # Daemons that are not our children (the postmaster `pg_ctl`
+        # starts), last in, first out.
+        while self.cleanups:
+            try:
+                self.cleanups.pop()()
+            except Exception as e:  # noqa: BLE001 - cleanup goes on
+                print(f"bench: cleanup failed: {e}", flush=True)
 
     def install_signal_handlers(self):
         """SIGTERM/SIGHUP behave like Ctrl-C (SIGINT): unwind, then `finally`
@@ -410,8 +418,10 @@ class Sshd:
 class Gatehouse:
     """The release binary with a generated config and state dir."""
 
-    def __init__(self, procs, binary, root, user, user_key_line, login, targets):
-        """`targets`: list of (name, port, pinned host key)."""
+    def __init__(self, procs, binary, root, user, user_key_line, login, targets, extra_roles=(), extra_toml=""):
+        """`targets`: list of (name, port, pinned host key). `extra_roles`
+        are more roles of the user, defined (with their targets) in the raw
+        TOML `extra_toml` appended to the config."""
         self.binary = binary
         self.dir = Path(root) / "gatehouse"
         state = self.dir / "state"
@@ -446,7 +456,7 @@ class Gatehouse:
             "",
             "[[users]]",
             f"name = {q(user)}",
-            'roles = ["bench"]',
+            "roles = [" + ", ".join(q(r) for r in ["bench", *extra_roles]) + "]",
             f"ssh_keys = [{q(user_key_line)}]",
             "",
             "[[roles]]",
@@ -463,6 +473,8 @@ class Gatehouse:
                 f'address = "127.0.0.1:{port}"',
                 f"host_keys = [{q(host_key)}]",
             ]
+        if extra_toml:
+            lines += ["", extra_toml.rstrip()]
         self.config.write_text("\n".join(lines) + "\n")
         self.env = {
             k: v
@@ -487,6 +499,24 @@ class Gatehouse:
         return run_checked(
             [str(self.binary), *args, "--config", str(self.config)], env=self.env
         )
+
+    def cli_stdin(self, args, data):
+        """A CLI command with `data` on its stdin (e.g. `target credential
+        ... --stdin`); BenchError with its output when it fails. The output
+        is not echoed into the error when it could hold `data`."""
+        out = subprocess.run(
+            [str(self.binary), *args, "--config", str(self.config)],
+            input=data,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+            start_new_session=True,
+        )
+        if out.returncode != 0:
+            text = (out.stdout + out.stderr).replace(data.strip(), "<stdin>")
+            raise BenchError(f"`gatehouse {' '.join(args)}` exited {out.returncode}:\n{text}")
+        return out.stdout
 
     def enroll(self):
         """Enrolls the user; returns the base32 secret from `Secret: ...`."""
@@ -716,3 +746,282 @@ class Client:
         # sftp's -b turns BatchMode on, which would disable the code prompt;
         # the earlier -o wins.
         return ["sftp", "-F", str(self.configs[cipher]), "-o", "BatchMode=no", *args]
+
+
+# ------------------------------------------------------------ PostgreSQL ---
+
+PG_OS_USER = "gatehouse-test"
+
+OPENSSL_CNF = """\
+[req]
+distinguished_name = dn
+prompt = no
+[dn]
+CN = gatehouse bench
+[v3_ca]
+basicConstraints = critical,CA:TRUE
+keyUsage = critical,keyCertSign,cRLSign
+subjectKeyIdentifier = hash
+[v3_server]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+subjectAltName = IP:127.0.0.1,DNS:localhost
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
+"""
+
+
+def pg_bindir():
+    """The newest /usr/lib/postgresql/N/bin with initdb, pg_ctl and pgbench."""
+    best = None
+    try:
+        entries = os.listdir("/usr/lib/postgresql")
+    except OSError:
+        return None
+    for e in entries:
+        if not e.isdigit():
+            continue
+        b = Path("/usr/lib/postgresql") / e / "bin"
+        if all((b / t).exists() for t in ("initdb", "pg_ctl", "pgbench", "psql")):
+            if best is None or int(e) > best[0]:
+                best = (int(e), b)
+    return best[1] if best else None
+
+
+def _os_user():
+    """(uid, gid) to run the server programs as: `gatehouse-test` when this
+    runs as root (postgres and pgbouncer refuse root; created here if
+    missing), else None (run as ourselves)."""
+    if os.geteuid() != 0:
+        return None
+    import pwd
+
+    try:
+        pw = pwd.getpwnam(PG_OS_USER)
+    except KeyError:
+        run_checked(["useradd", "-r", "-M", "-s", "/usr/sbin/nologin", PG_OS_USER])
+        pw = pwd.getpwnam(PG_OS_USER)
+    return pw.pw_uid, pw.pw_gid
+
+
+def _as_user_kw(ids):
+    if ids is None:
+        return {}
+    return {"user": ids[0], "group": ids[1], "extra_groups": []}
+
+
+def _chown_tree(path, ids):
+    if ids is None:
+        return
+    for dirpath, dirs, files in os.walk(path):
+        os.chown(dirpath, *ids)
+        for n in files:
+            os.chown(os.path.join(dirpath, n), *ids)
+
+
+def proc_cpu_with_children(pid):
+    """utime + stime + cutime + cstime of one process (seconds): for the
+    postmaster this includes every backend it has reaped."""
+    st = _stat_fields(pid)
+    if st is None:
+        return None
+    return sum(int(x) for x in st[1][11:15]) / CLK_TCK
+
+
+class PgCluster:
+    """A real PostgreSQL server on a loopback port: `initdb` in `dir`,
+    TLS from a CA made here with `openssl` (server cert for IP:127.0.0.1),
+    SCRAM over `hostssl` only (so every TCP client, pgbouncer and gatehouse
+    included, speaks TLS to it), started with `pg_ctl`; stopped by `stop()`
+    and, as a last resort, by `Procs` through its postmaster pid."""
+
+    def __init__(self, procs, root, conf=()):
+        self.bin = pg_bindir()
+        if self.bin is None:
+            raise BenchError("no /usr/lib/postgresql/*/bin with initdb, pg_ctl, pgbench, psql (postgresql package)")
+        for tool in ("openssl",):
+            if shutil.which(tool) is None:
+                raise BenchError(f"{tool} is missing")
+        self.ids = _os_user()
+        self.dir = Path(root) / "pg"
+        self.dir.mkdir()
+        self.data = self.dir / "data"
+        self.sock = self.dir / "sock"
+        self.sock.mkdir()
+        self.log_path = self.dir / "postgres.log"
+        self.superuser_password = "bench-super-" + os.urandom(6).hex()
+        (self.dir / "pwfile").write_text(self.superuser_password + "\n")
+        self._certificates()
+        self.ca_pem = self.dir / "ca.pem"
+        _chown_tree(self.dir, self.ids)
+        self._run([str(self.bin / "initdb"), "-D", str(self.data), "-U", "postgres",
+                   "--auth=scram-sha-256", "--pwfile", str(self.dir / "pwfile"),
+                   "-E", "UTF8", "--locale=C", "-N"], timeout=180)
+        (self.data / "pg_hba.conf").write_text(
+            "local all all trust\nhostssl all all 127.0.0.1/32 scram-sha-256\n"
+        )
+        self.extra_conf = list(conf)
+        self.procs = procs
+        self.postmaster_pid = None
+        for _ in range(3):
+            self.port = free_port()
+            self._write_conf()
+            r = subprocess.run(
+                [str(self.bin / "pg_ctl"), "-D", str(self.data), "-l", str(self.log_path), "-w", "-t", "60", "start"],
+                stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+                cwd=self.dir, **_as_user_kw(self.ids),
+            )
+            if r.returncode == 0:
+                self.postmaster_pid = int((self.data / "postmaster.pid").read_text().split()[0])
+                return
+            log = self.log_text()
+            if "could not bind" not in log and "in use" not in log:
+                raise BenchError(f"postgres did not start:\n{r.stdout}{r.stderr}\n{log[-3000:]}")
+        raise BenchError("postgres could not bind a free port")
+
+    def _run(self, args, timeout=60):
+        r = subprocess.run(args, stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                           timeout=timeout, cwd=self.dir, **_as_user_kw(self.ids))
+        if r.returncode != 0:
+            raise BenchError(f"`{' '.join(args)}` exited {r.returncode}:\n{r.stdout}{r.stderr}")
+        return r.stdout
+
+    def _certificates(self):
+        (self.dir / "openssl.cnf").write_text(OPENSSL_CNF)
+        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+        run_checked(["openssl", "req", "-x509", "-config", "openssl.cnf", "-extensions", "v3_ca", *ec,
+                     "-sha256", "-days", "3", "-subj", "/CN=gatehouse bench CA",
+                     "-keyout", "ca.key", "-out", "ca.pem"], cwd=self.dir)
+        run_checked(["openssl", "req", "-new", "-config", "openssl.cnf", *ec, "-subj", "/CN=localhost",
+                     "-keyout", "server.key", "-out", "server.csr"], cwd=self.dir)
+        run_checked(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                     "-set_serial", "2", "-sha256", "-days", "3", "-extfile", "openssl.cnf",
+                     "-extensions", "v3_server", "-out", "server.crt"], cwd=self.dir)
+        os.chmod(self.dir / "server.key", 0o600)
+
+    def _write_conf(self):
+        conf = [
+            "listen_addresses = '127.0.0.1'",
+            f"port = {self.port}",
+            f"unix_socket_directories = '{self.sock}'",
+            "ssl = on",
+            f"ssl_cert_file = '{self.dir / 'server.crt'}'",
+            f"ssl_key_file = '{self.dir / 'server.key'}'",
+            "password_encryption = 'scram-sha-256'",
+            "max_connections = 60",
+            "shared_buffers = 256MB",
+            "dynamic_shared_memory_type = mmap",
+            # Durability is not what is measured: without these the
+            # TPC-B-like row measures this VM's fsync.
+            "fsync = off",
+            "synchronous_commit = off",
+            "full_page_writes = off",
+            "autovacuum = off",
+            "log_connections = off",
+        ] + self.extra_conf
+        (self.data / "bench.conf").write_text("\n".join(conf) + "\n")
+        main = self.data / "postgresql.conf"
+        text = main.read_text()
+        if "include 'bench.conf'" not in text:
+            main.write_text(text + "\ninclude 'bench.conf'\n")
+        _chown_tree(self.dir, self.ids)
+
+    def log_text(self):
+        try:
+            return self.log_path.read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def psql(self, sql, db="postgres"):
+        """As the superuser over the Unix socket (trust)."""
+        return run_checked([str(self.bin / "psql"), "-h", str(self.sock), "-p", str(self.port), "-U", "postgres",
+                            "-d", db, "-X", "-At", "-v", "ON_ERROR_STOP=1", "-c", sql], timeout=120)
+
+    def version(self):
+        return self.psql("show server_version").strip()
+
+    def cpu(self):
+        """Server CPU seconds so far: the postmaster with every backend it
+        has reaped (a pgbench run's backends exit when it ends)."""
+        return proc_cpu_with_children(self.postmaster_pid) if self.postmaster_pid else None
+
+    def live_backend_cpu(self):
+        """CPU seconds of the postmaster's live children (backends still
+        running, background workers)."""
+        if not self.postmaster_pid:
+            return 0.0
+        total = 0.0
+        for c in children(self.postmaster_pid):
+            v = cpu_seconds(c)
+            total += v or 0.0
+        return total
+
+    def stop(self):
+        if self.postmaster_pid is None:
+            return
+        subprocess.run(
+            [str(self.bin / "pg_ctl"), "-D", str(self.data), "stop", "-m", "immediate", "-w", "-t", "20"],
+            stdin=subprocess.DEVNULL, capture_output=True, timeout=60, cwd=self.dir, **_as_user_kw(self.ids),
+        )
+        try:
+            os.kill(self.postmaster_pid, signal.SIGKILL)
+        except OSError:
+            pass
+        self.postmaster_pid = None
+
+
+class PgBouncer:
+    """Debian's pgbouncer in session mode on a loopback port: clients log in
+    with SCRAM (plain TCP, as to a pooler next to the application), and it
+    logs in to the server over TLS (`server_tls_sslmode = verify-full`
+    against the cluster's CA, as gatehouse does)."""
+
+    def __init__(self, procs, cluster, db, user, password, pool_size=20):
+        exe = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+        if not os.path.exists(exe):
+            raise BenchError("pgbouncer is missing (Debian package pgbouncer)")
+        self.exe = exe
+        self.dir = cluster.dir.parent / "pgbouncer"
+        self.dir.mkdir()
+        (self.dir / "users.txt").write_text(f'"{user}" "{password}"\n')
+        self.log_path = self.dir / "pgbouncer.log"
+        for _ in range(3):
+            self.port = free_port()
+            ini = [
+                "[databases]",
+                f"{db} = host=127.0.0.1 port={cluster.port} dbname={db}",
+                "",
+                "[pgbouncer]",
+                "listen_addr = 127.0.0.1",
+                f"listen_port = {self.port}",
+                "unix_socket_dir =",
+                "auth_type = scram-sha-256",
+                f"auth_file = {self.dir / 'users.txt'}",
+                "pool_mode = session",
+                "max_client_conn = 200",
+                f"default_pool_size = {pool_size}",
+                "server_tls_sslmode = verify-full",
+                f"server_tls_ca_file = {cluster.ca_pem}",
+                "log_connections = 0",
+                "log_disconnections = 0",
+                "stats_period = 3600",
+                "ignore_startup_parameters = extra_float_digits",
+            ]
+            cfg = self.dir / "pgbouncer.ini"
+            cfg.write_text("\n".join(ini) + "\n")
+            os.chmod(self.dir / "users.txt", 0o600)
+            _chown_tree(self.dir, cluster.ids)
+            self.proc = procs.spawn([exe, str(cfg)], self.log_path, **_as_user_kw(cluster.ids), cwd=self.dir)
+            if wait_for_port(self.port, 20, self.proc):
+                return
+            Procs.kill(self.proc)
+        raise BenchError("pgbouncer did not start:\n" + self.log_path.read_text(errors="replace")[-3000:])
+
+    @property
+    def pid(self):
+        return self.proc.pid
+
+    def version(self):
+        r = subprocess.run([self.exe, "--version"], capture_output=True, text=True)
+        return r.stdout.splitlines()[0].strip() if r.stdout else "pgbouncer"

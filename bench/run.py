@@ -55,8 +55,15 @@ class Params:
         self.parallel = 16
         self.conc_deadline = 60 if quick else 400
         self.slow_secs = 5 if quick else 20
+        # PostgreSQL rows: pgbench scale, seconds per run (-T), rounds of
+        # the interleaved paths, warm-up seconds per path.
+        self.pg_scale = 10
+        self.pg_secs = 3 if quick else 12
+        self.pg_rounds = 1 if quick else 2
+        self.pg_warm_secs = 1 if quick else 3
+        self.pg_attempts = 1 if quick else 2
         # Everything, including setup and cleanup, ends by then.
-        self.overall_limit = 300 if quick else 40 * 60
+        self.overall_limit = 420 if quick else 50 * 60
 
 
 class World:
@@ -84,9 +91,65 @@ def args_wait_idle(args, p):
     return args.wait_idle if args.wait_idle is not None else (0 if p.quick else 600)
 
 
-def build_world(args, p, procs, root):
+PG_TARGET = "db-1"
+PG_LOGIN = "bench"
+PG_DB = "bench"
+
+
+def build_pg(w, procs):
+    """The PostgreSQL side of the world: the server (TLS, SCRAM), a login
+    `bench` owning database `bench`, and pgbouncer in front of it. Returns
+    an object with everything the rows need, or raises BenchError."""
+    pg = World()
+    # The server programs run as an unprivileged user that must reach
+    # ROOT/pg (ROOT is mkdtemp's 0700).
+    os.chmod(w.root, 0o711)
+    pg.cluster = harness.PgCluster(procs, w.root)
+    procs.cleanups.append(pg.cluster.stop)
+    pg.target, pg.login, pg.db = PG_TARGET, PG_LOGIN, PG_DB
+    pg.tunnel_port = 15432
+    pg.password = "bench-db-" + os.urandom(9).hex()
+    pg.cluster.psql(
+        f"SET password_encryption = 'scram-sha-256'; CREATE ROLE {PG_LOGIN} LOGIN PASSWORD '{pg.password}'"
+    )
+    pg.cluster.psql(f"CREATE DATABASE {PG_DB} OWNER {PG_LOGIN}")
+    pg.bouncer, pg.bouncer_error = None, None
+    try:
+        pg.bouncer = harness.PgBouncer(procs, pg.cluster, PG_DB, PG_LOGIN, pg.password)
+    except BenchError as e:
+        pg.bouncer_error = str(e)
+    pg.gw_error = None
+    pg.versions = {
+        "postgres": pg.cluster.version(),
+        "pgbench": subprocess.run([str(pg.cluster.bin / "pgbench"), "--version"], capture_output=True, text=True).stdout.strip(),
+        "pgbouncer": pg.bouncer.version() if pg.bouncer else None,
+    }
+    return pg
+
+
+def pg_gatehouse_toml(pg):
+    """The database target and the role that grants its login."""
+    return "\n".join(
+        [
+            "[[roles]]",
+            'name = "bench-db"',
+            f'targets = {{ names = ["{pg.target}"] }}',
+            f'logins = ["{pg.login}"]',
+            "",
+            "[[targets]]",
+            f'name = "{pg.target}"',
+            'kind = "postgres"',
+            f'address = "127.0.0.1:{pg.cluster.port}"',
+            f"tunnel_port = {pg.tunnel_port}",
+            f'tls_ca = "{pg.cluster.ca_pem}"',
+        ]
+    )
+
+
+def build_world(args, p, procs, root, wanted=()):
     w = World()
     w.verbose = True
+    w.wait_for_idle = wait_for_idle
     w.procs = procs
     w.ciphers = CIPHERS
     w.root = root
@@ -127,13 +190,32 @@ def build_world(args, p, procs, root):
 
     targets = [(w.target_name[c], w.targets[c].port, w.targets[c].host_key) for c in CIPHERS]
     targets.append(("echo", w.echo.port, w.echo.host_key))
-    w.gw = harness.Gatehouse(procs, w.gw_bin, w.root, "bench", user_key, w.login, targets)
+    w.pg, w.pg_error = None, None
+    if any(r in wanted for r in ("postgres", "postgres_profile")):
+        try:
+            w.pg = build_pg(w, procs)
+        except BenchError as e:
+            w.pg_error = f"PostgreSQL setup failed: {e}"
+            print(f"  {w.pg_error[:400]}", flush=True)
+    extra_roles, extra_toml = (), ""
+    if w.pg is not None:
+        extra_roles, extra_toml = ("bench-db",), pg_gatehouse_toml(w.pg)
+    w.gw = harness.Gatehouse(
+        procs, w.gw_bin, w.root, "bench", user_key, w.login, targets, extra_roles=extra_roles, extra_toml=extra_toml
+    )
     for kv in args.gatehouse_env:
         name, _, value = kv.partition("=")
         w.gw.env[name] = value
     for sshd in w.targets.values():
         sshd.set_authorized([user_key, w.gw.client_pubkey])
     secret = w.gw.enroll()
+    if w.pg is not None:
+        # The database password, sealed in gatehouse's state; the client
+        # never holds it.
+        try:
+            w.gw.cli_stdin(["target", "credential", w.pg.target, w.pg.login, "--stdin"], w.pg.password + "\n")
+        except BenchError as e:
+            w.pg.gw_error = f"gatehouse target credential failed: {e}"
     # Outlives the run's own time limit plus every wait for an idle machine.
     w.echo.start(procs, w.gw.client_pubkey, p.overall_limit + 300 * 8 + args_wait_idle(args, p))
     w.gw.start(procs)
@@ -162,8 +244,9 @@ def build_world(args, p, procs, root):
     w.big_size = p.size
     w.big_file = w.root / "payload.bin"
     w.warm_file = w.root / "warmup.bin"
-    make_file(w.big_file, p.size)
-    make_file(w.warm_file, p.warm_size)
+    if any(r in wanted for r in ("throughput", "profile")):
+        make_file(w.big_file, p.size)
+        make_file(w.warm_file, p.warm_size)
     return w
 
 
@@ -295,8 +378,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="small sizes, few repetitions (< 2 minutes)")
     ap.add_argument(
         "--bin-dir",
-        default=str(REPO / "target" / "release"),
-        help="where gatehouse and examples/bench-load are (default: target/release)",
+        default=str(Path(os.environ.get("CARGO_TARGET_DIR") or REPO / "target") / "release"),
+        help="where gatehouse and examples/bench-load are (default: $CARGO_TARGET_DIR/release, else target/release)",
     )
     ap.add_argument(
         "--rows",
@@ -351,12 +434,14 @@ def main():
         load_before = loadavg()
         if idle < 85:
             print(f"  note: the machine was only {idle:.0f}% idle before the run; numbers may be disturbed", flush=True)
-        w = build_world(args, p, procs, root)
+        w = build_world(args, p, procs, root, wanted)
         print(f"  world up in {time.monotonic() - started:.0f}s ({root})", flush=True)
         info = machine_info(w)
         info["legs"] = probe_algorithms(w)
         if args.gatehouse_env:
             info["gatehouse"] += "; environment " + " ".join(args.gatehouse_env)
+        if w.pg is not None:
+            info["postgres"] = w.pg.versions
         results = {}
         idle_per_row = {}
         others_per_row = {}
@@ -389,9 +474,12 @@ def main():
                     break
                 if attempt == 0 and not p.quick:
                     print(f"   {name} was disturbed; running it again", flush=True)
+        only_pg = set(wanted) <= {"postgres", "postgres_profile"}
         info.update(
             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-            command="scripts/bench.sh" + (" --quick" if p.quick else ""),
+            command="scripts/bench.sh"
+            + (" --quick" if p.quick else "")
+            + (" --rows " + ",".join(wanted) if only_pg else ""),
             mode="quick" if p.quick else "full",
             duration_s=time.monotonic() - started - waited,
             idle_before_pct=idle,
@@ -400,9 +488,14 @@ def main():
             loadavg_before=load_before,
             loadavg_after=loadavg(),
         )
-        block = report.render(info, results)
+        main_results = {k: v for k, v in results.items() if k not in ("postgres", "postgres_profile")}
+        block = report.render(info, main_results) if main_results else ""
+        pg_block = report.render_postgres(info, results) if "postgres" in results or "postgres_profile" in results else ""
         print()
         print(block)
+        if pg_block:
+            print()
+            print(pg_block)
         out_dir = REPO / "target" / "bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -413,6 +506,13 @@ def main():
         if not p.quick and not args.no_write and set(wanted) == {n for n, _ in rows.ROWS}:
             report.write_benchmarks_md(REPO / "BENCHMARKS.md", block)
             print("BENCHMARKS.md updated")
+        # The PostgreSQL rows have their own block (section "PostgreSQL"),
+        # rewritten by a full run and by a full-mode `--rows postgres[,...]`.
+        if not p.quick and not args.no_write and "postgres" in results and ("postgres" in wanted) and (
+            only_pg or set(wanted) >= {n for n, _ in rows.ROWS}
+        ):
+            report.write_benchmarks_md(REPO / "BENCHMARKS.md", pg_block, report.PG_BEGIN, report.PG_END)
+            print("BENCHMARKS.md (PostgreSQL) updated")
         return 0
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
