@@ -456,7 +456,7 @@ fn cpu_seconds(pid: u32) -> f64 {
 /// (`GATEHOUSE_TEST_BIN=target/release/gatehouse` for a release build;
 /// `GH_BENCH_MIB` sets the size, default 256).
 #[test]
-#[ignore]
+#[ignore = "measurement, not a check: run with --ignored (see the doc comment)"]
 fn rsync_upload_cost_of_recording_exec_stdin() {
     if !require_tools(&[TOOLS, &["rsync"]].concat()) {
         return;

@@ -15,6 +15,7 @@
 pub mod cancel;
 pub mod mysql;
 pub mod postgres;
+mod tls;
 
 use std::sync::Arc;
 
@@ -78,4 +79,22 @@ pub fn new_session_id() -> String {
     let mut b = [0u8; 16];
     let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b);
     hex::encode(b)
+}
+
+/// A cleaner that replaces `password` in an error's text with `***`, for
+/// the upstreams' errors. Defence in depth: no message gatehouse builds
+/// contains it, and servers do not quote it. None (nothing to search for)
+/// when the password is not UTF-8 or shorter than 4 bytes (it would match
+/// ordinary words).
+pub(crate) fn redactor(password: &[u8]) -> Option<impl Fn(String) -> String + '_> {
+    let pw = std::str::from_utf8(password)
+        .ok()
+        .filter(|p| p.len() >= 4)?;
+    Some(move |s: String| {
+        if s.contains(pw) {
+            s.replace(pw, "***")
+        } else {
+            s
+        }
+    })
 }

@@ -32,7 +32,6 @@
 
 pub mod auth;
 pub mod handshake;
-mod tls;
 
 use std::io;
 use std::time::Duration;
@@ -40,6 +39,8 @@ use std::time::Duration;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
+
+use crate::db::tls;
 
 pub use self::auth::AuthPlugin;
 pub use self::handshake::{client_capabilities, ServerHello, NEVER, PASS_THROUGH};
@@ -294,8 +295,8 @@ async fn login(
         DbTls::Disable => UpstreamStream::Plain(tcp),
         DbTls::Verify { ca, server_name } => {
             // Check the local side before the server sees anything.
-            let config = tls::client_config(ca)?;
-            let name = tls::server_name(server_name)?;
+            let config = tls::client_config(ca).map_err(UpstreamError::Tls)?;
+            let name = tls::server_name(server_name).map_err(UpstreamError::Tls)?;
             if hello.capabilities & caps::SSL == 0 {
                 return Err(UpstreamError::Tls(format!(
                     "the server at {} does not offer TLS (no CLIENT_SSL in its greeting)",
@@ -312,7 +313,7 @@ async fn login(
             let stream = TlsConnector::from(config)
                 .connect(name, tcp)
                 .await
-                .map_err(|e| tls::handshake_error(e, ca, server_name))?;
+                .map_err(|e| UpstreamError::Tls(tls::handshake_error(e, ca, server_name)))?;
             UpstreamStream::Tls(Box::new(stream))
         }
     };
@@ -507,18 +508,8 @@ fn cleartext(password: &[u8]) -> Result<zeroize::Zeroizing<Vec<u8>>, UpstreamErr
 /// no message gatehouse builds contains it, and servers do not quote it.
 /// Passwords shorter than 4 bytes are not searched for.
 fn redact(e: UpstreamError, password: &[u8]) -> UpstreamError {
-    let Ok(pw) = std::str::from_utf8(password) else {
+    let Some(clean) = crate::db::redactor(password) else {
         return e;
-    };
-    if pw.len() < 4 {
-        return e;
-    }
-    let clean = |s: String| {
-        if s.contains(pw) {
-            s.replace(pw, "***")
-        } else {
-            s
-        }
     };
     match e {
         UpstreamError::Connect(s) => UpstreamError::Connect(clean(s)),

@@ -20,7 +20,6 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
 mod auth;
-mod tls;
 mod wire;
 
 use std::io;
@@ -32,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 use tokio_rustls::TlsConnector;
+
+use crate::db::tls;
 
 use crate::config::{DbAuth, DbTarget, DbTls, Target};
 
@@ -255,8 +256,8 @@ async fn open(
         DbTls::Verify { ca, server_name } => (ca, server_name),
     };
     // Check the local side before the server sees anything.
-    let config = tls::client_config(ca)?;
-    let name = tls::server_name(server_name)?;
+    let config = tls::client_config(ca).map_err(UpstreamError::Tls)?;
+    let name = tls::server_name(server_name).map_err(UpstreamError::Tls)?;
     let io = |e: io::Error| UpstreamError::Connect(format!("{}:{}: {e}", target.host, target.port));
     tcp.write_all(&wire::ssl_request()).await.map_err(io)?;
     let mut answer = [0u8; 1];
@@ -279,7 +280,7 @@ async fn open(
     let stream = TlsConnector::from(config)
         .connect(name, tcp)
         .await
-        .map_err(|e| tls::handshake_error(e, ca, server_name))?;
+        .map_err(|e| UpstreamError::Tls(tls::handshake_error(e, ca, server_name)))?;
     let binding = stream
         .get_ref()
         .1
@@ -406,18 +407,8 @@ fn server_error(body: &[u8]) -> UpstreamError {
 /// Passwords shorter than 4 bytes are not searched for (they would match
 /// ordinary words).
 fn redact(e: UpstreamError, password: &[u8]) -> UpstreamError {
-    let Ok(pw) = std::str::from_utf8(password) else {
+    let Some(clean) = crate::db::redactor(password) else {
         return e;
-    };
-    if pw.len() < 4 {
-        return e;
-    }
-    let clean = |s: String| {
-        if s.contains(pw) {
-            s.replace(pw, "***")
-        } else {
-            s
-        }
     };
     match e {
         UpstreamError::Connect(s) => UpstreamError::Connect(clean(s)),

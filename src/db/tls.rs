@@ -1,6 +1,7 @@
-//! TLS to a database server: verify-full against the CA pinned for the
-//! target, and the `tls-server-end-point` channel binding for
-//! SCRAM-SHA-256-PLUS.
+//! TLS to a database server (PostgreSQL, MySQL/MariaDB): verify-full
+//! against the CA pinned for the target, and the `tls-server-end-point`
+//! channel binding for SCRAM-SHA-256-PLUS. Errors are the reason as text;
+//! each upstream wraps it in its own `Tls` error.
 //!
 //! Security behaviour:
 //! - Only the certificates in the target's `tls_ca` file are trusted (no
@@ -20,17 +21,14 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 
-use super::UpstreamError;
-
 /// Cached client configurations: CA path -> (mtime, size, config).
 type Cache = HashMap<PathBuf, (Option<SystemTime>, u64, Arc<ClientConfig>)>;
 static CONFIGS: Mutex<Option<Cache>> = Mutex::new(None);
 
 /// A rustls client configuration trusting exactly the certificates in `ca`.
-pub(super) fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, UpstreamError> {
-    let meta = std::fs::metadata(ca).map_err(|e| {
-        UpstreamError::Tls(format!("cannot read the pinned CA {}: {e}", ca.display()))
-    })?;
+pub(crate) fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, String> {
+    let meta = std::fs::metadata(ca)
+        .map_err(|e| format!("cannot read the pinned CA {}: {e}", ca.display()))?;
     let stamp = (meta.modified().ok(), meta.len());
     let mut cache = CONFIGS.lock().unwrap_or_else(|e| e.into_inner());
     let cache = cache.get_or_insert_with(HashMap::new);
@@ -44,8 +42,8 @@ pub(super) fn client_config(ca: &Path) -> Result<Arc<ClientConfig>, UpstreamErro
     Ok(config)
 }
 
-fn build(ca: &Path) -> Result<Arc<ClientConfig>, UpstreamError> {
-    let bad = |why: String| UpstreamError::Tls(format!("pinned CA {}: {why}", ca.display()));
+fn build(ca: &Path) -> Result<Arc<ClientConfig>, String> {
+    let bad = |why: String| format!("pinned CA {}: {why}", ca.display());
     let mut roots = RootCertStore::empty();
     let certs = CertificateDer::pem_file_iter(ca).map_err(|e| bad(e.to_string()))?;
     for cert in certs {
@@ -71,18 +69,15 @@ fn build(ca: &Path) -> Result<Arc<ClientConfig>, UpstreamError> {
 }
 
 /// The name the server's certificate must carry: a DNS name or an IP address.
-pub(super) fn server_name(name: &str) -> Result<ServerName<'static>, UpstreamError> {
-    ServerName::try_from(name.to_string()).map_err(|_| {
-        UpstreamError::Tls(format!(
-            "{name:?} is neither a DNS name nor an IP address (tls_server_name)"
-        ))
-    })
+pub(crate) fn server_name(name: &str) -> Result<ServerName<'static>, String> {
+    ServerName::try_from(name.to_string())
+        .map_err(|_| format!("{name:?} is neither a DNS name nor an IP address (tls_server_name)"))
 }
 
 /// Turns a failed handshake into a message naming the certificate problem.
-pub(super) fn handshake_error(e: std::io::Error, ca: &Path, name: &str) -> UpstreamError {
+pub(crate) fn handshake_error(e: std::io::Error, ca: &Path, name: &str) -> String {
     let inner = e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
-    let why = match inner {
+    match inner {
         Some(rustls::Error::InvalidCertificate(cert)) => match cert {
             CertificateError::UnknownIssuer => format!(
                 "the server's certificate is not issued by the pinned CA {} (UnknownIssuer)",
@@ -95,15 +90,14 @@ pub(super) fn handshake_error(e: std::io::Error, ca: &Path, name: &str) -> Upstr
         },
         Some(other) => format!("TLS handshake failed: {other}"),
         None => format!("TLS handshake failed: {e}"),
-    };
-    UpstreamError::Tls(why)
+    }
 }
 
 /// `tls-server-end-point` channel binding data (RFC 5929 section 4.1): the
 /// hash of the server's certificate, with the certificate's signature hash
 /// (SHA-256 for MD5 and SHA-1). None when the signature algorithm names no
 /// usable hash (e.g. Ed25519, RSA-PSS): then no -PLUS is attempted.
-pub(super) fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn end_point_hash(cert: &[u8]) -> Option<Vec<u8>> {
     let algorithm = match signature_algorithm(cert)? {
         // md5WithRSA, sha1WithRSA, ecdsa-with-SHA1, sha256WithRSA, ecdsa-with-SHA256
         [0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x04 | 0x05 | 0x0b]
