@@ -1,194 +1,33 @@
 //! Attacks on the PostgreSQL proxy, through the SSH door (`ssh -L`), against
 //! a real PostgreSQL 15 server and, for the upstream attacks, small fake
 //! servers. Each test is named after the property that must hold. A test
-//! whose doc comment says **HOLE** fails on the code it was written
-//! against (see /work/notes/attack.md); the others guard a property that
-//! already holds.
+//! whose doc comment says "Found by review, fixed" failed on the proxy as
+//! first written and passes since its fix; the others guard a property that
+//! held from the start.
 
 mod common;
 
 use std::io::{Read, Write};
 use std::net::TcpListener;
-use std::process::{Command, Output, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use common::free_port;
 use common::pgwire::{self, PgConn};
-use common::postgres::{PgOptions, PgServer};
-use common::world::World;
+use common::postgres::PgServer;
 use common::world::{stderr, stdout};
-use common::{free_port, require_tools, run_with_timeout, wait_for_port, ChildGuard};
 
 const APP_PASSWORD: &str = "Pw-attack-app_ro-4d1c7e90-never-shown";
 
-fn tools() -> bool {
-    require_tools(&["psql", "ssh", "sshd", "oathtool", "openssl"])
-        && common::postgres::pg_available()
-}
+use common::pgworld::{
+    export, finished_pg_recording, forward, pg_target, show, start as start_with, store_credential,
+    tls_ca, tools, Db,
+};
 
-struct Db {
-    w: World,
-    pg: PgServer,
-    lport: u16,
-    _fwd: ChildGuard,
-}
-
-fn pg_target(name: &str, address: &str, tunnel_port: u16, tls: &str) -> String {
-    format!(
-        "[[targets]]\nname = \"{name}\"\nkind = \"postgres\"\naddress = \"{address}\"\ntunnel_port = {tunnel_port}\n{tls}\nlabels = {{ tier = \"db\" }}\n"
-    )
-}
-
-fn tls_ca(pg: &PgServer) -> String {
-    format!("tls_ca = \"{}\"", pg.ca_pem.display())
-}
-
-fn store_credential(w: &World, target: &str, login: &str, password: &str) {
-    let mut cmd =
-        w.gw.setup()
-            .cli_command(&["target", "credential", target, login, "--stdin"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("gatehouse target credential");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "target credential failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A server with `app_ro` (owner of database `app` and table `t`), a
-/// gateway where alice's role `dba` allows login `app_ro` on targets
-/// labelled `tier = db` (`db-1`), and alice's `ssh -L` to it.
 fn start(
     tweak: impl FnOnce(common::GatehouseBuilder, &PgServer) -> common::GatehouseBuilder,
 ) -> Db {
-    let pg = PgServer::start(PgOptions::default());
-    pg.create_role("app_ro", APP_PASSWORD);
-    pg.create_database("app", "app_ro");
-    pg.psql(
-        "app",
-        "create table if not exists t (id int, body text); alter table t owner to app_ro;",
-    );
-    let w = World::with_roles(&["web", "dba"], |b| {
-        let b = b
-            .role_labels("dba", &[("tier", "db")], &["app_ro"])
-            .raw(&pg_target("db-1", &pg.address(), free_port(), &tls_ca(&pg)));
-        tweak(b, &pg)
-    });
-    store_credential(&w, "db-1", "app_ro", APP_PASSWORD);
-    let lport = free_port();
-    let fwd = forward(&w, lport, "db-1", 5432);
-    Db {
-        w,
-        pg,
-        lport,
-        _fwd: fwd,
-    }
-}
-
-/// `ssh -N -L 127.0.0.1:LPORT:TARGET:PORT gw`, up once the port listens.
-fn forward(w: &World, lport: u16, target: &str, port: u16) -> ChildGuard {
-    let spec = format!("127.0.0.1:{lport}:{target}:{port}");
-    let g = w.client.spawn(&[
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        spec.as_str(),
-        "gw",
-    ]);
-    assert!(
-        wait_for_port(lport, Duration::from_secs(30)),
-        "the ssh -L forward did not come up"
-    );
-    g
-}
-
-impl Db {
-    fn psql_at(&self, lport: u16, sql: &str) -> Output {
-        let mut c = Command::new("psql");
-        c.arg(format!(
-            "host=127.0.0.1 port={lport} user=app_ro dbname=app connect_timeout=20"
-        ))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .stdin(Stdio::null());
-        run_with_timeout(&mut c, Duration::from_secs(90)).expect("psql finished")
-    }
-
-    fn psql(&self, sql: &str) -> Output {
-        self.psql_at(self.lport, sql)
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.lport)
-    }
-
-    fn login(&self, extra: &[(&str, &str)]) -> PgConn {
-        let mut s = PgConn::connect(&self.addr()).unwrap();
-        let mut params = vec![("user", "app_ro"), ("database", "app")];
-        params.extend_from_slice(extra);
-        let hello = s.login(&params, None);
-        assert_eq!(
-            hello.last().map(|m| m.tag),
-            Some(b'Z'),
-            "login failed: {:?}\n{}",
-            hello.last().and_then(|m| m.field(b'M')),
-            self.w.gw.stderr()
-        );
-        s
-    }
-}
-
-fn rec(w: &World, args: &[&str]) -> Output {
-    w.gw.setup().cli(&[&["recordings"], args].concat())
-}
-
-fn key(w: &World) -> String {
-    w.gw.setup().auditor_key().display().to_string()
-}
-
-/// The id of the newest finished postgres recording.
-fn finished_pg_recording(w: &World) -> String {
-    let started =
-        w.gw.wait_for_event(
-            |e| e["event"] == "recording.started" && e["kind"] == "postgres",
-            Duration::from_secs(15),
-        )
-        .unwrap_or_else(|| panic!("no postgres recording started:\n{}", w.gw.stderr()));
-    let id = started["recording_id"].as_str().unwrap().to_string();
-    w.gw.wait_for_event(
-        |e| e["event"] == "recording.finished" && e["recording_id"] == id.as_str(),
-        Duration::from_secs(15),
-    )
-    .unwrap_or_else(|| panic!("recording {id} did not finish:\n{}", w.gw.stderr()));
-    id
-}
-
-fn show(w: &World, id: &str) -> String {
-    let out = rec(w, &["show", id, "-i", &key(w)]);
-    assert!(out.status.success(), "show: {}", stderr(&out));
-    stdout(&out)
-}
-
-fn export(w: &World, id: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("x.jsonl");
-    let out = rec(
-        w,
-        &["export", id, "-i", &key(w), "-o", file.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "export: {}", stderr(&out));
-    std::fs::read_to_string(&file).unwrap()
+    start_with(APP_PASSWORD, tweak)
 }
 
 /// A fake database server on a free loopback port: `script` runs on each
@@ -278,10 +117,10 @@ fn a_tls_target_whose_server_refuses_tls_gets_nothing_after_the_ssl_request() {
             "db-n",
             &fake.address(),
             free_port(),
-            &tls_ca(pg),
+            &tls_ca(&pg.ca_pem),
         ))
     });
-    store_credential(&db.w, "db-n", "app_ro", APP_PASSWORD);
+    store_credential(db.w.gw.setup(), "db-n", "app_ro", APP_PASSWORD);
     let err = psql_to(&db, "db-n");
     assert!(err.contains("TLS"), "{err}");
     let seen = fake.seen();
@@ -316,7 +155,7 @@ fn a_plain_target_asking_for_a_cleartext_password_never_gets_it() {
             "tls = \"disable\"",
         ))
     });
-    store_credential(&db.w, "db-clear", "app_ro", APP_PASSWORD);
+    store_credential(db.w.gw.setup(), "db-clear", "app_ro", APP_PASSWORD);
     let err = psql_to(&db, "db-clear");
     assert!(err.contains("cleartext"), "{err}");
     let seen = fake.seen();
@@ -357,7 +196,7 @@ fn a_server_closing_mid_login_fails_only_that_login() {
             "tls = \"disable\"",
         ))
     });
-    store_credential(&db.w, "db-close", "app_ro", APP_PASSWORD);
+    store_credential(db.w.gw.setup(), "db-close", "app_ro", APP_PASSWORD);
     let t0 = Instant::now();
     let err = psql_to(&db, "db-close");
     assert!(
@@ -367,7 +206,7 @@ fn a_server_closing_mid_login_fails_only_that_login() {
     );
     assert!(err.contains("db-close"), "{err}");
     assert!(!err.contains(APP_PASSWORD));
-    let out = db.psql("select 'still-serving'");
+    let out = db.psql("app_ro", "select 'still-serving'");
     assert!(stdout(&out).contains("still-serving"), "{}", stderr(&out));
 }
 
@@ -388,7 +227,7 @@ fn max_session_ends_a_session_whose_client_never_reads() {
     .unwrap();
     // Never read. Meanwhile another session works.
     std::thread::sleep(Duration::from_millis(1500));
-    let out = db.psql("select 'not-stalled'");
+    let out = db.psql("app_ro", "select 'not-stalled'");
     assert!(stdout(&out).contains("not-stalled"), "{}", stderr(&out));
     let end =
         db.w.gw

@@ -6,176 +6,28 @@
 mod common;
 
 use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::pgwire::{self, PgConn};
-use common::postgres::{PgOptions, PgServer};
-use common::world::World;
+use common::postgres::PgServer;
 use common::world::{stderr, stdout};
-use common::{free_port, require_tools, run_with_timeout, wait_for_port, ChildGuard};
+use common::{free_port, run_with_timeout, ChildGuard};
 
 /// The database password of `app_ro`: it must never appear anywhere but
 /// the sealed credential.
 const APP_PASSWORD: &str = "Pw-app_ro-7f3c9a1e-never-shown";
 const OTHER_PASSWORD: &str = "Pw-other-55d1e0b2-never-shown";
 
-fn tools() -> bool {
-    require_tools(&["psql", "ssh", "sshd", "oathtool", "openssl"])
-        && common::postgres::pg_available()
-}
+use common::pgworld::{
+    export, finished_pg_recording, forward, pg_target, rec, show, start as start_with,
+    store_credential, tls_ca, tools, Db,
+};
 
-struct Db {
-    w: World,
-    pg: PgServer,
-    lport: u16,
-    _fwd: ChildGuard,
-}
-
-fn pg_target(name: &str, pg: &PgServer, tunnel_port: u16, ca: &std::path::Path) -> String {
-    format!(
-        "[[targets]]\nname = \"{name}\"\nkind = \"postgres\"\naddress = \"{}\"\ntunnel_port = {tunnel_port}\ntls_ca = \"{}\"\nlabels = {{ tier = \"db\" }}\n",
-        pg.address(),
-        ca.display()
-    )
-}
-
-fn store_credential(w: &World, target: &str, login: &str, password: &str) {
-    let mut cmd =
-        w.gw.setup()
-            .cli_command(&["target", "credential", target, login, "--stdin"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().expect("gatehouse target credential");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{password}\n").as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "target credential failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(!String::from_utf8_lossy(&out.stdout).contains(password));
-    assert!(!String::from_utf8_lossy(&out.stderr).contains(password));
-}
-
-/// A server with `app_ro` (owner of database `app`), a gateway where alice's
-/// role `dba` allows login `app_ro` on targets labelled `tier = db` (`db-1`), and alice's `ssh -L` to it.
 fn start(
     tweak: impl FnOnce(common::GatehouseBuilder, &PgServer) -> common::GatehouseBuilder,
 ) -> Db {
-    let pg = PgServer::start(PgOptions::default());
-    pg.create_role("app_ro", APP_PASSWORD);
-    pg.create_database("app", "app_ro");
-    pg.psql(
-        "app",
-        "create table if not exists t (id int, body text); alter table t owner to app_ro;",
-    );
-    let tunnel_port = free_port();
-    let w = World::with_roles(&["web", "dba"], |b| {
-        let b = b
-            .role_labels("dba", &[("tier", "db")], &["app_ro"])
-            .raw(&pg_target("db-1", &pg, tunnel_port, &pg.ca_pem));
-        tweak(b, &pg)
-    });
-    store_credential(&w, "db-1", "app_ro", APP_PASSWORD);
-    let lport = free_port();
-    let fwd = forward(&w, lport, "db-1", 5432);
-    Db {
-        w,
-        pg,
-        lport,
-        _fwd: fwd,
-    }
-}
-
-/// `ssh -N -L 127.0.0.1:LPORT:TARGET:PORT gw`, up once the port listens.
-fn forward(w: &World, lport: u16, target: &str, port: u16) -> ChildGuard {
-    let spec = format!("127.0.0.1:{lport}:{target}:{port}");
-    let g = w.client.spawn(&[
-        "-N",
-        "-o",
-        "ExitOnForwardFailure=yes",
-        "-L",
-        spec.as_str(),
-        "gw",
-    ]);
-    assert!(
-        wait_for_port(lport, Duration::from_secs(30)),
-        "the ssh -L forward did not come up"
-    );
-    g
-}
-
-impl Db {
-    fn psql_cmd(&self, user: &str, extra: &str, sql: &str) -> Command {
-        let mut c = Command::new("psql");
-        c.arg(format!(
-            "host=127.0.0.1 port={} user={user} dbname=app connect_timeout=20 {extra}",
-            self.lport
-        ))
-        .args(["-X", "-A", "-t", "-v", "ON_ERROR_STOP=1", "-c", sql])
-        .env_remove("PGPASSWORD")
-        .env("PGCONNECT_TIMEOUT", "20")
-        .stdin(Stdio::null());
-        c
-    }
-
-    fn psql(&self, user: &str, sql: &str) -> Output {
-        run_with_timeout(&mut self.psql_cmd(user, "", sql), Duration::from_secs(90))
-            .expect("psql finished")
-    }
-
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.lport)
-    }
-}
-
-fn rec(w: &World, args: &[&str]) -> Output {
-    w.gw.setup().cli(&[&["recordings"], args].concat())
-}
-
-fn key(w: &World) -> String {
-    w.gw.setup().auditor_key().display().to_string()
-}
-
-/// The id of the newest finished postgres recording.
-fn finished_pg_recording(w: &World) -> String {
-    let started =
-        w.gw.wait_for_event(
-            |e| e["event"] == "recording.started" && e["kind"] == "postgres",
-            Duration::from_secs(15),
-        )
-        .unwrap_or_else(|| panic!("no postgres recording started:\n{}", w.gw.stderr()));
-    let id = started["recording_id"].as_str().unwrap().to_string();
-    w.gw.wait_for_event(
-        |e| e["event"] == "recording.finished" && e["recording_id"] == id.as_str(),
-        Duration::from_secs(15),
-    )
-    .unwrap_or_else(|| panic!("recording {id} did not finish:\n{}", w.gw.stderr()));
-    id
-}
-
-fn show(w: &World, id: &str) -> String {
-    let out = rec(w, &["show", id, "-i", &key(w)]);
-    assert!(out.status.success(), "show: {}", stderr(&out));
-    stdout(&out)
-}
-
-fn export(w: &World, id: &str) -> String {
-    let dir = tempfile::tempdir().unwrap();
-    let file = dir.path().join("x.jsonl");
-    let out = rec(
-        w,
-        &["export", id, "-i", &key(w), "-o", file.to_str().unwrap()],
-    );
-    assert!(out.status.success(), "export: {}", stderr(&out));
-    std::fs::read_to_string(&file).unwrap()
+    start_with(APP_PASSWORD, tweak)
 }
 
 #[test]
@@ -330,8 +182,15 @@ fn an_upstream_certificate_from_another_ca_is_refused() {
     if !tools() {
         return;
     }
-    let db = start(|b, pg| b.raw(&pg_target("db-2", pg, free_port(), &pg.wrong_ca_pem)));
-    store_credential(&db.w, "db-2", "app_ro", APP_PASSWORD);
+    let db = start(|b, pg| {
+        b.raw(&pg_target(
+            "db-2",
+            &pg.address(),
+            free_port(),
+            &tls_ca(&pg.wrong_ca_pem),
+        ))
+    });
+    store_credential(db.w.gw.setup(), "db-2", "app_ro", APP_PASSWORD);
     let lport = free_port();
     let _fwd = forward(&db.w, lport, "db-2", 5432);
     let mut c = Command::new("psql");

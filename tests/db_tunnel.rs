@@ -40,21 +40,7 @@ fn world(lab: netns::Lab, devices: usize, pg: &PgServer, extra_auth: Option<&str
             None => b,
         }
     });
-    let mut cmd =
-        w.gw.setup()
-            .cli_command(&["target", "credential", "db-1", "app_ro", "--stdin"]);
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = cmd.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(format!("{APP_PASSWORD}\n").as_bytes())
-        .unwrap();
-    assert!(child.wait_with_output().unwrap().status.success());
+    common::pgworld::store_credential(w.gw.setup(), "db-1", "app_ro", APP_PASSWORD);
     w
 }
 

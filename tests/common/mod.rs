@@ -19,6 +19,7 @@ pub mod keys;
 pub mod mariadb;
 pub mod netns;
 pub mod pgwire;
+pub mod pgworld;
 pub mod postgres;
 pub mod scripted;
 pub mod sshd;
