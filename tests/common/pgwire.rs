@@ -165,12 +165,8 @@ impl PgConn {
                     ));
                 }
                 b'Z' | b'E' => {
-                    let done = true;
                     got.push(m);
-                    if done {
-                        return got;
-                    }
-                    continue;
+                    return got;
                 }
                 _ => {}
             }

@@ -360,31 +360,29 @@ fn authorize(
     startup: &proto::Startup,
 ) -> Result<Authorized, Refusal> {
     let login_name = startup.get("user").unwrap_or_default();
-    let authorized = gw
-        .policy
-        .authorize(user, target, login_name)
-        .map_err(|d| match d {
+    let authorized = gw.policy.authorize(user, target, login_name).map_err(|d| {
+        let reason = d.reason();
+        match d {
             Denied::Login { allowed } => Refusal::new(
                 "28000",
                 format!(
                     "gatehouse: no role of yours allows login \"{}\" on {target}",
                     audit::client_name(login_name)
                 ),
-                d_reason(&Denied::Login {
-                    allowed: allowed.clone(),
-                }),
+                reason,
             )
             .hint(if allowed.is_empty() {
                 "no login is allowed".to_string()
             } else {
                 format!("allowed: {}", allowed.join(", "))
             }),
-            other => Refusal::new(
+            _ => Refusal::new(
                 "28000",
                 format!("gatehouse: no role of yours grants {target}"),
-                d_reason(&other),
+                reason,
             ),
-        })?;
+        }
+    })?;
     if let Some(r) = startup.get("replication") {
         if !matches!(
             r.to_ascii_lowercase().as_str(),
@@ -442,10 +440,6 @@ const PLAIN_PARAMS: &[&str] = &[
     "replication",
     "options",
 ];
-
-fn d_reason(d: &Denied) -> String {
-    d.reason().to_string()
-}
 
 /// From an authorized login to the end of the session.
 async fn session(
