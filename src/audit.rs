@@ -554,6 +554,7 @@ const ID_DB_SESSION_START: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c01";
 const ID_DB_SESSION_END: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c02";
 const ID_DB_SESSION_REFUSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c03";
 const ID_DB_CANCEL: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c04";
+const ID_DB_COMMAND_REFUSED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5c05";
 
 /// Who a database session is, for its audit events.
 #[derive(Debug, Clone, Copy)]
@@ -663,5 +664,29 @@ pub fn db_cancel(user: &str, target: &str, source: &str, session_id: &str, outco
         session_id,
         outcome,
         "cancel request from {user} for {target}: {outcome}"
+    );
+}
+
+/// A command inside a live database session that gatehouse did not
+/// forward (COM_CHANGE_USER, LOAD DATA LOCAL INFILE, a binlog or
+/// replication command, a KILL of someone else's session). `command` names
+/// the command (`COM_CHANGE_USER`, `LOAD DATA LOCAL`), never SQL text.
+pub fn db_command_refused(session_id: &str, who: DbWho<'_>, command: &str, reason: &str) {
+    let user = client_name(who.user);
+    let login = client_name(who.login);
+    let target = who.target;
+    let source = who.source;
+    info!(
+        target: TARGET,
+        event = "db.command.refused",
+        message_id = ID_DB_COMMAND_REFUSED,
+        session_id,
+        user = %user,
+        login = %login,
+        target,
+        source,
+        command,
+        reason,
+        "refused {command} in {user}'s database session to {login}@{target}: {reason}"
     );
 }

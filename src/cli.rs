@@ -11,7 +11,7 @@ use clap::{Parser, Subcommand};
 use zeroize::Zeroizing;
 
 use crate::auth::totp;
-use crate::config::{self, Settings, Target, TargetKind};
+use crate::config::{self, Settings, Target};
 use crate::state::StateDir;
 
 /// Exit status for a configuration error (EX_CONFIG).
@@ -306,20 +306,21 @@ fn credential_target<'a>(
 ) -> anyhow::Result<&'a Target> {
     let Some(t) = targets.iter().find(|t| t.name == name) else {
         bail!(
-            "no target named {name:?} in {}; add a [[targets]] entry with kind = \"postgres\" first",
+            "no target named {name:?} in {}; add a [[targets]] entry with kind = \"postgres\" or \"mysql\" first",
             config.display()
         );
     };
-    if t.kind != TargetKind::Postgres {
+    if !t.kind.is_database() {
         bail!(
             "target {name:?} is not a database target (kind = \"ssh\"); \
-             credentials are stored only for kind = \"postgres\" targets"
+             credentials are stored only for kind = \"postgres\" and \"mysql\" targets"
         );
     }
     Ok(t)
 }
 
-/// A database login as PostgreSQL accepts it in a startup packet.
+/// A database login as PostgreSQL (startup packet) and MySQL (handshake
+/// response) accept it: NUL-terminated there.
 fn check_login(login: &str) -> anyhow::Result<()> {
     if login.is_empty() || login.contains('\0') {
         bail!("the login must be a non-empty name without NUL bytes");
@@ -401,6 +402,7 @@ async fn shutdown_signal() {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use crate::config::TargetKind;
 
     fn target(name: &str, kind: TargetKind) -> Target {
         Target {

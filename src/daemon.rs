@@ -83,7 +83,7 @@ pub async fn run(
             }
             databases = databases.route(
                 d.tunnel_port,
-                Arc::new(DbService::new(db_gw.clone(), &t.name)),
+                Arc::new(DbService::new(db_gw.clone(), &t.name, t.kind)),
             );
         }
     }

@@ -219,15 +219,34 @@ pub enum TargetKind {
     /// in-process proxy on its `tunnel_port` or by `ssh -L`; never a raw
     /// forward.
     Postgres,
+    /// `kind = "mysql"`: a MySQL or MariaDB server, reached the same ways.
+    Mysql,
 }
 
 impl TargetKind {
-    /// The config spelling: `"ssh"`, `"postgres"`.
+    /// The config spelling: `"ssh"`, `"postgres"`, `"mysql"`.
     pub fn as_str(self) -> &'static str {
         match self {
             TargetKind::Ssh => "ssh",
             TargetKind::Postgres => "postgres",
+            TargetKind::Mysql => "mysql",
         }
+    }
+
+    /// The protocol's standard port: what an `address` without one means,
+    /// and what `ssh -L PORT:db-1:PORT` may name besides the target's own.
+    pub fn standard_port(self) -> u16 {
+        match self {
+            TargetKind::Ssh => 22,
+            TargetKind::Postgres => 5432,
+            TargetKind::Mysql => 3306,
+        }
+    }
+
+    /// Whether the target is a database (its proxy answers, never a raw
+    /// forward).
+    pub fn is_database(self) -> bool {
+        !matches!(self, TargetKind::Ssh)
     }
 }
 
@@ -244,7 +263,7 @@ pub struct Target {
     pub host_keys: Vec<PublicKey>,
     pub labels: BTreeMap<String, String>,
     /// How a database target is reached: `Some` exactly when `kind` is a
-    /// database kind ([`TargetKind::Postgres`]), `None` for SSH targets.
+    /// database kind ([`TargetKind::is_database`]), `None` for SSH targets.
     pub db: Option<DbTarget>,
 }
 

@@ -545,19 +545,17 @@ impl Checker<'_, '_> {
             .and_then(|kind| match kind.get_ref().as_str() {
                 "ssh" => Some(TargetKind::Ssh),
                 "postgres" => Some(TargetKind::Postgres),
+                "mysql" => Some(TargetKind::Mysql),
                 other => {
                     self.error(
                         kind.span(),
                         key_path(base, "kind"),
-                        format!("unknown target kind `{other}`; accepted kinds: ssh, postgres"),
+                        format!("unknown target kind `{other}`; accepted kinds: ssh, postgres, mysql"),
                     );
                     None
                 }
             });
-        let default_port = match kind {
-            Some(TargetKind::Postgres) => db::DEFAULT_POSTGRES_PORT,
-            _ => DEFAULT_SSH_PORT,
-        };
+        let default_port = kind.map_or(DEFAULT_SSH_PORT, TargetKind::standard_port);
         let address = t.address.as_ref().and_then(|address| {
             match parse_target_address(address.get_ref(), default_port) {
                 Ok(host_port) => Some(host_port),
@@ -572,16 +570,16 @@ impl Checker<'_, '_> {
         }
         let host_keys = match (&t.host_keys, kind) {
             // Refused on a database target by `kind_keys`.
-            (Some(_), Some(TargetKind::Postgres)) => None,
+            (Some(_), Some(k)) if k.is_database() => None,
             (None, _) => Some(Vec::new()),
             (Some(list), _) => self.each(list, &key_path(base, "host_keys"), |c, key, path| {
                 c.public_key(key, path)
             }),
         };
         let db = match kind {
-            Some(TargetKind::Postgres) => {
+            Some(k) if k.is_database() => {
                 let host = address.as_ref().map(|(host, _)| host.as_str());
-                self.db_target(base, t, span, host).map(Some)
+                self.db_target(base, t, span, host, k).map(Some)
             }
             // Database keys on an SSH target were refused by `kind_keys`.
             _ => Some(None),

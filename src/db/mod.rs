@@ -20,7 +20,7 @@ mod tls;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{Settings, TargetKind};
 use crate::dispatch::{Connection, Service, Serving};
 use crate::policy::Policy;
 use crate::recording::Recorder;
@@ -57,20 +57,25 @@ impl std::fmt::Debug for DbGateway {
 pub struct DbService {
     gw: Arc<DbGateway>,
     target: String,
+    kind: TargetKind,
 }
 
 impl DbService {
-    pub fn new(gw: Arc<DbGateway>, target: &str) -> DbService {
+    pub fn new(gw: Arc<DbGateway>, target: &str, kind: TargetKind) -> DbService {
         DbService {
             gw,
             target: target.to_string(),
+            kind,
         }
     }
 }
 
 impl Service for DbService {
     fn serve(&self, conn: Connection) -> Serving {
-        Box::pin(postgres::serve(self.gw.clone(), self.target.clone(), conn))
+        match self.kind {
+            TargetKind::Mysql => Box::pin(mysql::serve(self.gw.clone(), self.target.clone(), conn)),
+            _ => Box::pin(postgres::serve(self.gw.clone(), self.target.clone(), conn)),
+        }
     }
 }
 

@@ -40,6 +40,7 @@ fn every_event() -> Vec<DbEvent> {
                 Param::Text(vec![b'a', 0xff, 0xfe, 0]),
                 Param::Text(Vec::new()),
             ],
+            types: Vec::new(),
         },
         DbEvent::Result {
             tag: Some("SELECT 3".into()),
@@ -233,6 +234,7 @@ async fn hostile_sql_is_escaped_in_show() {
             statement: "x\x1b[2J".into(),
             portal: "p\r".into(),
             params: vec![Param::Text(b"a\x1b[31m'\n  $2 = 'forged".to_vec())],
+            types: Vec::new(),
         },
         DbEvent::Result {
             tag: Some("DROP\x1b[2K TABLE".into()),
@@ -430,6 +432,7 @@ async fn an_event_over_the_bound_is_refused_and_the_recording_goes_on() {
         statement: String::new(),
         portal: String::new(),
         params: vec![Param::Binary(vec![7; query::MAX_EVENT_BYTES + 1])],
+        types: Vec::new(),
     };
     let err = r.db(huge).await.unwrap_err();
     assert!(matches!(err, RecordingError::TooLarge { .. }), "{err:?}");

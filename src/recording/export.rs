@@ -237,7 +237,7 @@ impl CastSink for FileSink<'_> {
 /// Whether `stored` is a database session (its `meta.json` says so; that
 /// it matches the sealed header is checked as it is read).
 fn is_database(stored: &Stored) -> bool {
-    matches!(&stored.meta, Ok(m) if m.kind == Kind::Postgres)
+    matches!(&stored.meta, Ok(m) if m.kind.is_database())
 }
 
 /// Writes recording `stored` as one asciicast v2 file: header (width,

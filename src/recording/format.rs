@@ -133,6 +133,8 @@ pub enum Kind {
     Sftp,
     /// A PostgreSQL session: a query log (see [`crate::recording::query`]).
     Postgres,
+    /// A MySQL/MariaDB session: a query log, as for PostgreSQL.
+    Mysql,
 }
 
 impl Kind {
@@ -142,7 +144,13 @@ impl Kind {
             Kind::Exec => "exec",
             Kind::Sftp => "sftp",
             Kind::Postgres => "postgres",
+            Kind::Mysql => "mysql",
         }
+    }
+
+    /// Whether the recording is a database session's query log.
+    pub fn is_database(self) -> bool {
+        matches!(self, Kind::Postgres | Kind::Mysql)
     }
 }
 

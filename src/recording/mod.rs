@@ -178,6 +178,19 @@ pub enum RecordingKind {
     /// database name is only in the sealed header (with the statements),
     /// not in `meta.json`.
     Postgres { database: String },
+    /// A MySQL/MariaDB session (`database`: the schema named at login,
+    /// empty when none), recorded like PostgreSQL's.
+    Mysql { database: String },
+}
+
+impl RecordingKind {
+    /// Whether this is a database session (a query log, no raw bytes).
+    pub fn is_database(&self) -> bool {
+        matches!(
+            self,
+            RecordingKind::Postgres { .. } | RecordingKind::Mysql { .. }
+        )
+    }
 }
 
 /// Who and what a recording is of. All of it except the exec command and
@@ -212,7 +225,7 @@ impl RecordingMeta {
     /// this says, never file contents; database sessions record their
     /// statements ([`Recording::db`]) whatever this says, never raw bytes.
     pub fn stores_input(&self) -> bool {
-        if matches!(self.kind, RecordingKind::Postgres { .. }) {
+        if self.kind.is_database() {
             return false;
         }
         match self.record_input {
@@ -517,9 +530,12 @@ fn fill_recording(
         RecordingKind::Sftp => (Kind::Sftp, None, None, 80, 24),
         // No terminal: the asciicast header still needs a size.
         RecordingKind::Postgres { .. } => (Kind::Postgres, None, None, 80, 24),
+        RecordingKind::Mysql { .. } => (Kind::Mysql, None, None, 80, 24),
     };
     let database = match &meta.kind {
-        RecordingKind::Postgres { database } => Some(database.clone()),
+        RecordingKind::Postgres { database } | RecordingKind::Mysql { database } => {
+            Some(database.clone())
+        }
         _ => None,
     };
     let term = term.filter(|t| !t.is_empty());

@@ -2,7 +2,7 @@
 //! to [`super::Recording::db`], and how they are written inside sealed
 //! segments.
 //!
-//! A database recording (`kind = "postgres"`) has the same segments, chain,
+//! A database recording (`kind = "postgres"` or `"mysql"`) has the same segments, chain,
 //! `meta.json`, verify, list and retention as a terminal session; only its
 //! events differ. Each is a line `[seconds, code, object]`:
 //!
@@ -14,6 +14,7 @@
 //! | `copy`   | [`DbEvent::Copy`]      | `{"direction": "in" \| "out", "bytes": N}` |
 //! | `cancel` | [`DbEvent::Cancel`]    | `{"forwarded": bool}` |
 //! | `notice` | [`DbEvent::Notice`]    | `{"severity", "message"}` |
+//! | `refused`| [`DbEvent::Refused`]   | `{"command", "reason"}` |
 //!
 //! Bytes the client sent (statement text, parameter values) are kept
 //! exactly, as `o`/`ob` keep terminal output: `T` is a JSON string when
@@ -46,6 +47,8 @@ pub mod code {
     pub const CANCEL: &str = "cancel";
     /// A NoticeResponse.
     pub const NOTICE: &str = "notice";
+    /// A command gatehouse refused.
+    pub const REFUSED: &str = "refused";
 }
 
 /// Most bytes of client data (statement text and parameter values, plus
@@ -71,6 +74,11 @@ pub enum DbEvent {
         statement: String,
         portal: String,
         params: Vec<Param>,
+        /// MySQL: the type of each parameter (`LONGLONG`, `VAR_STRING`,
+        /// `unsigned LONG`...), as bound by the client (sent with the first
+        /// execute, remembered for the next). Absent for PostgreSQL.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        types: Vec<String>,
     },
     /// "r": a statement's result: CommandComplete tag (rows parsed from the tag when present), or error
     Result {
@@ -89,6 +97,10 @@ pub enum DbEvent {
     Cancel { forwarded: bool },
     /// "notice": a NoticeResponse's severity+message (optional; small)
     Notice { severity: String, message: String },
+    /// "refused": a command gatehouse did not forward (COM_CHANGE_USER,
+    /// LOAD DATA LOCAL INFILE, a binlog command, a KILL of another
+    /// person's session), and why.
+    Refused { command: String, reason: String },
 }
 
 /// Which way a COPY's data went.
@@ -131,6 +143,7 @@ impl DbEvent {
             DbEvent::Copy { .. } => code::COPY,
             DbEvent::Cancel { .. } => code::CANCEL,
             DbEvent::Notice { .. } => code::NOTICE,
+            DbEvent::Refused { .. } => code::REFUSED,
         }
     }
 
@@ -143,6 +156,7 @@ impl DbEvent {
             DbEvent::Copy { .. } => "copy",
             DbEvent::Cancel { .. } => "cancel",
             DbEvent::Notice { .. } => "notice",
+            DbEvent::Refused { .. } => "refused",
         }
     }
 
@@ -156,12 +170,14 @@ impl DbEvent {
                 statement,
                 portal,
                 params,
+                types,
             } => params
                 .iter()
                 .map(|p| match p {
                     Param::Null => 0,
                     Param::Text(b) | Param::Binary(b) => b.len(),
                 })
+                .chain(types.iter().map(String::len))
                 .fold(statement.len().saturating_add(portal.len()), |a, b| {
                     a.saturating_add(b)
                 }),
@@ -175,6 +191,7 @@ impl DbEvent {
                 .saturating_add(opt(message)),
             DbEvent::Copy { .. } | DbEvent::Cancel { .. } => 0,
             DbEvent::Notice { severity, message } => severity.len().saturating_add(message.len()),
+            DbEvent::Refused { command, reason } => command.len().saturating_add(reason.len()),
         }
     }
 
@@ -224,6 +241,7 @@ impl DbEvent {
             code::COPY => "copy",
             code::CANCEL => "cancel",
             code::NOTICE => "notice",
+            code::REFUSED => "refused",
             _ => return None,
         };
         let mut wrapped = serde_json::Map::new();

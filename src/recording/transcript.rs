@@ -118,6 +118,7 @@ pub(super) fn event_lines(started_ms: u64, ev: &Event) -> Vec<String> {
                 statement,
                 portal,
                 params,
+                ..
             } => {
                 let mut out = vec![format!(
                     "{}  bind statement \"{}\" portal \"{}\"",
@@ -172,6 +173,14 @@ pub(super) fn event_lines(started_ms: u64, ev: &Event) -> Vec<String> {
                     at(*t),
                     safe(severity),
                     sql_safe(message)
+                )]
+            }
+            DbEvent::Refused { command, reason } => {
+                vec![format!(
+                    "{}  refused {}: {}",
+                    at(*t),
+                    safe(command),
+                    safe(reason)
                 )]
             }
         },

@@ -159,10 +159,16 @@ impl Outer {
     /// Whether `target` is a database target (reached through `ssh -L`,
     /// not the menu).
     fn is_database(&self, target: &str) -> bool {
+        self.db_kind(target).is_some()
+    }
+
+    /// The kind of a database target; None for an SSH target.
+    fn db_kind(&self, target: &str) -> Option<crate::config::TargetKind> {
         self.gw
             .policy
             .target(target)
-            .is_some_and(|t| t.kind != crate::config::TargetKind::Ssh)
+            .map(|t| t.kind)
+            .filter(|k| k.is_database())
     }
 
     /// The text `ssh alice@gw CMD` prints: how to reach targets, and which.
@@ -181,20 +187,32 @@ impl Outer {
             s.push_str("Your roles allow no targets. Ask an administrator.\r\n");
         } else {
             s.push_str(&format!("{} may reach:\r\n", user.name()));
-            let mut databases = false;
+            let (mut postgres, mut mysql) = (false, false);
             for g in grants {
-                let is_db = self.is_database(&g.target);
-                databases |= is_db;
+                let kind = self.db_kind(&g.target);
+                postgres |= kind == Some(crate::config::TargetKind::Postgres);
+                mysql |= kind == Some(crate::config::TargetKind::Mysql);
                 s.push_str(&format!(
                     "  {:<20} as {}{}\r\n",
                     g.target,
                     g.logins.join(", "),
-                    if is_db { "  (PostgreSQL)" } else { "" }
+                    match kind {
+                        Some(crate::config::TargetKind::Postgres) => "  (PostgreSQL)",
+                        Some(crate::config::TargetKind::Mysql) => "  (MySQL)",
+                        _ => "",
+                    }
                 ));
             }
-            if databases {
+            if postgres {
                 s.push_str(&format!(
                     "\r\nReach a database with:  ssh -N -L 15432:TARGET:5432 {}@{}\r\n                     then:  psql \"host=127.0.0.1 port=15432 user=LOGIN dbname=DB\"\r\n",
+                    user.name(),
+                    self.gateway_address()
+                ));
+            }
+            if mysql {
+                s.push_str(&format!(
+                    "\r\nReach a MySQL database with:  ssh -N -L 13306:TARGET:3306 {}@{}\r\n                           then:  mysql -h 127.0.0.1 -P 13306 -u LOGIN DB\r\n",
                     user.name(),
                     self.gateway_address()
                 ));
@@ -687,10 +705,10 @@ impl Handler for Outer {
             }
             Ok(t) => match &t.db {
                 // A database target: its proxy answers, never a raw forward.
-                // Its name with PostgreSQL's standard port, its own port or
-                // its tunnel_port (as `web-1:22` for SSH targets).
+                // Its name with the protocol's standard port, its own port
+                // or its tunnel_port (as `web-1:22` for SSH targets).
                 Some(d)
-                    if port == 5432
+                    if port == u32::from(t.kind.standard_port())
                         || port == u32::from(t.port)
                         || port == u32::from(d.tunnel_port) =>
                 {

@@ -21,9 +21,6 @@ use super::super::raw::{index_path, key_path, RawTarget};
 use super::super::{DbAuth, DbTarget, DbTls, TargetKind};
 use super::Checker;
 
-/// Default port of a PostgreSQL `address` without one.
-pub(super) const DEFAULT_POSTGRES_PORT: u16 = 5432;
-
 /// A CA file larger than this is refused (a bundle of every public CA is
 /// about 250 KiB).
 const MAX_CA_FILE: u64 = 1024 * 1024;
@@ -36,13 +33,22 @@ impl Checker<'_, '_> {
     /// on a database target, the database keys on an SSH target.
     pub(super) fn kind_keys(&mut self, base: &str, t: &RawTarget, kind: TargetKind) {
         match kind {
-            TargetKind::Postgres => {
+            TargetKind::Postgres | TargetKind::Mysql => {
                 if let Some(keys) = &t.host_keys {
                     self.error(
                         keys.span(),
                         key_path(base, "host_keys"),
-                        "host_keys applies only to kind = \"ssh\" targets; a postgres target's server is verified by TLS against `tls_ca`",
+                        format!("host_keys applies only to kind = \"ssh\" targets; a {} target's server is verified by TLS against `tls_ca`", kind.as_str()),
                     );
+                }
+                if kind == TargetKind::Mysql {
+                    if let Some(a) = &t.auth {
+                        self.error(
+                            a.span(),
+                            key_path(base, "auth"),
+                            "`auth` applies only to kind = \"postgres\"; for MySQL/MariaDB gatehouse follows the server's plugin (caching_sha2_password, mysql_native_password, ed25519)",
+                        );
+                    }
                 }
             }
             TargetKind::Ssh => {
@@ -50,7 +56,7 @@ impl Checker<'_, '_> {
                     self.error(
                         span,
                         key_path(base, key),
-                        format!("`{key}` applies only to database targets (kind = \"postgres\"), not to kind = \"ssh\""),
+                        format!("`{key}` applies only to database targets (kind = \"postgres\" or \"mysql\"), not to kind = \"ssh\""),
                     );
                 }
             }
@@ -65,19 +71,20 @@ impl Checker<'_, '_> {
         t: &RawTarget,
         target_span: Range<usize>,
         host: Option<&str>,
+        kind: TargetKind,
     ) -> Option<DbTarget> {
         let tunnel_port = match &t.tunnel_port {
             None => {
                 self.error(
                     target_span.clone(),
                     key_path(base, "tunnel_port"),
-                    "missing required key for kind = \"postgres\": the port on the gateway's tunnel address that reaches this target, e.g. tunnel_port = 15432",
+                    format!("missing required key for kind = \"{}\": the port on the gateway's tunnel address that reaches this target, e.g. tunnel_port = 1{}", kind.as_str(), kind.standard_port()),
                 );
                 None
             }
             Some(port) => self.tunnel_port(port, &key_path(base, "tunnel_port")),
         };
-        let tls = self.db_tls(base, t, target_span, host);
+        let tls = self.db_tls(base, t, target_span, host, kind);
         let auth = match &t.auth {
             None => Some(DbAuth::default()),
             Some(a) => match a.get_ref().as_str() {
@@ -126,6 +133,7 @@ impl Checker<'_, '_> {
         t: &RawTarget,
         target_span: Range<usize>,
         host: Option<&str>,
+        kind: TargetKind,
     ) -> Option<DbTls> {
         let mode = match &t.tls {
             None => None,
@@ -179,7 +187,7 @@ impl Checker<'_, '_> {
                 self.error(
                     target_span,
                     key_path(base, "tls_ca"),
-                    "missing required key for kind = \"postgres\": the CA to verify the server against (tls_ca = \"/path/to/ca.pem\"), or tls = \"disable\" written out",
+                    format!("missing required key for kind = \"{}\": the CA to verify the server against (tls_ca = \"/path/to/ca.pem\"), or tls = \"disable\" written out", kind.as_str()),
                 );
                 None
             }
@@ -801,10 +809,10 @@ fU8WExqTR5TCJmCR6i+0uqfhbPOHR8feeikGeEjTE+MCIQDZo3l4n7WcXkxk1XiX
                 &Dir::pg("db-1", "tunnel_port = 15432\ntls = \"disable\""),
                 "",
             )
-            .replace("kind = \"postgres\"", "kind = \"mysql\"");
+            .replace("kind = \"postgres\"", "kind = \"oracle\"");
         let e = d.errs(&text);
         let e = at(&e, "targets[1].kind");
-        assert!(e.message.contains("ssh, postgres"), "{e}");
+        assert!(e.message.contains("ssh, postgres, mysql"), "{e}");
     }
 
     #[test]

@@ -535,6 +535,7 @@ where
                             statement: format!("function {oid}"),
                             portal: String::new(),
                             params: args.into_iter().map(param).collect(),
+                            types: Vec::new(),
                         })
                         .await?;
                         shared.track().push(Pending::Simple(Instant::now()));
@@ -545,6 +546,7 @@ where
                             statement,
                             portal,
                             params: params.into_iter().map(param).collect(),
+                            types: Vec::new(),
                         })
                         .await?;
                     }
