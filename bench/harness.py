@@ -769,7 +769,36 @@ extendedKeyUsage = serverAuth
 subjectAltName = IP:127.0.0.1,DNS:localhost
 subjectKeyIdentifier = hash
 authorityKeyIdentifier = keyid
+[v3_client]
+basicConstraints = critical,CA:FALSE
+keyUsage = critical,digitalSignature
+extendedKeyUsage = clientAuth
+subjectKeyIdentifier = hash
+authorityKeyIdentifier = keyid
 """
+
+
+def make_certificates(d, client=False):
+    """In directory `d`: a CA (`ca.pem`, `ca.key`) and a server certificate
+    it signed (`server.crt`, `server.key`; SAN IP:127.0.0.1, DNS:localhost),
+    ECDSA P-256, valid 3 days; with `client`, also a client certificate
+    (`client.crt`, `client.key`, clientAuth)."""
+    d = Path(d)
+    (d / "openssl.cnf").write_text(OPENSSL_CNF)
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    run_checked(["openssl", "req", "-x509", "-config", "openssl.cnf", "-extensions", "v3_ca", *ec,
+                 "-sha256", "-days", "3", "-subj", "/CN=gatehouse bench CA",
+                 "-keyout", "ca.key", "-out", "ca.pem"], cwd=d)
+    leaves = [("server", "localhost", "v3_server", "2")]
+    if client:
+        leaves.append(("client", "bench-client", "v3_client", "3"))
+    for name, cn, ext, serial in leaves:
+        run_checked(["openssl", "req", "-new", "-config", "openssl.cnf", *ec, "-subj", f"/CN={cn}",
+                     "-keyout", f"{name}.key", "-out", f"{name}.csr"], cwd=d)
+        run_checked(["openssl", "x509", "-req", "-in", f"{name}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
+                     "-set_serial", serial, "-sha256", "-days", "3", "-extfile", "openssl.cnf",
+                     "-extensions", ext, "-out", f"{name}.crt"], cwd=d)
+        os.chmod(d / f"{name}.key", 0o600)
 
 
 def pg_bindir():
@@ -888,17 +917,7 @@ class PgCluster:
         return r.stdout
 
     def _certificates(self):
-        (self.dir / "openssl.cnf").write_text(OPENSSL_CNF)
-        ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
-        run_checked(["openssl", "req", "-x509", "-config", "openssl.cnf", "-extensions", "v3_ca", *ec,
-                     "-sha256", "-days", "3", "-subj", "/CN=gatehouse bench CA",
-                     "-keyout", "ca.key", "-out", "ca.pem"], cwd=self.dir)
-        run_checked(["openssl", "req", "-new", "-config", "openssl.cnf", *ec, "-subj", "/CN=localhost",
-                     "-keyout", "server.key", "-out", "server.csr"], cwd=self.dir)
-        run_checked(["openssl", "x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-                     "-set_serial", "2", "-sha256", "-days", "3", "-extfile", "openssl.cnf",
-                     "-extensions", "v3_server", "-out", "server.crt"], cwd=self.dir)
-        os.chmod(self.dir / "server.key", 0o600)
+        make_certificates(self.dir)
 
     def _write_conf(self):
         conf = [
@@ -1025,3 +1044,183 @@ class PgBouncer:
     def version(self):
         r = subprocess.run([self.exe, "--version"], capture_output=True, text=True)
         return r.stdout.splitlines()[0].strip() if r.stdout else "pgbouncer"
+
+
+# --------------------------------------------------------------- MariaDB ---
+
+MARIADBD = "/usr/sbin/mariadbd"
+
+
+def sql_literal(text):
+    """A quoted SQL string literal (backslashes escaped: MariaDB's default
+    sql_mode treats them as escapes)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "''") + "'"
+
+
+class MariaDb:
+    """A real MariaDB server (Debian's mariadbd) on a loopback port: a
+    datadir made by `mariadb-install-db` in `root/maria`, TLS from a CA made
+    here with `openssl` (server certificate for IP:127.0.0.1, and a client
+    certificate for sysbench, which hands libmariadb a key, certificate and
+    CA whenever it asks for TLS), `require_secure_transport = ON` (so every
+    TCP login, gatehouse's included, is TLS; root logs in over the socket
+    only). Run as the unprivileged `gatehouse-test` when this runs as root,
+    as the PostgreSQL server is (and as tests/common/mariadb.rs does).
+    Stopped by `stop()` (TERM, then KILL), registered as a cleanup."""
+
+    def __init__(self, procs, root, args=()):
+        for tool in (MARIADBD,):
+            if not os.path.exists(tool):
+                raise BenchError(f"{tool} is missing (Debian package mariadb-server)")
+        for tool in ("mariadb-install-db", "mariadb", "openssl"):
+            if shutil.which(tool) is None:
+                raise BenchError(f"{tool} is missing (Debian packages mariadb-server, mariadb-client, openssl)")
+        self.ids = _os_user()
+        self.dir = Path(root) / "maria"
+        self.dir.mkdir()
+        self.data = self.dir / "data"
+        self.sock = self.dir / "mysqld.sock"
+        self.log_path = self.dir / "mariadb.err"
+        self.out_path = self.dir / "mariadbd.out"
+        self.cnf = self.dir / "client.cnf"
+        self.root_password = "bench-root-" + os.urandom(6).hex()
+        make_certificates(self.dir, client=True)
+        self.ca_pem = self.dir / "ca.pem"
+        self.extra_args = list(args)
+        self.proc = None
+        _chown_tree(self.dir, self.ids)
+        r = subprocess.run(
+            ["mariadb-install-db", "--no-defaults", f"--datadir={self.data}", f"--tmpdir={self.dir}",
+             "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve"],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=180, cwd=self.dir,
+            **_as_user_kw(self.ids),
+        )
+        if r.returncode != 0:
+            raise BenchError(f"mariadb-install-db exited {r.returncode}:\n{r.stdout[-2000:]}{r.stderr[-2000:]}")
+        self._write_cnf(None)
+        procs.cleanups.append(self.stop)
+        last = ""
+        for _ in range(3):
+            self.port = free_port()
+            err = self._spawn()
+            if err is None:
+                self._secure_root()
+                return
+            last = err
+            if "Bind on TCP/IP port" not in err and "in use" not in err:
+                break
+        raise BenchError(f"mariadbd did not start:\n{last[-3000:]}")
+
+    def _spawn(self):
+        """Starts mariadbd; None when root can log in over the socket, else
+        the log."""
+        args = [
+            MARIADBD,
+            "--no-defaults",
+            f"--datadir={self.data}",
+            f"--port={self.port}",
+            "--bind-address=127.0.0.1",
+            f"--socket={self.sock}",
+            f"--pid-file={self.dir / 'mariadbd.pid'}",
+            f"--log-error={self.log_path}",
+            f"--tmpdir={self.dir}",
+            "--skip-name-resolve",
+            f"--ssl-ca={self.ca_pem}",
+            f"--ssl-cert={self.dir / 'server.crt'}",
+            f"--ssl-key={self.dir / 'server.key'}",
+            "--require-secure-transport=ON",
+            # The sysbench tables fit in memory; durability is not what is
+            # measured (the rows are read-only anyway).
+            "--innodb-buffer-pool-size=256M",
+            "--innodb-flush-log-at-trx-commit=0",
+            "--innodb-doublewrite=0",
+            "--max-connections=100",
+            "--local-infile=0",
+        ] + self.extra_args
+        try:
+            os.remove(self.log_path)
+        except OSError:
+            pass
+        _chown_tree(self.dir, self.ids)
+        with open(self.out_path, "ab") as out:
+            self.proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=out, stderr=out, cwd=self.dir,
+                                         start_new_session=True, **_as_user_kw(self.ids))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                self.proc = None
+                return f"mariadbd exited\n{self.log_text()}"
+            if self.sock.exists() and wait_for_port(self.port, 0.2) and self._sql_output("SELECT 1").returncode == 0:
+                return None
+            time.sleep(0.1)
+        self.stop()
+        return f"mariadbd not ready within 60 s\n{self.log_text()}"
+
+    def _write_cnf(self, password):
+        text = f"[client]\nuser=root\nsocket={self.sock}\nprotocol=socket\n"
+        if password:
+            text += f"password={password}\n"
+        self.cnf.write_text(text)
+        os.chmod(self.cnf, 0o600)
+
+    def _sql_output(self, sql):
+        return subprocess.run(
+            ["mariadb", f"--defaults-file={self.cnf}", "-N", "-B", "--connect-timeout=10", "-e", sql],
+            stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120,
+        )
+
+    def sql(self, sql):
+        """As root over the socket; stdout without the trailing newline."""
+        r = self._sql_output(sql)
+        if r.returncode != 0:
+            raise BenchError(f"mariadb exited {r.returncode}: {r.stderr.strip()[-1500:]}")
+        return r.stdout.rstrip("\n")
+
+    def _secure_root(self):
+        """root@localhost gets a password; the other root and anonymous
+        accounts go (they would let anyone on loopback in)."""
+        self.sql(
+            "DELETE FROM mysql.global_priv WHERE User = '' OR (User = 'root' AND Host <> 'localhost'); "
+            "FLUSH PRIVILEGES; "
+            f"ALTER USER root@localhost IDENTIFIED VIA mysql_native_password USING PASSWORD({sql_literal(self.root_password)})"
+        )
+        self._write_cnf(self.root_password)
+
+    def create_user(self, name, password, database):
+        """`name`@`%` (mysql_native_password) owning database `database`."""
+        self.sql(
+            f"CREATE USER `{name}`@'%' IDENTIFIED VIA mysql_native_password USING PASSWORD({sql_literal(password)}); "
+            f"CREATE DATABASE `{database}`; GRANT ALL PRIVILEGES ON `{database}`.* TO `{name}`@'%'"
+        )
+
+    def version(self):
+        return self.sql("SELECT VERSION()").strip()
+
+    @property
+    def pid(self):
+        return self.proc.pid if self.proc is not None else None
+
+    def cpu(self):
+        """Server CPU seconds so far (all threads; one process)."""
+        return cpu_seconds(self.proc.pid) if self.proc is not None else None
+
+    def log_text(self):
+        text = ""
+        for p in (self.log_path, self.out_path):
+            try:
+                text += p.read_text(errors="replace")
+            except OSError:
+                pass
+        return text
+
+    def stop(self):
+        if self.proc is None:
+            return
+        try:
+            self.proc.terminate()
+            self.proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            Procs.kill(self.proc)
+        except OSError:
+            pass
+        self.proc = None

@@ -586,24 +586,30 @@ def _pg_probe(w, path):
 def _pg_start_door(w, p):
     """`ssh -N -L 127.0.0.1:LPORT:db-1:15432 gw`: gatehouse's database door
     for a process on this host (the lease admits the key login)."""
+    _start_door(w, w.pg, "ssh-L.log")
+
+
+def _start_door(w, db, log_name):
+    """`ssh -N -L 127.0.0.1:LPORT:TARGET:TUNNEL_PORT gw` for the database
+    world `db` (its `target` and `tunnel_port`); sets `db.door` (the ssh
+    process), `db.door_port` and `db.door_cipher`. Kept up across runs."""
     from harness import free_port, wait_for_port
 
-    pg = w.pg
-    if getattr(pg, "door", None) is not None and pg.door.poll() is None:
+    if getattr(db, "door", None) is not None and db.door.poll() is None:
         return
     cipher = w.ciphers[0]
-    pg.door_cipher = cipher
+    db.door_cipher = cipher
     for _ in range(3):
-        pg.door_port = free_port()
+        db.door_port = free_port()
         # gatehouse answers a direct-tcpip channel to a database target on
         # the target's port or its tunnel_port; the latter is fixed here.
-        spec = f"127.0.0.1:{pg.door_port}:{pg.target}:{pg.tunnel_port}"
+        spec = f"127.0.0.1:{db.door_port}:{db.target}:{db.tunnel_port}"
         args = w.client.ssh(cipher, "-N", "-o", "ExitOnForwardFailure=yes", "-L", spec, "gw")
-        pg.door = w.procs.spawn(args, w.root / "ssh-L.log", env=w.client.env)
-        if wait_for_port(pg.door_port, 30, pg.door):
+        db.door = w.procs.spawn(args, w.root / log_name, env=w.client.env)
+        if wait_for_port(db.door_port, 30, db.door):
             return
-        Procs.kill(pg.door)
-    raise BenchError("the ssh -L door did not come up: " + (w.root / "ssh-L.log").read_text(errors="replace")[-1000:])
+        Procs.kill(db.door)
+    raise BenchError("the ssh -L door did not come up: " + (w.root / log_name).read_text(errors="replace")[-1000:])
 
 
 def _pg_latencies(logdir):
@@ -996,6 +1002,417 @@ PG_CATEGORIES = [
 ]
 
 
+# ----------------------------------------------------------------- mysql ---
+
+MY_PATHS = ("direct", "gatehouse")
+# (name, sysbench test, threads).
+MY_TESTS = [
+    ("point_select_t1", "oltp_point_select", 1),
+    ("point_select_t8", "oltp_point_select", 8),
+    ("read_only_t1", "oltp_read_only", 1),
+    ("read_only_t8", "oltp_read_only", 8),
+]
+
+
+def _sysbench_args(w, path, threads=1):
+    """sysbench's connection options for `path`: direct (TLS: sysbench's
+    `--mysql-ssl=on` hands libmariadb `client-key.pem`, `client-cert.pem`
+    and `cacert.pem` from its working directory, made by the harness) or
+    gatehouse (the `ssh -L` port, plain TCP to the ssh client; the password
+    is ignored there: the SSH login admits)."""
+    my = w.my
+    args = [
+        "sysbench",
+        "--db-driver=mysql",
+        "--mysql-host=127.0.0.1",
+        f"--mysql-user={my.login}",
+        f"--mysql-db={my.db}",
+        f"--tables={my.tables}",
+        f"--table-size={my.table_size}",
+        f"--threads={threads}",
+    ]
+    if path == "direct":
+        args += [f"--mysql-port={my.server.port}", f"--mysql-password={my.password}", "--mysql-ssl=on"]
+    elif path == "gatehouse":
+        args += [f"--mysql-port={my.door_port}", "--mysql-password=ignored-by-gatehouse", "--mysql-ssl=off"]
+    else:
+        raise ValueError(path)
+    return args
+
+
+def _my_sysbench_dir(w):
+    """sysbench's working directory: the TLS files `--mysql-ssl=on` reads."""
+    import shutil
+
+    my = w.my
+    d = w.root / "sysbench"
+    if not d.exists():
+        d.mkdir()
+        shutil.copy(my.server.dir / "client.key", d / "client-key.pem")
+        shutil.copy(my.server.dir / "client.crt", d / "client-cert.pem")
+        shutil.copy(my.server.ca_pem, d / "cacert.pem")
+    return d
+
+
+def _my_probe(w, path):
+    """A 1-second `oltp_point_select` on a path: BenchError with sysbench's
+    message (the stock client has no way to skip TLS that works on both
+    paths alike, so the probe is sysbench itself)."""
+    args = _sysbench_args(w, path) + ["--time=1", "oltp_point_select", "run"]
+    r = subprocess.run(args, cwd=_my_sysbench_dir(w), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, start_new_session=True)
+    if r.returncode != 0:
+        raise BenchError(f"sysbench through {path} failed: {(r.stdout + r.stderr).strip()[-1500:]}")
+
+
+def _sysbench_histogram(text):
+    """[(upper bound ms, count)] from sysbench's `--histogram` output."""
+    import re
+
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"\s*([\d.]+)\s+\|\**\s+(\d+)\s*$", line)
+        if m:
+            out.append((float(m.group(1)), int(m.group(2))))
+    return out
+
+
+def _hist_percentile(hist, pct):
+    """Nearest-rank percentile of a pooled histogram (bucket value, ms)."""
+    total = sum(c for _, c in hist)
+    if not total:
+        return None
+    rank = max(1, -(-pct * total // 100))
+    seen = 0
+    for v, c in sorted(hist):
+        seen += c
+        if seen >= rank:
+            return v
+    return None
+
+
+def _my_cpu_snapshot(w):
+    my = w.my
+    door = getattr(my, "door", None)
+    return {
+        "server": my.server.cpu() or 0.0,
+        "gatehouse": cpu_seconds(w.gw.pid) or 0.0,
+        "ssh_client": (cpu_seconds(door.pid) or 0.0) if door is not None else 0.0,
+    }
+
+
+def _my_ctx_snapshot(w):
+    door = getattr(w.my, "door", None)
+    return {
+        "gatehouse": _ctx_switches(w.gw.pid),
+        "ssh_client": _ctx_switches(door.pid) if door is not None else 0,
+    }
+
+
+def _sysbench(w, path, test, seconds):
+    """One `sysbench TEST run`; returns its numbers (transactions and
+    queries per second, the latency histogram, CPU of every process on the
+    path)."""
+    import re
+
+    from harness import Disturbance
+
+    name, script, threads = test
+    args = _sysbench_args(w, path, threads) + [
+        f"--time={seconds}",
+        "--percentile=99",
+        "--histogram=on",
+        "--report-interval=0",
+        script,
+        "run",
+    ]
+    if path == "gatehouse":
+        w.gw.clear_recordings()
+    ctx0 = _my_ctx_snapshot(w)
+    before = _my_cpu_snapshot(w)
+    before["sysbench"] = _children_cpu()
+    dist = Disturbance()
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(args, cwd=_my_sysbench_dir(w), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            stdin=subprocess.DEVNULL, start_new_session=True)
+    w.procs.track(proc)
+    timer = threading.Timer(seconds + 90, lambda: Procs.kill(proc))
+    timer.start()
+    try:
+        out, err = proc.communicate()
+    finally:
+        timer.cancel()
+        if proc in w.procs.procs:
+            w.procs.procs.remove(proc)
+    wall = time.perf_counter() - t0
+    after = _my_cpu_snapshot(w)
+    after["sysbench"] = _children_cpu()
+    ctx1 = _my_ctx_snapshot(w)
+    others_pct = dist.result()["other_pct"]
+    out, err = out.decode(errors="replace"), err.decode(errors="replace")
+    if proc.returncode != 0:
+        raise BenchError(f"sysbench {name} through {path} exited {proc.returncode}: {(out + err)[-1500:]}")
+
+    def num(pattern):
+        m = re.search(pattern, out)
+        return float(m.group(1)) if m else None
+
+    queries = num(r"queries:\s+(\d+)")
+    r = {
+        "tps": num(r"transactions:\s+\d+\s+\(([\d.]+) per sec"),
+        "qps": num(r"queries:\s+\d+\s+\(([\d.]+) per sec"),
+        "transactions": int(num(r"transactions:\s+(\d+)") or 0),
+        "queries": int(queries or 0),
+        "errors": int(num(r"ignored errors:\s+(\d+)") or 0),
+        "reconnects": int(num(r"reconnects:\s+(\d+)") or 0),
+        "seconds": seconds,
+        "wall": wall,
+        "latency_avg_ms": num(r"avg:\s+([\d.]+)"),
+        "p99_ms_sysbench": num(r"99th percentile:\s+([\d.]+)"),
+        "histogram": _sysbench_histogram(out),
+        "cpu": {k: after[k] - before[k] for k in after},
+        "others_pct": others_pct,
+        "ctx_switches": {k: ctx1[k] - ctx0[k] for k in ctx1},
+    }
+    if path == "gatehouse":
+        w.gw.wait_recordings_ended()
+        r["recorded_bytes"] = w.gw.recordings_bytes()
+        w.gw.clear_recordings()
+    return r
+
+
+def _my_prepare(w, p):
+    """`sysbench oltp_read_only prepare` once, directly (TLS), unless the
+    tables are there already. Returns the seconds it took."""
+    my = w.my
+    if getattr(my, "prepared", False):
+        return 0.0
+    t0 = time.monotonic()
+    args = _sysbench_args(w, "direct", 2) + ["oltp_read_only", "prepare"]
+    r = subprocess.run(args, cwd=_my_sysbench_dir(w), capture_output=True, text=True, timeout=600,
+                       stdin=subprocess.DEVNULL, start_new_session=True)
+    if r.returncode != 0:
+        raise BenchError(f"sysbench prepare failed: {(r.stdout + r.stderr)[-1500:]}")
+    # Into the buffer pool: every row read once.
+    my.server.sql("; ".join(f"SELECT COUNT(*), SUM(LENGTH(c)) FROM `{my.db}`.sbtest{i + 1}" for i in range(my.tables)))
+    my.prepared = True
+    return time.monotonic() - t0
+
+
+def mysql(w, p):
+    """sysbench side by side on loopback: direct to MariaDB (TLS) and
+    through gatehouse (recording every statement; the `ssh -L` door, TLS
+    verify-full to the server). oltp_point_select and oltp_read_only at 1
+    and 8 threads; the paths interleaved, `p.my_rounds` rounds each.
+    Reports transactions and queries per second (median of the rounds),
+    latency percentiles (sysbench's histograms of all rounds pooled) and
+    CPU seconds per 10k queries of each process on the path."""
+    my = getattr(w, "my", None)
+    if my is None:
+        raise BenchError(getattr(w, "my_error", None) or "mysql world not set up")
+    failures = {}
+    init_s = _my_prepare(w, p)
+    paths = []
+    for path in MY_PATHS:
+        try:
+            if path == "gatehouse":
+                if getattr(my, "gw_error", None):
+                    raise BenchError(my.gw_error)
+                _start_door(w, my, "ssh-L-mysql.log")
+            _my_probe(w, path)
+            paths.append(path)
+        except BenchError as e:
+            failures[path] = str(e)[:2000]
+            print(f"   mysql: {path} left out: {str(e)[:300]}", flush=True)
+    # Warm-up: connection code paths, CPU frequency.
+    for path in list(paths):
+        try:
+            _sysbench(w, path, MY_TESTS[1], p.my_warm_secs)
+        except BenchError as e:
+            failures[path] = str(e)[:2000]
+            paths.remove(path)
+    tests = []
+    for test in MY_TESTS:
+        runs = {path: [] for path in MY_PATHS}
+        for rnd in range(p.my_rounds):
+            order = paths if rnd % 2 == 0 else list(reversed(paths))
+            for path in order:
+                # As in the PostgreSQL row: a run during which other
+                # processes used more than 15% of the CPUs is run again
+                # (full mode: once, after waiting up to 60 s for idle
+                # CPUs); the less disturbed one is kept.
+                best = None
+                for attempt in range(p.my_attempts):
+                    if attempt:
+                        w.wait_for_idle(60)
+                    try:
+                        r = _sysbench(w, path, test, p.my_secs)
+                    except BenchError as e:
+                        failures.setdefault(path, str(e)[:2000])
+                        continue
+                    r["attempts"] = attempt + 1
+                    if best is None or r["others_pct"] < best["others_pct"]:
+                        best = r
+                    if r["others_pct"] <= 15:
+                        break
+                if best is not None:
+                    runs[path].append(best)
+        tests.append(_my_summarise(test, runs))
+        _progress(w, f"mysql {test[0]}", {path: (d.get("qps"), d.get("p99_ms")) for path, d in tests[-1]["paths"].items()})
+    return {
+        "tables": my.tables,
+        "table_size": my.table_size,
+        "seconds": p.my_secs,
+        "rounds": p.my_rounds,
+        "init_s": init_s,
+        "door": {
+            "kind": "ssh -L",
+            "command": f"ssh -N -L 127.0.0.1:LPORT:{my.target}:{my.tunnel_port} bench@gw",
+            "cipher": getattr(my, "door_cipher", None),
+        },
+        "versions": my.versions,
+        "tests": tests,
+        "failures": failures,
+    }
+
+
+def _my_summarise(test, runs):
+    name, script, threads = test
+    out = {"name": name, "script": script, "threads": threads, "paths": {}}
+    for path, rs in runs.items():
+        if not rs:
+            continue
+        hist = {}
+        for r in rs:
+            for v, c in r["histogram"]:
+                hist[v] = hist.get(v, 0) + c
+        hist = list(hist.items())
+        queries = sum(r["queries"] for r in rs)
+        cpu = {k: sum(r["cpu"][k] for r in rs) * 10000 / queries if queries else None for k in rs[0]["cpu"]}
+        d = {
+            "tps": median([r["tps"] for r in rs if r["tps"] is not None]),
+            "qps": median([r["qps"] for r in rs if r["qps"] is not None]),
+            "qps_runs": [r["qps"] for r in rs],
+            "transactions": sum(r["transactions"] for r in rs),
+            "queries": queries,
+            "errors": sum(r["errors"] for r in rs),
+            "reconnects": sum(r["reconnects"] for r in rs),
+            "p50_ms": _hist_percentile(hist, 50),
+            "p99_ms": _hist_percentile(hist, 99),
+            "p99_ms_sysbench_runs": [r["p99_ms_sysbench"] for r in rs],
+            "latency_avg_ms": median([r["latency_avg_ms"] for r in rs if r["latency_avg_ms"] is not None]),
+            "others_pct": [round(r["others_pct"]) for r in rs],
+            "ctx_switches_per_query": {
+                k: sum(r["ctx_switches"][k] for r in rs) / queries if queries else None for k in rs[0]["ctx_switches"]
+            },
+            "cpu_s_per_10k_queries": cpu,
+        }
+        if path == "gatehouse":
+            rec = sum(r.get("recorded_bytes", 0) for r in rs)
+            d["recorded_bytes_per_query"] = rec / queries if queries else None
+        out["paths"][path] = d
+    return out
+
+
+def mysql_profile(w, p):
+    """`perf record -g` (DWARF call graphs) of the gatehouse process during
+    `sysbench oltp_point_select --threads=8` through it: gatehouse's
+    samples by symbol, self and with children. Only when named
+    (`--rows mysql_profile`); needs `perf`."""
+    import re
+    import signal
+
+    my = getattr(w, "my", None)
+    if my is None:
+        raise BenchError(getattr(w, "my_error", None) or "mysql world not set up")
+    if getattr(my, "gw_error", None):
+        raise BenchError(my.gw_error)
+    _my_prepare(w, p)
+    _start_door(w, my, "ssh-L-mysql.log")
+    data = w.root / "perf-mysql.data"
+    secs = min(p.my_secs, 8)
+    rec = subprocess.Popen(
+        ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,8192", "-p", str(w.gw.pid), "-o", str(data)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+    )
+    w.procs.track(rec)
+    time.sleep(0.5)
+    try:
+        res = _sysbench(w, "gatehouse", MY_TESTS[1], secs)
+    finally:
+        rec.send_signal(signal.SIGINT)
+        try:
+            rec.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            Procs.kill(rec)
+        w.procs.procs.remove(rec)
+
+    def report(children):
+        args = ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--percent-limit", "0.5",
+                "--sort", "dso,symbol" if not children else "symbol"]
+        args.append("--children" if children else "--no-children")
+        try:
+            text = subprocess.run(args, capture_output=True, text=True, timeout=400).stdout
+        except subprocess.TimeoutExpired:
+            return []
+        rows_ = []
+        for line in text.splitlines():
+            if children:
+                m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[[.k]\]\s+(.*)", line)
+                if m:
+                    rows_.append((float(m.group(1)), float(m.group(2)), m.group(3).strip()))
+            else:
+                m = re.match(r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)", line)
+                if m:
+                    rows_.append((float(m.group(1)), m.group(2), m.group(3).strip()))
+        return rows_
+
+    flat = report(False)
+    inclusive = report(True)
+    cats = {}
+    for pct, dso, sym in flat:
+        cat = "kernel: other" if "kernel" in dso else ("libc: other" if dso.startswith("libc") else "other")
+        for cname, pat in MY_CATEGORIES:
+            if re.search(pat, sym, re.I):
+                cat = cname
+                break
+        cats[cat] = cats.get(cat, 0.0) + pct
+    try:
+        os.remove(data)
+    except OSError:
+        pass
+    out = {
+        "seconds": secs,
+        "qps": res["qps"],
+        "p99_ms": _hist_percentile(res["histogram"], 99),
+        "gatehouse_cpu_s_per_10k_queries": res["cpu"]["gatehouse"] * 10000 / res["queries"] if res["queries"] else None,
+        "categories": sorted(cats.items(), key=lambda kv: -kv[1]),
+        "top_self": flat[:30],
+        "top_children": inclusive[:40],
+    }
+    _progress(w, "mysql profile", out["categories"])
+    return out
+
+
+# Symbol -> where gatehouse's time goes in the MySQL relay.
+MY_CATEGORIES = [
+    ("AES-GCM (SSH leg, TLS leg)", r"aes|gcm|ghash|gfmul|clmul"),
+    ("ChaCha20-Poly1305 (recording seal)", r"chacha|poly1305"),
+    ("SHA-256 (recording chain)", r"sha256|sha2"),
+    ("memcpy/memmove/memset", r"memcpy|memmove|memset"),
+    ("allocator", r"malloc|free|realloc|calloc|_int_|arena|tcache"),
+    ("kernel: TCP/loopback send+receive", r"tcp_|skb|loopback|ip_|__dev_|net_rx|netif|sock_|inet_|copy_user|_copy_to_iter|_copy_from_iter|raw_copy"),
+    ("kernel: scheduling, futex, epoll, syscalls", r"futex|schedule|epoll|ep_|syscall|entry_|switch_|finish_task|pick_|enqueue|dequeue|wake|ttwu|do_sys|__x64|update_|rcu_|irq|timer|hrtimer|native_"),
+    ("tokio runtime", r"tokio"),
+    ("russh (SSH channel)", r"russh"),
+    ("rustls (TLS to the server)", r"rustls"),
+    ("serde_json (recording events)", r"serde"),
+    ("gatehouse mysql proxy", r"gatehouse::db::mysql"),
+    ("gatehouse db (shared)", r"gatehouse::db"),
+    ("gatehouse recording", r"gatehouse::recording"),
+]
+
+
 def _progress(w, what, data):
     if w.verbose:
         import json
@@ -1014,10 +1431,12 @@ ROWS = [
     ("concurrency", concurrency),
     ("slow_reader", slow_reader),
     ("postgres", postgres),
+    ("mysql", mysql),
 ]
 
 # Rows run only when named with --rows.
 EXTRA_ROWS = [
     ("profile", profile),
     ("postgres_profile", postgres_profile),
+    ("mysql_profile", mysql_profile),
 ]

@@ -62,6 +62,14 @@ class Params:
         self.pg_rounds = 1 if quick else 2
         self.pg_warm_secs = 1 if quick else 3
         self.pg_attempts = 1 if quick else 2
+        # MySQL rows: sysbench tables and rows per table, seconds per run
+        # (--time), rounds of the interleaved paths, warm-up seconds.
+        self.my_tables = 4
+        self.my_table_size = 20000
+        self.my_secs = 3 if quick else 10
+        self.my_rounds = 1 if quick else 2
+        self.my_warm_secs = 1 if quick else 3
+        self.my_attempts = 1 if quick else 2
         # Everything, including setup and cleanup, ends by then.
         self.overall_limit = 420 if quick else 50 * 60
 
@@ -146,6 +154,57 @@ def pg_gatehouse_toml(pg):
     )
 
 
+MY_TARGET = "db-my"
+MY_LOGIN = "bench"
+MY_DB = "sbtest"
+# The database rows and the block of BENCHMARKS.md each group rewrites.
+DB_ROWS = {
+    "postgres": ("postgres", "postgres_profile"),
+    "mysql": ("mysql", "mysql_profile"),
+}
+
+
+def build_my(w, p, procs):
+    """The MariaDB side of the world: the server (TLS required on TCP), a
+    login `bench` owning database `sbtest`. Returns an object with
+    everything the rows need, or raises BenchError."""
+    my = World()
+    # The server runs as an unprivileged user that must reach ROOT/maria
+    # (ROOT is mkdtemp's 0700).
+    os.chmod(w.root, 0o711)
+    my.server = harness.MariaDb(procs, w.root)
+    my.target, my.login, my.db = MY_TARGET, MY_LOGIN, MY_DB
+    my.tunnel_port = 13306
+    my.tables, my.table_size = p.my_tables, p.my_table_size
+    my.password = "bench-my-" + os.urandom(9).hex()
+    my.server.create_user(MY_LOGIN, my.password, MY_DB)
+    my.gw_error = None
+    my.versions = {
+        "server": my.server.version(),
+        "sysbench": subprocess.run(["sysbench", "--version"], capture_output=True, text=True).stdout.strip(),
+    }
+    return my
+
+
+def my_gatehouse_toml(my):
+    """The MySQL target and the role that grants its login."""
+    return "\n".join(
+        [
+            "[[roles]]",
+            'name = "bench-my"',
+            f'targets = {{ names = ["{my.target}"] }}',
+            f'logins = ["{my.login}"]',
+            "",
+            "[[targets]]",
+            f'name = "{my.target}"',
+            'kind = "mysql"',
+            f'address = "127.0.0.1:{my.server.port}"',
+            f"tunnel_port = {my.tunnel_port}",
+            f'tls_ca = "{my.server.ca_pem}"',
+        ]
+    )
+
+
 def build_world(args, p, procs, root, wanted=()):
     w = World()
     w.verbose = True
@@ -197,9 +256,21 @@ def build_world(args, p, procs, root, wanted=()):
         except BenchError as e:
             w.pg_error = f"PostgreSQL setup failed: {e}"
             print(f"  {w.pg_error[:400]}", flush=True)
-    extra_roles, extra_toml = (), ""
+    w.my, w.my_error = None, None
+    if any(r in wanted for r in DB_ROWS["mysql"]):
+        try:
+            w.my = build_my(w, p, procs)
+        except BenchError as e:
+            w.my_error = f"MariaDB setup failed: {e}"
+            print(f"  {w.my_error[:400]}", flush=True)
+    extra_roles, extra_toml = [], []
     if w.pg is not None:
-        extra_roles, extra_toml = ("bench-db",), pg_gatehouse_toml(w.pg)
+        extra_roles.append("bench-db")
+        extra_toml.append(pg_gatehouse_toml(w.pg))
+    if w.my is not None:
+        extra_roles.append("bench-my")
+        extra_toml.append(my_gatehouse_toml(w.my))
+    extra_toml = "\n\n".join(extra_toml)
     w.gw = harness.Gatehouse(
         procs, w.gw_bin, w.root, "bench", user_key, w.login, targets, extra_roles=extra_roles, extra_toml=extra_toml
     )
@@ -216,6 +287,11 @@ def build_world(args, p, procs, root, wanted=()):
             w.gw.cli_stdin(["target", "credential", w.pg.target, w.pg.login, "--stdin"], w.pg.password + "\n")
         except BenchError as e:
             w.pg.gw_error = f"gatehouse target credential failed: {e}"
+    if w.my is not None:
+        try:
+            w.gw.cli_stdin(["target", "credential", w.my.target, w.my.login, "--stdin"], w.my.password + "\n")
+        except BenchError as e:
+            w.my.gw_error = f"gatehouse target credential failed: {e}"
     # Outlives the run's own time limit plus every wait for an idle machine.
     w.echo.start(procs, w.gw.client_pubkey, p.overall_limit + 300 * 8 + args_wait_idle(args, p))
     w.gw.start(procs)
@@ -442,6 +518,8 @@ def main():
             info["gatehouse"] += "; environment " + " ".join(args.gatehouse_env)
         if w.pg is not None:
             info["postgres"] = w.pg.versions
+        if w.my is not None:
+            info["mysql"] = w.my.versions
         results = {}
         idle_per_row = {}
         others_per_row = {}
@@ -474,12 +552,14 @@ def main():
                     break
                 if attempt == 0 and not p.quick:
                     print(f"   {name} was disturbed; running it again", flush=True)
-        only_pg = set(wanted) <= {"postgres", "postgres_profile"}
+        # Only the rows of one database (`--rows postgres[,postgres_profile]`
+        # or `--rows mysql[,mysql_profile]`): the command is recorded.
+        only_db = next((g for g, names in DB_ROWS.items() if set(wanted) <= set(names)), None)
         info.update(
             date=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
             command="scripts/bench.sh"
             + (" --quick" if p.quick else "")
-            + (" --rows " + ",".join(wanted) if only_pg else ""),
+            + (" --rows " + ",".join(wanted) if only_db else ""),
             mode="quick" if p.quick else "full",
             duration_s=time.monotonic() - started - waited,
             idle_before_pct=idle,
@@ -488,14 +568,17 @@ def main():
             loadavg_before=load_before,
             loadavg_after=loadavg(),
         )
-        main_results = {k: v for k, v in results.items() if k not in ("postgres", "postgres_profile")}
+        db_names = {n for names in DB_ROWS.values() for n in names}
+        main_results = {k: v for k, v in results.items() if k not in db_names}
         block = report.render(info, main_results) if main_results else ""
         pg_block = report.render_postgres(info, results) if "postgres" in results or "postgres_profile" in results else ""
+        my_block = report.render_mysql(info, results) if "mysql" in results or "mysql_profile" in results else ""
         print()
         print(block)
-        if pg_block:
-            print()
-            print(pg_block)
+        for b in (pg_block, my_block):
+            if b:
+                print()
+                print(b)
         out_dir = REPO / "target" / "bench"
         out_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -506,13 +589,17 @@ def main():
         if not p.quick and not args.no_write and set(wanted) == {n for n, _ in rows.ROWS}:
             report.write_benchmarks_md(REPO / "BENCHMARKS.md", block)
             print("BENCHMARKS.md updated")
-        # The PostgreSQL rows have their own block (section "PostgreSQL"),
-        # rewritten by a full run and by a full-mode `--rows postgres[,...]`.
-        if not p.quick and not args.no_write and "postgres" in results and ("postgres" in wanted) and (
-            only_pg or set(wanted) >= {n for n, _ in rows.ROWS}
+        # The database rows have their own blocks (sections "PostgreSQL" and
+        # "MySQL"), each rewritten by a full run and by a full-mode
+        # `--rows postgres[,...]` / `--rows mysql[,...]`.
+        full = set(wanted) >= {n for n, _ in rows.ROWS}
+        for group, blk, begin, end in (
+            ("postgres", pg_block, report.PG_BEGIN, report.PG_END),
+            ("mysql", my_block, report.MY_BEGIN, report.MY_END),
         ):
-            report.write_benchmarks_md(REPO / "BENCHMARKS.md", pg_block, report.PG_BEGIN, report.PG_END)
-            print("BENCHMARKS.md (PostgreSQL) updated")
+            if not p.quick and not args.no_write and group in results and group in wanted and (only_db == group or full):
+                report.write_benchmarks_md(REPO / "BENCHMARKS.md", blk, begin, end)
+                print(f"BENCHMARKS.md ({group}) updated")
         return 0
     except BenchError as e:
         print(f"bench: {e}", file=sys.stderr)
