@@ -1357,6 +1357,8 @@ def mysql_profile(w, p):
             return []
         rows_ = []
         for line in text.splitlines():
+            # perf 6.x appends IPC columns ("-   -") without LBR data.
+            line = re.sub(r"\s+-\s+-\s*$", "", line)
             if children:
                 m = re.match(r"\s*([\d.]+)%\s+([\d.]+)%\s+\[[.k]\]\s+(.*)", line)
                 if m:
