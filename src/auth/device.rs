@@ -65,6 +65,34 @@ impl Authenticator {
         source: &Source,
         code: &str,
     ) -> Result<CodeOutcome, StateError> {
+        self.verify_device(source, |auth, user| {
+            auth.check_code(user, source.ip(), code)
+        })
+    }
+
+    /// [`Self::verify_device_code`] for a client that proves it knows the
+    /// code without sending it: MySQL's `mysql_native_password` and
+    /// `caching_sha2_password` scrambles. `matches(code)` says, in constant
+    /// time, whether the client's response was made from `code`; it is
+    /// asked about each code valid now. Same replay state, counting, locks
+    /// and lease as a code given in full.
+    ///
+    /// Blocking (call in `spawn_blocking`).
+    pub fn verify_device_proof(
+        &self,
+        source: &Source,
+        matches: &dyn Fn(&str) -> bool,
+    ) -> Result<CodeOutcome, StateError> {
+        self.verify_device(source, |auth, user| {
+            auth.check_proof(user, source.ip(), matches)
+        })
+    }
+
+    fn verify_device(
+        &self,
+        source: &Source,
+        check: impl FnOnce(&Self, &str) -> Result<super::CodeCheck, StateError>,
+    ) -> Result<CodeOutcome, StateError> {
         let Some(device) = source.device() else {
             return Ok(CodeOutcome::NotEnrolled);
         };
@@ -72,7 +100,7 @@ impl Authenticator {
         if !self.users.contains_key(user) {
             return Ok(CodeOutcome::NotEnrolled);
         }
-        match self.check_code(user, source.ip(), code)? {
+        match check(self, user)? {
             CodeCheck::Refused(outcome) => Ok(outcome),
             CodeCheck::Accepted => {
                 self.device_succeeded(user, source);
@@ -364,5 +392,48 @@ mod tests {
         let dev = device("alice", 2, 40000);
         accepted(f.auth.verify_device_code(&dev, &code(0)).unwrap());
         assert!(f.auth.device_lease(&dev).is_none());
+    }
+
+    /// A client's proof of a code, as MySQL's native scramble makes it.
+    fn proof(code: &str, nonce: &[u8]) -> Vec<u8> {
+        crate::db::mysql::upstream::auth::native_scramble(code.as_bytes(), nonce).to_vec()
+    }
+
+    #[test]
+    fn a_scrambled_code_is_accepted_once_and_a_wrong_or_reused_one_counts_against_the_user() {
+        let f = fixture(3, "1h");
+        let dev = device("alice", 4, 40000);
+        let nonce = [0x2Au8; 20];
+        let check = |answer: Vec<u8>| {
+            f.auth
+                .verify_device_proof(&dev, &|c: &str| proof(c, &nonce) == answer)
+                .unwrap()
+        };
+        let wrong = check(proof(&wrong_code(), &nonce));
+        assert!(matches!(wrong, CodeOutcome::Wrong { .. }), "{wrong:?}");
+        let right = proof(&code(0), &nonce);
+        let u = accepted(check(right.clone()));
+        assert_eq!(u.admitted_by(), AdmittedBy::Code);
+        assert!(
+            f.auth.device_lease(&device("alice", 4, 40001)).is_some(),
+            "a lease after the code"
+        );
+        // The same step again (another connection replaying the scramble).
+        let again = check(right);
+        assert!(matches!(again, CodeOutcome::Reused { .. }), "{again:?}");
+        // Bytes that are no scramble of any code at all count too (the
+        // success cleared the count: reused, junk, junk is three).
+        let junk = check(vec![0; 20]);
+        assert!(
+            matches!(junk, CodeOutcome::Wrong { lock: None }),
+            "{junk:?}"
+        );
+        let junk = check(vec![1; 20]);
+        assert!(
+            matches!(junk, CodeOutcome::Wrong { lock: Some(_) }),
+            "third failure locks: {junk:?}"
+        );
+        let locked = check(proof(&code(1), &nonce));
+        assert!(matches!(locked, CodeOutcome::Locked { .. }), "{locked:?}");
     }
 }
