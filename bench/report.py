@@ -495,8 +495,10 @@ def render_postgres(info, res):
 
 MY_PATH_NAMES = {
     "direct": "direct (TLS)",
+    "ssh_jump": "OpenSSH `ssh -L` via jump host (TLS inside)",
     "gatehouse": "gatehouse (`ssh -L`, recorded)",
 }
+MY_PATHS = ("direct", "ssh_jump", "gatehouse")
 MY_TEST_LABELS = {
     "point_select_t1": "`oltp_point_select` 1 thread",
     "point_select_t8": "`oltp_point_select` 8 threads",
@@ -556,7 +558,9 @@ def render_mysql(info, res):
             f"queries/s and transactions/s are the median of the rounds, latencies are per event (transaction) from sysbench's `--histogram` (all rounds pooled; "
             f"bucket values, about 2 % apart). "
             f"gatehouse door measured: **{door['kind']}** (`{door['command']}`, {door.get('cipher') or '–'}); "
-            f"its client-side SSH encryption (the OpenSSH client, one thread) is part of the measured path."
+            f"its client-side SSH encryption (the OpenSSH client, one thread) is part of the measured path. "
+            f"The OpenSSH baseline is the same kind of door to a plain sshd (`{(my.get('jump_door') or {}).get('command', '–')}`, "
+            f"{(my.get('jump_door') or {}).get('cipher') or '–'}), with sysbench's TLS inside it and nothing recorded."
         )
         a("")
         for path, err in (my.get("failures") or {}).items():
@@ -569,12 +573,13 @@ def render_mysql(info, res):
             for m, val, t, ok in tg:
                 a(f"| {m} | {val} | {t} | {'met' if ok else '**missed**'} |")
             a("")
-        a("| sysbench | path | queries/s | / direct | transactions/s | p50 ms | p99 ms | p99 added vs direct | errors | others % |")
-        a("|---|---|---|---|---|---|---|---|---|---|")
+        a("| sysbench | path | queries/s | / direct | / OpenSSH `-L` | transactions/s | p50 ms | p99 ms | p99 added vs direct | errors | others % |")
+        a("|---|---|---|---|---|---|---|---|---|---|---|")
         for t in my["tests"]:
             ps = t["paths"]
             d = ps.get("direct", {})
-            for path in ("direct", "gatehouse"):
+            j = ps.get("ssh_jump", {})
+            for path in MY_PATHS:
                 x = ps.get(path)
                 if not x:
                     continue
@@ -582,7 +587,7 @@ def render_mysql(info, res):
                 added = x["p99_ms"] - d["p99_ms"] if x.get("p99_ms") is not None and d.get("p99_ms") is not None else None
                 a(
                     f"| {MY_TEST_LABELS.get(t['name'], t['name'])} | {MY_PATH_NAMES[path]} | {f(x['qps'], 0)} ({runs}) "
-                    f"| {f(ratio(x['qps'], d.get('qps')), 2)}× | {f(x['tps'], 0)} "
+                    f"| {f(ratio(x['qps'], d.get('qps')), 2)}× | {f(ratio(x['qps'], j.get('qps')), 2)}× | {f(x['tps'], 0)} "
                     f"| {f(x['p50_ms'], 3)} | {f(x['p99_ms'], 3)} | {f(added, 3) if path != 'direct' else '–'} | {x['errors']} "
                     f"| {', '.join(str(o) for o in x.get('others_pct') or []) or '–'} |"
                 )
@@ -590,25 +595,29 @@ def render_mysql(info, res):
         a(
             "CPU seconds per 10k queries (`oltp_read_only`: 16 queries per transaction, `BEGIN` and `COMMIT` included), "
             "from `/proc/PID/stat` before and after each run: gatehouse (all threads), the `ssh -L` client, "
-            "the MariaDB server (all threads) and sysbench:"
+            "the jump host's sshd (the door's connection), the MariaDB server (all threads) and sysbench:"
         )
         a("")
-        a("| sysbench | path | gatehouse | ssh client | server | sysbench | total | proxy context switches / query | recording bytes / query |")
-        a("|---|---|---|---|---|---|---|---|---|")
+        a("| sysbench | path | gatehouse | ssh client | jump sshd | server | sysbench | total | proxy context switches / query | recording bytes / query |")
+        a("|---|---|---|---|---|---|---|---|---|---|")
         for t in my["tests"]:
-            for path in ("direct", "gatehouse"):
+            for path in MY_PATHS:
                 x = t["paths"].get(path)
                 if not x:
                     continue
                 c = x["cpu_s_per_10k_queries"]
-                own = {"direct": (), "gatehouse": ("gatehouse", "ssh_client")}[path]
+                own = {"direct": (), "ssh_jump": ("ssh_client", "jump_sshd"), "gatehouse": ("gatehouse", "ssh_client")}[path]
                 cell = lambda k: f(c.get(k), 3) if k in own or k in ("server", "sysbench") else "–"
                 total = sum(c.get(k) or 0 for k in (*own, "server", "sysbench"))
                 cs = x.get("ctx_switches_per_query") or {}
-                csw = "–" if path == "direct" else f"{f(cs.get('gatehouse'), 2)} (+ ssh {f(cs.get('ssh_client'), 2)})"
+                csw = {
+                    "direct": "–",
+                    "ssh_jump": f"sshd {f(cs.get('jump_sshd'), 2)} (+ ssh {f(cs.get('ssh_client'), 2)})",
+                    "gatehouse": f"{f(cs.get('gatehouse'), 2)} (+ ssh {f(cs.get('ssh_client'), 2)})",
+                }[path]
                 a(
                     f"| {MY_TEST_LABELS.get(t['name'], t['name'])} | {MY_PATH_NAMES[path]} | {cell('gatehouse')} | {cell('ssh_client')} "
-                    f"| {cell('server')} | {cell('sysbench')} | {f(total, 3)} | {csw} "
+                    f"| {cell('jump_sshd')} | {cell('server')} | {cell('sysbench')} | {f(total, 3)} | {csw} "
                     f"| {f(x.get('recorded_bytes_per_query'), 0) if path == 'gatehouse' else '–'} |"
                 )
         a("")
@@ -631,13 +640,21 @@ def render_mysql(info, res):
         for pct, dso, sym in prof["top_self"][:15]:
             a(f"| {pct:.1f} | {dso} | `{sym[:90].strip()}` |")
         a("")
-        mine = [r for r in prof.get("top_children") or [] if "gatehouse::" in r[2]]
+        if prof.get("dso"):
+            a("By object (self time, % of gatehouse's samples): " + ", ".join(f"{d} {pct:.1f}" for pct, d in prof["dso"][:6]))
+            a("")
+        kern = [r for r in prof.get("top_children") or [] if not re.search(r"gatehouse::|russh::|rustls::", r[2])]
+        if kern:
+            a("Kernel frames with everything under them (% of gatehouse's samples; they overlap): "
+              + ", ".join(f"`{sym.strip()}` {ch:.1f}" for ch, _s, sym in kern[:12]))
+            a("")
+        mine = [r for r in prof.get("top_children") or [] if re.search(r"gatehouse::|russh::|rustls::", r[2])]
         if mine:
-            a("gatehouse's own frames with what they call (children included, % of gatehouse's samples):")
+            a("gatehouse's own frames and the crates it relays through, with what they call (children included, % of gatehouse's samples):")
             a("")
             a("| with children % | self % | symbol |")
             a("|---|---|---|")
-            for ch, self_, sym in mine[:15]:
+            for ch, self_, sym in mine[:25]:
                 a(f"| {ch:.1f} | {self_:.1f} | `{sym[:110].strip()}` |")
             a("")
     return "\n".join(L)

@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 
-from harness import BenchError, Procs, TreeCpu, cpu_seconds, rss_kib
+from harness import BenchError, Procs, TreeCpu, cpu_seconds, descendants, rss_kib
 
 PATHS = ("direct", "jump", "gatehouse")
 GIB = 1024**3
@@ -589,10 +589,12 @@ def _pg_start_door(w, p):
     _start_door(w, w.pg, "ssh-L.log")
 
 
-def _start_door(w, db, log_name):
-    """`ssh -N -L 127.0.0.1:LPORT:TARGET:TUNNEL_PORT gw` for the database
-    world `db` (its `target` and `tunnel_port`); sets `db.door` (the ssh
-    process), `db.door_port` and `db.door_cipher`. Kept up across runs."""
+def _start_door(w, db, log_name, host="gw"):
+    """`ssh -N -L 127.0.0.1:LPORT:TARGET:TUNNEL_PORT HOST` for the database
+    world `db` (its `target` and `tunnel_port`; HOST is gatehouse, or the
+    OpenSSH jump host with the server's own address); sets `db.door` (the
+    ssh process), `db.door_port` and `db.door_cipher`. Kept up across
+    runs."""
     from harness import free_port, wait_for_port
 
     if getattr(db, "door", None) is not None and db.door.poll() is None:
@@ -604,7 +606,7 @@ def _start_door(w, db, log_name):
         # gatehouse answers a direct-tcpip channel to a database target on
         # the target's port or its tunnel_port; the latter is fixed here.
         spec = f"127.0.0.1:{db.door_port}:{db.target}:{db.tunnel_port}"
-        args = w.client.ssh(cipher, "-N", "-o", "ExitOnForwardFailure=yes", "-L", spec, "gw")
+        args = w.client.ssh(cipher, "-N", "-o", "ExitOnForwardFailure=yes", "-L", spec, host)
         db.door = w.procs.spawn(args, w.root / log_name, env=w.client.env)
         if wait_for_port(db.door_port, 30, db.door):
             return
@@ -1004,7 +1006,35 @@ PG_CATEGORIES = [
 
 # ----------------------------------------------------------------- mysql ---
 
-MY_PATHS = ("direct", "gatehouse")
+MY_PATHS = ("direct", "ssh_jump", "gatehouse")
+
+
+class _JumpDoor:
+    """`ssh -N -L LPORT:127.0.0.1:SERVER_PORT jump`: the OpenSSH baseline, a
+    DBA's tunnel through a plain bastion (TLS to the server end to end,
+    nothing recorded)."""
+
+    def __init__(self, port):
+        self.target = "127.0.0.1"
+        self.tunnel_port = port
+        self.door = None
+
+
+def _my_door(w, path):
+    """The ssh process (and its holder) of `path`'s door, or None."""
+    my = w.my
+    holder = {"gatehouse": my, "ssh_jump": getattr(my, "jump", None)}.get(path)
+    return getattr(holder, "door", None) if holder is not None else None
+
+
+def _my_start_doors(w, path):
+    my = w.my
+    if path == "gatehouse":
+        _start_door(w, my, "ssh-L-mysql.log")
+    elif path == "ssh_jump":
+        if getattr(my, "jump", None) is None:
+            my.jump = _JumpDoor(my.server.port)
+        _start_door(w, my.jump, "ssh-L-mysql-jump.log", host="jump")
 # (name, sysbench test, threads).
 MY_TESTS = [
     ("point_select_t1", "oltp_point_select", 1),
@@ -1017,7 +1047,8 @@ MY_TESTS = [
 def _sysbench_args(w, path, threads=1):
     """sysbench's connection options for `path`: direct (TLS: sysbench's
     `--mysql-ssl=on` hands libmariadb `client-key.pem`, `client-cert.pem`
-    and `cacert.pem` from its working directory, made by the harness) or
+    and `cacert.pem` from its working directory, made by the harness),
+    ssh_jump (the OpenSSH `ssh -L` port, the same TLS login end to end) or
     gatehouse (the `ssh -L` port, plain TCP to the ssh client; the password
     is ignored there: the SSH login admits)."""
     my = w.my
@@ -1033,6 +1064,8 @@ def _sysbench_args(w, path, threads=1):
     ]
     if path == "direct":
         args += [f"--mysql-port={my.server.port}", f"--mysql-password={my.password}", "--mysql-ssl=on"]
+    elif path == "ssh_jump":
+        args += [f"--mysql-port={my.jump.door_port}", f"--mysql-password={my.password}", "--mysql-ssl=on"]
     elif path == "gatehouse":
         args += [f"--mysql-port={my.door_port}", "--mysql-password=ignored-by-gatehouse", "--mysql-ssl=off"]
     else:
@@ -1091,21 +1124,29 @@ def _hist_percentile(hist, pct):
     return None
 
 
-def _my_cpu_snapshot(w):
+def _jump_sshd_cpu(w):
+    """CPU seconds of the jump host's live per-connection sshd processes
+    (the `ssh -L` door's connection lives across runs)."""
+    return sum(cpu_seconds(pid) or 0.0 for pid in descendants(w.jump.proc.pid))
+
+
+def _my_cpu_snapshot(w, path):
     my = w.my
-    door = getattr(my, "door", None)
+    door = _my_door(w, path)
     return {
         "server": my.server.cpu() or 0.0,
         "gatehouse": cpu_seconds(w.gw.pid) or 0.0,
         "ssh_client": (cpu_seconds(door.pid) or 0.0) if door is not None else 0.0,
+        "jump_sshd": _jump_sshd_cpu(w) if path == "ssh_jump" else 0.0,
     }
 
 
-def _my_ctx_snapshot(w):
-    door = getattr(w.my, "door", None)
+def _my_ctx_snapshot(w, path):
+    door = _my_door(w, path)
     return {
         "gatehouse": _ctx_switches(w.gw.pid),
         "ssh_client": _ctx_switches(door.pid) if door is not None else 0,
+        "jump_sshd": sum(_ctx_switches(pid) for pid in descendants(w.jump.proc.pid)) if path == "ssh_jump" else 0,
     }
 
 
@@ -1128,8 +1169,8 @@ def _sysbench(w, path, test, seconds):
     ]
     if path == "gatehouse":
         w.gw.clear_recordings()
-    ctx0 = _my_ctx_snapshot(w)
-    before = _my_cpu_snapshot(w)
+    ctx0 = _my_ctx_snapshot(w, path)
+    before = _my_cpu_snapshot(w, path)
     before["sysbench"] = _children_cpu()
     dist = Disturbance()
     t0 = time.perf_counter()
@@ -1145,9 +1186,9 @@ def _sysbench(w, path, test, seconds):
         if proc in w.procs.procs:
             w.procs.procs.remove(proc)
     wall = time.perf_counter() - t0
-    after = _my_cpu_snapshot(w)
+    after = _my_cpu_snapshot(w, path)
     after["sysbench"] = _children_cpu()
-    ctx1 = _my_ctx_snapshot(w)
+    ctx1 = _my_ctx_snapshot(w, path)
     others_pct = dist.result()["other_pct"]
     out, err = out.decode(errors="replace"), err.decode(errors="replace")
     if proc.returncode != 0:
@@ -1200,9 +1241,10 @@ def _my_prepare(w, p):
 
 
 def mysql(w, p):
-    """sysbench side by side on loopback: direct to MariaDB (TLS) and
-    through gatehouse (recording every statement; the `ssh -L` door, TLS
-    verify-full to the server). oltp_point_select and oltp_read_only at 1
+    """sysbench side by side on loopback: direct to MariaDB (TLS), through
+    an OpenSSH `ssh -L` to the jump host (TLS end to end, nothing recorded)
+    and through gatehouse (recording every statement; the `ssh -L` door,
+    TLS verify-full to the server). oltp_point_select and oltp_read_only at 1
     and 8 threads; the paths interleaved, `p.my_rounds` rounds each.
     Reports transactions and queries per second (median of the rounds),
     latency percentiles (sysbench's histograms of all rounds pooled) and
@@ -1215,10 +1257,9 @@ def mysql(w, p):
     paths = []
     for path in MY_PATHS:
         try:
-            if path == "gatehouse":
-                if getattr(my, "gw_error", None):
-                    raise BenchError(my.gw_error)
-                _start_door(w, my, "ssh-L-mysql.log")
+            if path == "gatehouse" and getattr(my, "gw_error", None):
+                raise BenchError(my.gw_error)
+            _my_start_doors(w, path)
             _my_probe(w, path)
             paths.append(path)
         except BenchError as e:
@@ -1269,6 +1310,10 @@ def mysql(w, p):
             "kind": "ssh -L",
             "command": f"ssh -N -L 127.0.0.1:LPORT:{my.target}:{my.tunnel_port} bench@gw",
             "cipher": getattr(my, "door_cipher", None),
+        },
+        "jump_door": {
+            "command": "ssh -N -L 127.0.0.1:LPORT:127.0.0.1:SERVER_PORT jump",
+            "cipher": getattr(getattr(my, "jump", None), "door_cipher", None),
         },
         "versions": my.versions,
         "tests": tests,
@@ -1348,7 +1393,7 @@ def mysql_profile(w, p):
         w.procs.procs.remove(rec)
 
     def report(children):
-        args = ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--percent-limit", "0.5",
+        args = ["perf", "report", "-i", str(data), "--stdio", "-g", "none", "--percent-limit", "0.3",
                 "--sort", "dso,symbol" if not children else "symbol"]
         args.append("--children" if children else "--no-children")
         try:
@@ -1370,6 +1415,16 @@ def mysql_profile(w, p):
         return rows_
 
     flat = report(False)
+    dso_split = []
+    try:
+        text = subprocess.run(["perf", "report", "-i", str(data), "--stdio", "--no-children", "--sort", "dso"],
+                              capture_output=True, text=True, timeout=400).stdout
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(\S+)", line)
+            if m:
+                dso_split.append((float(m.group(1)), m.group(2)))
+    except subprocess.TimeoutExpired:
+        pass
     inclusive = report(True)
     cats = {}
     for pct, dso, sym in flat:
@@ -1379,10 +1434,11 @@ def mysql_profile(w, p):
                 cat = cname
                 break
         cats[cat] = cats.get(cat, 0.0) + pct
-    try:
-        os.remove(data)
-    except OSError:
-        pass
+    if not os.environ.get("BENCH_KEEP_PERF"):
+        try:
+            os.remove(data)
+        except OSError:
+            pass
     out = {
         "seconds": secs,
         "qps": res["qps"],
@@ -1390,11 +1446,23 @@ def mysql_profile(w, p):
         "gatehouse_cpu_s_per_10k_queries": res["cpu"]["gatehouse"] * 10000 / res["queries"] if res["queries"] else None,
         "categories": sorted(cats.items(), key=lambda kv: -kv[1]),
         "top_self": flat[:30],
-        "top_children": inclusive[:40],
+        # Inclusive time of gatehouse's own frames, of the crates it relays
+        # through, and of each system call (who pays for the wakeups).
+        "top_children": [r for r in inclusive if re.search(MY_PROFILE_FRAMES, r[2])][:120],
+        "dso": dso_split,
     }
     _progress(w, "mysql profile", out["categories"])
     return out
 
+
+# Frames whose inclusive time the MySQL profile keeps: gatehouse's own, the
+# crates it relays through, and the kernel's milestones (a send on loopback
+# runs the receiver's TCP input and wakeup in the sender's context; sleeping
+# and being woken; the syscalls).
+MY_PROFILE_FRAMES = (
+    r"gatehouse::|russh::|rustls::|^__x64_sys_|^do_writev$|^tcp_sendmsg$|^sock_def_readable$"
+    r"|^schedule$|^exit_to_user_mode_loop$|^tcp_recvmsg$"
+)
 
 # Symbol -> where gatehouse's time goes in the MySQL relay.
 MY_CATEGORIES = [
