@@ -509,8 +509,9 @@ fn multi_statements_and_call_return_every_result_set() {
         return;
     }
     let db = start(|b, _| b);
+    // DELIMITER: the CLI would split the body at its ';'.
     db.db.sql(
-        "CREATE PROCEDURE app.two_sets() BEGIN SELECT 'set_one' AS x; SELECT 'set_two', 'cols'; END",
+        "DELIMITER //\nCREATE PROCEDURE app.two_sets() BEGIN SELECT 'set_one' AS x; SELECT 'set_two', 'cols'; END//",
     );
     // The CLI (splits on ';' itself) and CALL's two result sets.
     let out = db.sql("SELECT 'first_rs'; SELECT 'second_rs'");
@@ -815,4 +816,99 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     out
+}
+
+/// Stock `mariadb` in client namespace `client` against the tunnel port,
+/// `password` in MYSQL_PWD (None: no password).
+fn mariadb_in_tunnel(
+    w: &common::netns::WgWorld,
+    client: usize,
+    password: Option<&str>,
+    sql: &str,
+) -> std::process::Output {
+    let mut c = std::process::Command::new("mariadb");
+    c.args([
+        "--no-defaults",
+        "-h",
+        common::netns::TUNNEL_GATEWAY,
+        "-P",
+        &myworld::TUNNEL_PORT.to_string(),
+        "--protocol=TCP",
+        "-u",
+        LOGIN,
+        "--connect-timeout=20",
+        "-N",
+        "-B",
+        "app",
+        "-e",
+        sql,
+    ])
+    .env_remove("MYSQL_PWD");
+    if let Some(p) = password {
+        c.env("MYSQL_PWD", p);
+    }
+    let mut c = common::netns::in_ns(w.lab.client(client), &c);
+    c.stdin(Stdio::null());
+    run_with_timeout(&mut c, Duration::from_secs(90)).expect("mariadb finished")
+}
+
+#[test]
+fn in_the_tunnel_a_code_through_the_native_scramble_admits_and_then_the_lease_does() {
+    let Some(lab) = common::netns::enter(
+        "in_the_tunnel_a_code_through_the_native_scramble_admits_and_then_the_lease_does",
+        1,
+    ) else {
+        return;
+    };
+    if !myworld::tools() {
+        return;
+    }
+    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
+    server.create_user(LOGIN, APP_PASSWORD);
+    server.create_database("app", LOGIN);
+    let w = common::netns::WgWorld::start(lab, 1, |b| {
+        b.role("dba", &[myworld::TARGET], &[LOGIN])
+            .user_roles("alice", &["web", "dba"])
+            .raw(&myworld::my_target(
+                myworld::TARGET,
+                &server.address(),
+                myworld::TUNNEL_PORT,
+                &common::pgworld::tls_ca(&server.ca_pem),
+            ))
+    });
+    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let _device = w.connect(0);
+    // No lease yet: a wrong code is refused as a failed login.
+    let code = common::totp(&w.secret);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let out = mariadb_in_tunnel(&w, 0, Some(wrong), "SELECT 1");
+    assert!(!out.status.success(), "a wrong code was admitted");
+    assert!(stderr(&out).contains("1045"), "{}", stderr(&out));
+    assert!(w.gw.events("db.session.start").is_empty());
+    // The current code, checked through the mysql_native_password scramble.
+    let out = mariadb_in_tunnel(&w, 0, Some(&code), "SELECT 'by_code', CURRENT_USER()");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.gw.stderr());
+    assert_eq!(stdout(&out).trim(), "by_code\tapp@%");
+    let first =
+        w.gw.wait_for_event_named("db.session.start", Duration::from_secs(10))
+            .unwrap();
+    assert_eq!(first["admitted_by"], "code", "{first}");
+    assert_eq!(first["user"], "alice");
+    // A second connection from the device: the lease the code gave admits
+    // it without a password.
+    let out = mariadb_in_tunnel(&w, 0, None, "SELECT 'by_lease'");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.gw.stderr());
+    assert_eq!(stdout(&out).trim(), "by_lease");
+    assert!(
+        w.gw.wait_for_event(
+            |e| e["event"] == "db.session.start" && e["admitted_by"] == "lease",
+            Duration::from_secs(10),
+        )
+        .is_some(),
+        "{:?}",
+        w.gw.events("db.session.start")
+    );
+    // The code never reaches a log.
+    assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
+    assert!(!w.gw.stderr_all().contains(APP_PASSWORD));
 }
