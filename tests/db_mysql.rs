@@ -59,10 +59,9 @@ fn param_text(v: &Value) -> Option<String> {
 fn recording_with(db: &MyDb, n: usize, needle: &str) -> (String, Vec<Value>) {
     for id in finished_my_recordings(&db.w, n) {
         let (_, evs) = events(&db.w, &id);
-        if of_type(&evs, "statement")
-            .iter()
-            .any(|e| bytes_of(&e["text"]).is_some_and(|t| String::from_utf8_lossy(&t).contains(needle)))
-        {
+        if of_type(&evs, "statement").iter().any(|e| {
+            bytes_of(&e["text"]).is_some_and(|t| String::from_utf8_lossy(&t).contains(needle))
+        }) {
             return (id, evs);
         }
     }
@@ -136,9 +135,8 @@ fn the_client_sees_the_servers_version_with_a_connection_id_of_gatehouses_own() 
     }
     let db = start(|b, _| b);
     let direct = Greeting::parse(&raw_greeting(&db.db.address())).expect("server greeting");
-    let via = Greeting::parse(&raw_greeting(&db.addr())).unwrap_or_else(|| {
-        panic!("gatehouse sent no HandshakeV10\n{}", db.w.gw.stderr())
-    });
+    let via = Greeting::parse(&raw_greeting(&db.addr()))
+        .unwrap_or_else(|| panic!("gatehouse sent no HandshakeV10\n{}", db.w.gw.stderr()));
     assert_eq!(via.protocol, 10);
     assert_eq!(via.version, direct.version, "the version string differs");
     assert!(via.version.contains("MariaDB"), "{}", via.version);
@@ -171,7 +169,11 @@ fn the_greeting_offers_neither_tls_nor_compression_nor_local_files() {
     let via = Greeting::parse(&raw_greeting(&db.addr())).expect("a greeting");
     assert_eq!(via.capabilities & caps::SSL, 0, "SSL offered");
     assert_eq!(via.capabilities & caps::COMPRESS, 0, "compression offered");
-    assert_eq!(via.capabilities & caps::LOCAL_FILES, 0, "LOCAL_FILES offered");
+    assert_eq!(
+        via.capabilities & caps::LOCAL_FILES,
+        0,
+        "LOCAL_FILES offered"
+    );
     assert_ne!(via.capabilities & caps::PROTOCOL_41, 0);
 }
 
@@ -234,7 +236,10 @@ print(json.dumps(cur.fetchall()))
     assert!(text.contains("ERR 1227 42000"), "{text}");
     assert!(text.contains("COM_CHANGE_USER"), "{text}");
     assert!(!text.contains("CHANGED"), "{text}");
-    assert!(text.contains(r#"[["app@%", "after_change_user"]]"#), "{text}");
+    assert!(
+        text.contains(r#"[["app@%", "after_change_user"]]"#),
+        "{text}"
+    );
     // The raw packet (0x11), then the same session still answers as app.
     let mut c = db.login();
     let r = c.change_user("root").unwrap();
@@ -279,7 +284,11 @@ fn load_data_local_infile_is_refused_and_nothing_is_loaded() {
     let mut cmd = db.mariadb_cmd(LOGIN);
     cmd.args(["--local-infile=1", "-e", &sql]);
     let out = run_with_timeout(&mut cmd, Duration::from_secs(60)).unwrap();
-    assert!(!out.status.success(), "LOAD DATA LOCAL ran: {}", stdout(&out));
+    assert!(
+        !out.status.success(),
+        "LOAD DATA LOCAL ran: {}",
+        stdout(&out)
+    );
     assert!(stderr(&out).contains("1148"), "{}", stderr(&out));
     assert_eq!(db.db.sql("SELECT COUNT(*) FROM app.t"), "0");
     let ev =
@@ -334,9 +343,8 @@ print(json.dumps([[r[0], r[1]] for r in cur.fetchall()]))
     // Rows right at the server (HEX: exact bytes).
     let hex = |s: &str| hex::encode_upper(s.as_bytes());
     assert_eq!(
-        db.db.sql(
-            "SELECT i, HEX(s), IFNULL(n, 'NULL'), f, d FROM app.p ORDER BY i"
-        ),
+        db.db
+            .sql("SELECT i, HEX(s), IFNULL(n, 'NULL'), f, d FROM app.p ORDER BY i"),
         format!(
             "-7\t{}\t3\t-0.125\t1999-12-31\n42\t{}\tNULL\t2.5\t2024-02-29",
             hex("second"),
@@ -352,7 +360,10 @@ print(json.dumps([[r[0], r[1]] for r in cur.fetchall()]))
                     == Some(b"INSERT INTO p (i, s, n, f, d) VALUES (?, ?, ?, ?, ?)".as_slice())
         })
         .unwrap_or_else(|| panic!("the prepared text is not recorded: {evs:?}"));
-    assert!(!prepared["parse"].is_null(), "not marked prepared: {prepared}");
+    assert!(
+        !prepared["parse"].is_null(),
+        "not marked prepared: {prepared}"
+    );
     let prepare_tag = evs
         .iter()
         .filter_map(|e| e["tag"].as_str())
@@ -365,7 +376,12 @@ print(json.dumps([[r[0], r[1]] for r in cur.fetchall()]))
         .collect();
     assert_eq!(binds.len(), 2, "two executes: {evs:?}");
     let params = |b: &Value| -> Vec<Option<String>> {
-        b["params"].as_array().unwrap().iter().map(param_text).collect()
+        b["params"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(param_text)
+            .collect()
     };
     assert_eq!(
         params(binds[0]),
@@ -427,8 +443,16 @@ fn parameter_types_sent_only_with_the_first_execute_are_remembered_and_long_data
     assert_eq!(n, 3);
     let blob = vec![0u8, 1, 2, 0xff, b'\'', 0x1b];
     let first = [
-        (ty::LONGLONG, false, Some(1_234_567_890_123i64.to_le_bytes().to_vec())),
-        (ty::VAR_STRING, false, Some(lenenc_bytes("first \u{2603}".as_bytes()))),
+        (
+            ty::LONGLONG,
+            false,
+            Some(1_234_567_890_123i64.to_le_bytes().to_vec()),
+        ),
+        (
+            ty::VAR_STRING,
+            false,
+            Some(lenenc_bytes("first \u{2603}".as_bytes())),
+        ),
         (ty::BLOB, false, Some(lenenc_bytes(&blob))),
     ];
     let a = c.execute(id, &first, true).unwrap();
@@ -457,7 +481,8 @@ fn parameter_types_sent_only_with_the_first_execute_are_remembered_and_long_data
     assert!(a.error.is_none(), "{a:?}");
     drop(c);
     assert_eq!(
-        db.db.sql("SELECT a, IFNULL(HEX(b), 'NULL'), HEX(c) FROM app.q ORDER BY a"),
+        db.db
+            .sql("SELECT a, IFNULL(HEX(b), 'NULL'), HEX(c) FROM app.q ORDER BY a"),
         format!(
             "-5\tNULL\t{}\n7\t{}\t{}\n1234567890123\t{}\t{}",
             hex::encode_upper(b"x"),
@@ -546,7 +571,9 @@ fn multi_statements_and_call_return_every_result_set() {
     let (_, evs) = recording_with(&db, 3, "SELECT 'm1'");
     let at = evs
         .iter()
-        .position(|e| e["type"] == "statement" && bytes_of(&e["text"]).is_some_and(|t| t.starts_with(b"CALL")))
+        .position(|e| {
+            e["type"] == "statement" && bytes_of(&e["text"]).is_some_and(|t| t.starts_with(b"CALL"))
+        })
         .expect("CALL recorded");
     let results: Vec<&Value> = evs[at + 1..]
         .iter()
@@ -557,7 +584,10 @@ fn multi_statements_and_call_return_every_result_set() {
     assert_eq!(tags, ["SELECT", "SELECT", "OK"], "{results:?}");
     let at = evs
         .iter()
-        .position(|e| e["type"] == "statement" && bytes_of(&e["text"]).is_some_and(|t| t.starts_with(b"SELECT 'm1'")))
+        .position(|e| {
+            e["type"] == "statement"
+                && bytes_of(&e["text"]).is_some_and(|t| t.starts_with(b"SELECT 'm1'"))
+        })
         .unwrap();
     let n = evs[at + 1..]
         .iter()
@@ -722,7 +752,12 @@ fn a_hundred_mib_of_inserts_arrive_whole_with_bounded_gateway_memory() {
     let took = t0.elapsed();
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let peak = sampler.join().unwrap();
-    assert!(out.status.success(), "{}\n{}", stderr(&out), db.w.gw.stderr());
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        stderr(&out),
+        db.w.gw.stderr()
+    );
     let hwm = myworld::hwm_kib(pid);
     eprintln!(
         "100 x 1 MiB INSERTs ({size} bytes) in {took:?}: gatehouse RSS {rss0} KiB before, peak {peak} KiB sampled, VmHWM {hwm} KiB"
@@ -785,8 +820,15 @@ print(cur.fetchall())
     let logs = db.w.gw.stderr_all();
     assert!(!text.contains(APP_PASSWORD), "password in a recording");
     assert!(!logs.contains(APP_PASSWORD), "password in gatehouse's log");
-    assert!(!db.db.log().contains(APP_PASSWORD), "password in the server's log");
-    for needle in [format!("\"{code}\""), format!("={code}"), format!(": {code}")] {
+    assert!(
+        !db.db.log().contains(APP_PASSWORD),
+        "password in the server's log"
+    );
+    for needle in [
+        format!("\"{code}\""),
+        format!("={code}"),
+        format!(": {code}"),
+    ] {
         assert!(!logs.contains(&needle), "TOTP code in gatehouse's log");
         assert!(!text.contains(&needle), "TOTP code in a recording");
     }

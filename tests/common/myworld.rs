@@ -253,7 +253,10 @@ impl MyDb {
     pub fn login(&self) -> MyConn {
         let mut c = MyConn::connect(&self.addr()).expect("connect to the forward");
         if let Err(e) = c.login(LOGIN, Some(DATABASE), IGNORED_PASSWORD.as_bytes()) {
-            panic!("login through gatehouse failed: {e:?}\n{}", self.w.gw.stderr());
+            panic!(
+                "login through gatehouse failed: {e:?}\n{}",
+                self.w.gw.stderr()
+            );
         }
         c
     }
@@ -301,9 +304,8 @@ pub fn finished_my_recordings(w: &World, n: usize) -> Vec<String> {
         ids = started
             .into_iter()
             .filter(|id| {
-                ev.iter().any(|e| {
-                    e["event"] == "recording.finished" && e["recording_id"] == id.as_str()
-                })
+                ev.iter()
+                    .any(|e| e["event"] == "recording.finished" && e["recording_id"] == id.as_str())
             })
             .collect();
         ids.len() >= n
