@@ -97,7 +97,8 @@ pub enum TargetCommand {
     /// LOGIN, sealed (AES-256-GCM) in the state directory. Asks on the
     /// terminal without echo; the password is never printed or logged.
     Credential {
-        /// Target name (a `kind = "postgres"` target in the config).
+        /// Target name (a `kind = "postgres"` or `kind = "mysql"` target in
+        /// the config).
         target: String,
         /// Database login (role name on the server).
         login: String,

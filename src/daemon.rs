@@ -70,6 +70,7 @@ pub async fn run(
         keys: db::cancel::Keys::default(),
         shutdown: stop_rx.clone(),
         statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
+        greetings: Default::default(),
     });
     let mut databases = Dispatch::new();
     for t in &settings.targets {

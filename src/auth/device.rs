@@ -65,6 +65,34 @@ impl Authenticator {
         source: &Source,
         code: &str,
     ) -> Result<CodeOutcome, StateError> {
+        self.verify_device(source, |auth, user| {
+            auth.check_code(user, source.ip(), code)
+        })
+    }
+
+    /// [`Self::verify_device_code`] for a client that proves it knows the
+    /// code without sending it: MySQL's `mysql_native_password` and
+    /// `caching_sha2_password` scrambles. `matches(code)` says, in constant
+    /// time, whether the client's response was made from `code`; it is
+    /// asked about each code valid now. Same replay state, counting, locks
+    /// and lease as a code given in full.
+    ///
+    /// Blocking (call in `spawn_blocking`).
+    pub fn verify_device_proof(
+        &self,
+        source: &Source,
+        matches: &dyn Fn(&str) -> bool,
+    ) -> Result<CodeOutcome, StateError> {
+        self.verify_device(source, |auth, user| {
+            auth.check_proof(user, source.ip(), matches)
+        })
+    }
+
+    fn verify_device(
+        &self,
+        source: &Source,
+        check: impl FnOnce(&Self, &str) -> Result<super::CodeCheck, StateError>,
+    ) -> Result<CodeOutcome, StateError> {
         let Some(device) = source.device() else {
             return Ok(CodeOutcome::NotEnrolled);
         };
@@ -72,7 +100,7 @@ impl Authenticator {
         if !self.users.contains_key(user) {
             return Ok(CodeOutcome::NotEnrolled);
         }
-        match self.check_code(user, source.ip(), code)? {
+        match check(self, user)? {
             CodeCheck::Refused(outcome) => Ok(outcome),
             CodeCheck::Accepted => {
                 self.device_succeeded(user, source);

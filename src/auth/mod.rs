@@ -395,6 +395,24 @@ impl Authenticator {
     /// replay state, and counting a wrong or reused code against `user` (a
     /// configured user). An accepted step is on disk before this returns.
     fn check_code(&self, user: &str, ip: IpAddr, code: &str) -> Result<CodeCheck, StateError> {
+        let code = code.trim();
+        if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+            // Not a code at all: counted like a wrong one.
+            return self.check_proof(user, ip, &|_| false);
+        }
+        self.check_proof(user, ip, &|expected: &str| {
+            totp::constant_time_eq(expected.as_bytes(), code.as_bytes())
+        })
+    }
+
+    /// [`Self::check_code`] for a proof of the code rather than the code
+    /// (`matches` says whether the proof was made from a given valid code).
+    fn check_proof(
+        &self,
+        user: &str,
+        ip: IpAddr,
+        matches: &dyn Fn(&str) -> bool,
+    ) -> Result<CodeCheck, StateError> {
         if let Some(KeyRefusal::Locked { until, .. }) = self.locked(user, ip) {
             return Ok(CodeCheck::Refused(CodeOutcome::Locked { until }));
         }
@@ -408,7 +426,7 @@ impl Authenticator {
         let accepted = {
             let _replay = lock(replay);
             let last = self.state.last_totp_step(user)?;
-            match totp::verify(&secret, code, now, last) {
+            match totp::verify_with(&secret, matches, now, last) {
                 Some(step) => {
                     self.state.set_last_totp_step(user, step)?;
                     true
@@ -419,7 +437,7 @@ impl Authenticator {
         if accepted {
             return Ok(CodeCheck::Accepted);
         }
-        let reused = totp::verify(&secret, code, now, 0).is_some();
+        let reused = totp::verify_with(&secret, matches, now, 0).is_some();
         let (new_lock, generation) = self.lockouts.failure(Subject::User(user), now);
         if new_lock.is_some() && !self.lockouts.wait_written(generation, LOCK_WRITE_WAIT) {
             tracing::warn!("a new lockout is not on disk yet");

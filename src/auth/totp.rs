@@ -40,7 +40,7 @@ fn totp(secret: &[u8], user: &str) -> Option<Totp> {
 }
 
 /// Equality that takes the same time wherever the inputs differ.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
@@ -62,17 +62,31 @@ pub fn verify(secret: &[u8], code: &str, now: u64, last_step: u64) -> Option<u64
     if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
+    verify_with(
+        secret,
+        &|expected: &str| constant_time_eq(expected.as_bytes(), code.as_bytes()),
+        now,
+        last_step,
+    )
+}
+
+/// [`verify`] for a client that proves it knows the code without sending
+/// it (MySQL's scrambles): `matches` is asked about each code valid around
+/// `now` (it must compare in constant time) and says whether the client's
+/// proof was made from it.
+pub fn verify_with(
+    secret: &[u8],
+    matches: &dyn Fn(&str) -> bool,
+    now: u64,
+    last_step: u64,
+) -> Option<u64> {
     let t = totp(secret, "x")?;
     let current = now / STEP;
     let mut found = None;
     for step in [current.saturating_sub(1), current, current + 1] {
         let expected = t.generate(step * STEP).to_string();
-        // Constant-time comparison; keep looping so timing does not reveal
-        // which step matched.
-        if constant_time_eq(expected.as_bytes(), code.as_bytes())
-            && step > last_step
-            && found.is_none()
-        {
+        // Keep looping so timing does not reveal which step matched.
+        if matches(&expected) && step > last_step && found.is_none() {
             found = Some(step);
         }
     }

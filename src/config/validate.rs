@@ -550,7 +550,9 @@ impl Checker<'_, '_> {
                     self.error(
                         kind.span(),
                         key_path(base, "kind"),
-                        format!("unknown target kind `{other}`; accepted kinds: ssh, postgres, mysql"),
+                        format!(
+                            "unknown target kind `{other}`; accepted kinds: ssh, postgres, mysql"
+                        ),
                     );
                     None
                 }

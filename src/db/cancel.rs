@@ -14,6 +14,8 @@ pub struct Entry {
     /// The person whose session it is.
     pub user: String,
     pub target: String,
+    /// The database login the session uses (a MySQL `KILL` is sent as it).
+    pub login: String,
     /// The server's own key for the session.
     pub server_pid: i32,
     pub server_secret: i32,
@@ -66,6 +68,15 @@ impl Registered {
     pub fn key(&self) -> (i32, i32) {
         self.key
     }
+
+    /// Changes what the key stands for: a MySQL session registers before
+    /// its login (its greeting names the id) with an empty `user`, which no
+    /// one's cancel matches, and fills the entry in once it is logged in.
+    pub fn update(&self, f: impl FnOnce(&mut Entry)) {
+        if let Some(e) = self.keys.lock().get_mut(&self.key) {
+            f(e);
+        }
+    }
 }
 
 impl Keys {
@@ -84,6 +95,11 @@ impl Keys {
             let pid = (u32::from_be_bytes([p0, p1, p2, p3]) >> 1) as i32;
             let secret = i32::from_be_bytes([s0, s1, s2, s3]);
             let key = (pid.max(1), secret);
+            // The process id alone is unique too: it is the connection id
+            // a MySQL client names in `KILL`.
+            if map.keys().any(|k| k.0 == key.0) {
+                continue;
+            }
             if let std::collections::hash_map::Entry::Vacant(v) = map.entry(key) {
                 v.insert(entry);
                 return Registered {
@@ -98,6 +114,24 @@ impl Keys {
     pub fn check(&self, user: &str, target: &str, key: (i32, i32)) -> Result<Entry, Ignored> {
         let map = self.lock();
         let e = map.get(&key).ok_or(Ignored::UnknownKey)?;
+        if e.user != user || e.target != target {
+            return Err(Ignored::NotYours);
+        }
+        Ok(e.clone())
+    }
+
+    /// The session whose key has process id `id` (a MySQL connection id),
+    /// if `user` may cancel it on `target`.
+    pub fn check_id(&self, user: &str, target: &str, id: i32) -> Result<Entry, Ignored> {
+        let map = self.lock();
+        let e = map
+            .iter()
+            .find(|(k, _)| k.0 == id)
+            .map(|(_, e)| e)
+            .ok_or(Ignored::UnknownKey)?;
+        if e.user.is_empty() {
+            return Err(Ignored::UnknownKey);
+        }
         if e.user != user || e.target != target {
             return Err(Ignored::NotYours);
         }
@@ -124,6 +158,7 @@ mod tests {
         Entry {
             user: user.into(),
             target: "db-1".into(),
+            login: "app".into(),
             server_pid: 4242,
             server_secret: 99,
             session_id: "s".into(),

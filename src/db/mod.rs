@@ -41,6 +41,11 @@ pub struct DbGateway {
     /// Gateway-wide budget (KiB) for large statements read whole to be
     /// recorded: see [`postgres::relay`].
     pub statement_budget: Arc<tokio::sync::Semaphore>,
+    /// The last greeting of each MySQL target's server (by target name),
+    /// refreshed by every login: a MySQL client is greeted with it before
+    /// any login (see [`mysql`]).
+    pub greetings:
+        std::sync::Mutex<std::collections::HashMap<String, mysql::upstream::ServerHello>>,
 }
 
 impl std::fmt::Debug for DbGateway {

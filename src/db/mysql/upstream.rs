@@ -192,11 +192,24 @@ pub async fn kill_query(
     password: &[u8],
     thread_id: u32,
 ) -> Result<(), UpstreamError> {
+    kill(ep, login, password, thread_id, false).await
+}
+
+/// [`kill_query`], or with `connection` `KILL CONNECTION thread_id`: the
+/// thread's connection is closed.
+pub async fn kill(
+    ep: &Endpoint,
+    login: &str,
+    password: &[u8],
+    thread_id: u32,
+    connection: bool,
+) -> Result<(), UpstreamError> {
+    let what = if connection { "CONNECTION" } else { "QUERY" };
     let work = async {
         let mut up = self::login(ep, login, None, password, 0, None).await?;
         let mut seq = 0u8;
         let mut command = vec![COM_QUERY];
-        command.extend_from_slice(format!("KILL QUERY {thread_id}").as_bytes());
+        command.extend_from_slice(format!("KILL {what} {thread_id}").as_bytes());
         write_packet(&mut up.stream, &mut seq, &command)
             .await
             .map_err(write_error)?;
@@ -204,9 +217,9 @@ pub async fn kill_query(
         let result = match reply.first() {
             Some(0x00) => Ok(()),
             Some(0xFF) => Err(server_error(&reply)),
-            _ => Err(UpstreamError::Protocol(
-                "unexpected answer to KILL QUERY".into(),
-            )),
+            _ => Err(UpstreamError::Protocol(format!(
+                "unexpected answer to KILL {what}"
+            ))),
         };
         let mut seq = 0u8;
         let _ = write_packet(&mut up.stream, &mut seq, &[COM_QUIT]).await;

@@ -565,6 +565,7 @@ async fn session(
     let key = gw.keys.register(cancel::Entry {
         user: user.name().to_string(),
         target: target.name.clone(),
+        login: login_name.clone(),
         server_pid: up.backend_pid,
         server_secret: up.backend_secret,
         session_id: session_id.clone(),

@@ -80,7 +80,7 @@ pub const SMALL: usize = 64 << 10;
 /// recorded: the message, the recorded copy, its encoding).
 pub const BUDGET_KIB: usize = 32 << 10;
 /// How long a large message waits for its share before the session ends.
-const BUDGET_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const BUDGET_WAIT: Duration = Duration::from_secs(2);
 
 /// How a session went.
 #[derive(Debug, Default, Clone)]
