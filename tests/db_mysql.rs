@@ -245,7 +245,7 @@ print(json.dumps(cur.fetchall()))
     let r = c.change_user("root").unwrap();
     assert_eq!(r[0], 0xff, "not an ERR: {r:?}");
     assert_eq!(u16::from_le_bytes([r[1], r[2]]), 1227);
-    let a = c.query("SELECT CURRENT_USER()").unwrap();
+    let a = c.query("SELECT CURRENT_USER(), 'raw_after'").unwrap();
     match a.results.first() {
         Some(Outcome::Rows(rows)) => assert_eq!(rows[0][0].as_deref(), Some("app@%")),
         other => panic!("{other:?} {:?}", a.error),
@@ -264,8 +264,22 @@ print(json.dumps(cur.fetchall()))
         "{refused}"
     );
     drop(c);
-    let (_, evs) = recording_with(&db, 2, "after_change_user");
-    assert!(!of_type(&evs, "refused").is_empty(), "{evs:?}");
+    // Each session's recording has its refusal.
+    let mut missing = Vec::new();
+    for marker in ["after_change_user", "raw_after"] {
+        let (_, evs) = recording_with(&db, 2, marker);
+        let refused = of_type(&evs, "refused");
+        if !refused.iter().any(|e| {
+            e["command"]
+                .as_str()
+                .unwrap_or_default()
+                .to_uppercase()
+                .contains("CHANGE_USER")
+        }) {
+            missing.push(format!("{marker}: {evs:?}"));
+        }
+    }
+    assert!(missing.is_empty(), "no refused event in {missing:#?}");
 }
 
 #[test]
@@ -306,8 +320,17 @@ fn load_data_local_infile_is_refused_and_nothing_is_loaded() {
     let a = c.query("SELECT 'still_here'").unwrap();
     assert!(a.error.is_none(), "{a:?}");
     assert_eq!(db.db.sql("SELECT COUNT(*) FROM app.t"), "0");
+    drop(c);
     // The file's content went nowhere.
     assert!(!db.w.gw.stderr_all().contains("local_secret"));
+    // The refusal is in the session's recording.
+    let (_, evs) = recording_with(&db, 2, "still_here");
+    assert!(
+        of_type(&evs, "refused")
+            .iter()
+            .any(|e| e["command"] == "LOAD DATA LOCAL INFILE"),
+        "no refused event: {evs:?}"
+    );
 }
 
 #[test]
@@ -625,7 +648,14 @@ fn ctrl_c_in_the_mariadb_client_kills_the_running_query() {
         db.w.gw.stderr()
     );
     assert!(took < Duration::from_secs(15), "took {took:?}");
-    eprintln!("after Ctrl-C: {}{}", stdout(&out), stderr(&out));
+    // The server interrupted it (a client that merely gave up would not
+    // get this error).
+    assert!(stderr(&out).contains("ERROR 1317"), "{}", stderr(&out));
+    eprintln!(
+        "after Ctrl-C ({status:?}, {took:?}): {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     // The server no longer runs it.
     let running = db.db.sql(
         "SELECT COUNT(*) FROM information_schema.PROCESSLIST WHERE INFO LIKE 'SELECT SLEEP(60)%'",
@@ -699,6 +729,23 @@ fn a_kill_from_another_person_is_refused_with_1094_and_changes_nothing() {
             )
             .expect("bob's KILL audited");
     eprintln!("{ev}");
+    drop(bob);
+    drop(alice);
+    // bob's recording has his refused KILLs; alice's no cancel.
+    let bobs: Vec<Vec<Value>> = finished_my_recordings(&db.w, 2)
+        .iter()
+        .map(|id| events(&db.w, id))
+        .filter(|(h, _)| h["user"] == "bob")
+        .map(|(_, evs)| evs)
+        .collect();
+    assert_eq!(bobs.len(), 1, "bob's recording");
+    let evs = &bobs[0];
+    assert!(
+        of_type(evs, "refused").len() >= 4,
+        "bob's refused KILLs not recorded: {evs:?}"
+    );
+    let (_, evs) = recording_with(&db, 2, "'slept'");
+    assert!(of_type(&evs, "cancel").is_empty(), "{evs:?}");
 }
 
 #[test]
