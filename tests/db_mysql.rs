@@ -1001,3 +1001,132 @@ fn in_the_tunnel_a_code_through_the_native_scramble_admits_and_then_the_lease_do
     assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
     assert!(!w.gw.stderr_all().contains(APP_PASSWORD));
 }
+
+#[test]
+fn binlog_and_replication_commands_are_refused_by_gatehouse_and_the_session_goes_on() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let mut c = db.login();
+    // COM_BINLOG_DUMP (pos 4, server id 77, file), COM_REGISTER_SLAVE
+    // (server id 77, empty host/user/password, port 0, rank, master id),
+    // COM_BINLOG_DUMP_GTID.
+    let mut dump = 4u32.to_le_bytes().to_vec();
+    dump.extend_from_slice(&0u16.to_le_bytes());
+    dump.extend_from_slice(&77u32.to_le_bytes());
+    dump.extend_from_slice(b"mysql-bin.000001");
+    let mut register = 77u32.to_le_bytes().to_vec();
+    register.extend_from_slice(&[0, 0, 0]);
+    register.extend_from_slice(&0u16.to_le_bytes());
+    register.extend_from_slice(&[0u8; 8]);
+    let mut gtid = 0u16.to_le_bytes().to_vec();
+    gtid.extend_from_slice(&77u32.to_le_bytes());
+    gtid.extend_from_slice(&0u32.to_le_bytes());
+    gtid.extend_from_slice(&4u64.to_le_bytes());
+    gtid.extend_from_slice(&0u32.to_le_bytes());
+    for (cmd, body) in [(0x12u8, dump), (0x15, register), (0x1e, gtid)] {
+        let r = c.simple(cmd, &body).unwrap();
+        assert_eq!(r[0], 0xff, "command {cmd:#x} not refused: {r:?}");
+        assert_eq!(u16::from_le_bytes([r[1], r[2]]), 1227, "{cmd:#x}");
+        assert!(
+            String::from_utf8_lossy(&r).contains("gatehouse"),
+            "{cmd:#x}: the server's own refusal, not gatehouse's: {}",
+            String::from_utf8_lossy(&r)
+        );
+        let a = c.query("SELECT 'after_binlog'").unwrap();
+        assert!(a.error.is_none(), "{cmd:#x}: {a:?}");
+    }
+    assert!(
+        common::wait_until(Duration::from_secs(10), || db
+            .w
+            .gw
+            .events("db.command.refused")
+            .len()
+            >= 3),
+        "{:?}",
+        db.w.gw.events("db.command.refused")
+    );
+}
+
+#[test]
+fn ping_init_db_reset_connection_and_statement_reset_are_relayed() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    db.db.create_database("app2", LOGIN);
+    let mut c = db.login();
+    assert_eq!(c.simple(0x0e, &[]).unwrap()[0], 0x00, "COM_PING");
+    // COM_INIT_DB switches the server's database.
+    assert_eq!(c.simple(0x02, b"app2").unwrap()[0], 0x00, "COM_INIT_DB");
+    let a = c.query("SELECT DATABASE()").unwrap();
+    match a.results.first() {
+        Some(Outcome::Rows(r)) => assert_eq!(r[0][0].as_deref(), Some("app2")),
+        other => panic!("{other:?} {:?}", a.error),
+    }
+    // COM_STMT_RESET of a prepared statement.
+    let (id, _) = c.prepare("SELECT ? + 1").unwrap().expect("prepared");
+    assert_eq!(
+        c.simple(0x1a, &id.to_le_bytes()).unwrap()[0],
+        0x00,
+        "COM_STMT_RESET"
+    );
+    // COM_RESET_CONNECTION reaches the server: session state is gone.
+    assert!(c.query("SET @v = 5").unwrap().error.is_none());
+    assert_eq!(
+        c.simple(0x1f, &[]).unwrap()[0],
+        0x00,
+        "COM_RESET_CONNECTION"
+    );
+    let a = c.query("SELECT IFNULL(@v, 'reset_marker')").unwrap();
+    match a.results.first() {
+        Some(Outcome::Rows(r)) => assert_eq!(r[0][0].as_deref(), Some("reset_marker")),
+        other => panic!("{other:?} {:?}", a.error),
+    }
+    drop(c);
+    let (_, evs) = recording_with(&db, 1, "reset_marker");
+    assert!(
+        of_type(&evs, "statement")
+            .iter()
+            .any(|e| bytes_of(&e["text"]).as_deref() == Some(b"USE `app2`".as_slice())),
+        "COM_INIT_DB not recorded as USE: {evs:?}"
+    );
+}
+
+#[test]
+fn the_server_never_gets_to_ask_the_client_for_a_local_file() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("rows.tsv");
+    std::fs::write(&file, "9\tlocal_secret_c\n").unwrap();
+    let f = file.display();
+    // Spellings a naive statement check would miss: whatever gatehouse
+    // makes of them, the server must not ask for the file (it could only
+    // if CLIENT_LOCAL_FILES reached it) and nothing is loaded.
+    let variants = [
+        format!("load data local infile '{f}' into table t (id, body)"),
+        format!("/* x */ LOAD DATA LOCAL INFILE '{f}' INTO TABLE t (id, body)"),
+        format!("LOAD DATA\n  LOW_PRIORITY LOCAL\tINFILE '{f}' INTO TABLE t (id, body)"),
+        format!("LOAD XML LOCAL INFILE '{f}' INTO TABLE t"),
+        format!("SELECT 1; LOAD DATA LOCAL INFILE '{f}' INTO TABLE t (id, body)"),
+    ];
+    let mut c = db.login();
+    for sql in &variants {
+        let a = c.query(sql).unwrap();
+        assert_eq!(
+            a.local_infile_request, None,
+            "the server asked for a client file on {sql:?}"
+        );
+        assert!(a.error.is_some(), "{sql:?} succeeded: {a:?}");
+        let a = c.query("SELECT 'in_step'").unwrap();
+        match a.results.first() {
+            Some(Outcome::Rows(r)) => assert_eq!(r[0][0].as_deref(), Some("in_step")),
+            other => panic!("after {sql:?}: {other:?} {:?}", a.error),
+        }
+    }
+    assert_eq!(db.db.sql("SELECT COUNT(*) FROM app.t"), "0");
+}

@@ -475,6 +475,9 @@ pub struct Answer {
     pub results: Vec<Outcome>,
     /// The ERR that ended the answer, if any.
     pub error: Option<MyErr>,
+    /// The file name of a LOCAL INFILE request (0xFB) the client got: the
+    /// server asking for one of the client's files. Answered with no data.
+    pub local_infile_request: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -569,9 +572,12 @@ impl MyConn {
 
     /// The handshake response: `user`, `db`, and `auth` as the
     /// mysql_native_password response (any bytes through SSH). Answers an
-    /// auth switch with the same bytes. Err(the ERR) when refused.
+    /// auth switch with the same bytes. Err(the ERR) when refused. Offers
+    /// CLIENT_LOCAL_FILES, as the stock client does (gatehouse must not
+    /// pass it on).
     pub fn login(&mut self, user: &str, db: Option<&str>, auth: &[u8]) -> Result<(), MyErr> {
         let mut flags = caps::LONG_PASSWORD
+            | caps::LOCAL_FILES
             | caps::PROTOCOL_41
             | caps::SECURE_CONNECTION
             | caps::PLUGIN_AUTH
@@ -652,6 +658,7 @@ impl MyConn {
                 }
                 Some(0xfb) => {
                     // LOCAL INFILE request: answer with no data.
+                    a.local_infile_request = Some(String::from_utf8_lossy(&p[1..]).into_owned());
                     self.write(&[])?;
                 }
                 _ => {
@@ -777,6 +784,14 @@ impl MyConn {
         let mut p = vec![0x19];
         p.extend_from_slice(&id.to_le_bytes());
         self.command(&p)
+    }
+
+    /// A command `cmd` with `body`, and the one packet answering it.
+    pub fn simple(&mut self, cmd: u8, body: &[u8]) -> std::io::Result<Vec<u8>> {
+        let mut p = vec![cmd];
+        p.extend_from_slice(body);
+        self.command(&p)?;
+        self.read()
     }
 
     /// COM_CHANGE_USER to `user` (empty auth, database `app`): the answer.
