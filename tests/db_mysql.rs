@@ -1130,3 +1130,81 @@ fn the_server_never_gets_to_ask_the_client_for_a_local_file() {
     }
     assert_eq!(db.db.sql("SELECT COUNT(*) FROM app.t"), "0");
 }
+
+#[test]
+fn max_session_ends_a_running_query_with_an_error() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b.role_line("dba", "max_session = \"3s\""));
+    let t0 = Instant::now();
+    let out = db.mariadb(LOGIN, "SELECT SLEEP(30)");
+    let took = t0.elapsed();
+    assert!(!out.status.success(), "{}", stdout(&out));
+    assert!(
+        stderr(&out).contains("maximum session length"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(took < Duration::from_secs(15), "took {took:?}");
+    let end =
+        db.w.gw
+            .wait_for_event_named("db.session.end", Duration::from_secs(10))
+            .unwrap();
+    assert_eq!(end["reason"], "max_session reached");
+}
+
+#[test]
+fn idle_timeout_ends_an_idle_session_with_an_error() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b.role_line("dba", "idle_timeout = \"2s\""));
+    let mut c = db.login();
+    let t0 = Instant::now();
+    let p = c.read().expect("an ERR before the connection closes");
+    assert_eq!(p[0], 0xff, "{p:?}");
+    let e = String::from_utf8_lossy(&p[3..]).into_owned();
+    assert!(e.contains("idle"), "{e}");
+    let took = t0.elapsed();
+    assert!(
+        took > Duration::from_millis(1500) && took < Duration::from_secs(6),
+        "{took:?}"
+    );
+    let end =
+        db.w.gw
+            .wait_for_event_named("db.session.end", Duration::from_secs(10))
+            .unwrap();
+    assert_eq!(end["reason"], "idle_timeout reached");
+}
+
+#[test]
+fn the_ssh_forward_reaches_db_my_by_3306_its_own_port_or_its_tunnel_port_only() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    for port in [db.db.port, myworld::TUNNEL_PORT] {
+        let lport = common::free_port();
+        let _fwd = myworld::forward(&db.w.client, lport, myworld::TARGET, port);
+        let mut c = myworld::mariadb_cmd(lport, LOGIN);
+        c.args(["app", "-e", "SELECT 'via_port'"]);
+        let out = run_with_timeout(&mut c, Duration::from_secs(60)).unwrap();
+        assert!(out.status.success(), "port {port}: {}", stderr(&out));
+        assert_eq!(stdout(&out).trim(), "via_port");
+    }
+    // Any other port of the database target is refused by gatehouse.
+    let lport = common::free_port();
+    let _fwd = myworld::forward(&db.w.client, lport, myworld::TARGET, 22);
+    let greeting = std::net::TcpStream::connect(("127.0.0.1", lport)).and_then(|mut s| {
+        use std::io::Read;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        let mut buf = Vec::new();
+        let _ = s.read_to_end(&mut buf);
+        Ok(buf)
+    });
+    assert!(
+        greeting.map(|b| b.is_empty()).unwrap_or(true),
+        "db-my:22 reached something"
+    );
+}
