@@ -371,11 +371,7 @@ pub(super) fn event_lines(started_ms: u64, dialect: Dialect, ev: &Event) -> Vec<
             }
             DbEvent::Refused { command, reason } => {
                 vec![
-                    format!(
-                        "{}  refused by gatehouse: {}",
-                        at(*t),
-                        sql_safe(command)
-                    ),
+                    format!("{}  refused by gatehouse: {}", at(*t), sql_safe(command)),
                     format!("  reason: {}", sql_safe(reason)),
                 ]
             }
