@@ -393,4 +393,47 @@ mod tests {
         accepted(f.auth.verify_device_code(&dev, &code(0)).unwrap());
         assert!(f.auth.device_lease(&dev).is_none());
     }
+
+    /// A client's proof of a code, as MySQL's native scramble makes it.
+    fn proof(code: &str, nonce: &[u8]) -> Vec<u8> {
+        crate::db::mysql::upstream::auth::native_scramble(code.as_bytes(), nonce).to_vec()
+    }
+
+    #[test]
+    fn a_scrambled_code_is_accepted_once_and_a_wrong_or_reused_one_counts_against_the_user() {
+        let f = fixture(3, "1h");
+        let dev = device("alice", 4, 40000);
+        let nonce = [0x2Au8; 20];
+        let check = |answer: Vec<u8>| {
+            f.auth
+                .verify_device_proof(&dev, &|c: &str| proof(c, &nonce) == answer)
+                .unwrap()
+        };
+        let wrong = check(proof(&wrong_code(), &nonce));
+        assert!(matches!(wrong, CodeOutcome::Wrong { .. }), "{wrong:?}");
+        let right = proof(&code(0), &nonce);
+        let u = accepted(check(right.clone()));
+        assert_eq!(u.admitted_by(), AdmittedBy::Code);
+        assert!(
+            f.auth.device_lease(&device("alice", 4, 40001)).is_some(),
+            "a lease after the code"
+        );
+        // The same step again (another connection replaying the scramble).
+        let again = check(right);
+        assert!(matches!(again, CodeOutcome::Reused { .. }), "{again:?}");
+        // Bytes that are no scramble of any code at all count too (the
+        // success cleared the count: reused, junk, junk is three).
+        let junk = check(vec![0; 20]);
+        assert!(
+            matches!(junk, CodeOutcome::Wrong { lock: None }),
+            "{junk:?}"
+        );
+        let junk = check(vec![1; 20]);
+        assert!(
+            matches!(junk, CodeOutcome::Wrong { lock: Some(_) }),
+            "third failure locks: {junk:?}"
+        );
+        let locked = check(proof(&code(1), &nonce));
+        assert!(matches!(locked, CodeOutcome::Locked { .. }), "{locked:?}");
+    }
 }
