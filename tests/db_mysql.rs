@@ -544,7 +544,8 @@ fn parameter_types_sent_only_with_the_first_execute_are_remembered_and_long_data
     assert_eq!(p(executes[2], 0).unwrap(), b"7");
     let long: Vec<&&Value> = binds
         .iter()
-        .filter(|b| b["portal"] == "long data 2")
+        // Numbered from 1, as the statement's ?N.
+        .filter(|b| b["portal"] == "long data 3")
         .collect();
     assert_eq!(long.len(), 2, "{binds:?}");
     assert_eq!(p(long[0], 0).unwrap(), b"long-part-1;");
