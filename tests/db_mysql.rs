@@ -321,8 +321,10 @@ fn load_data_local_infile_is_refused_and_nothing_is_loaded() {
     assert!(a.error.is_none(), "{a:?}");
     assert_eq!(db.db.sql("SELECT COUNT(*) FROM app.t"), "0");
     drop(c);
-    // The file's content went nowhere.
+    // The file's content went nowhere, and the statement (SQL text) is not
+    // in the audit log or the daemon's logs.
     assert!(!db.w.gw.stderr_all().contains("local_secret"));
+    assert!(!db.w.gw.stderr_all().contains("rows.tsv"));
     // The refusal is in the session's recording.
     let (_, evs) = recording_with(&db, 2, "still_here");
     assert!(
