@@ -1216,3 +1216,48 @@ fn the_ssh_forward_reaches_db_my_by_3306_its_own_port_or_its_tunnel_port_only() 
         "db-my:22 reached something"
     );
 }
+
+#[test]
+fn a_large_result_the_client_does_not_read_keeps_gateway_memory_bounded() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    let rss0 = db.w.gw.rss_kib();
+    let mut c = db.login();
+    // ~200 MB of rows (the server's sequence engine), not read for a while:
+    // the relay must stop reading the server, not buffer it.
+    let mut q = vec![0x03];
+    q.extend_from_slice(b"SELECT seq, REPEAT('y', 1000000) FROM seq_1_to_200");
+    c.command(&q).unwrap();
+    let mut peak = 0;
+    let t0 = Instant::now();
+    while t0.elapsed() < Duration::from_secs(4) {
+        peak = peak.max(db.w.gw.rss_kib());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "unread 200 MB result: gatehouse RSS {rss0} KiB before, {peak} KiB peak while stalled"
+    );
+    assert!(
+        peak < rss0 + 64 * 1024,
+        "RSS grew by {} KiB while the client did not read",
+        peak - rss0
+    );
+    // Then every row arrives whole, and the session is still in step.
+    let a = c.answer(false).unwrap();
+    assert!(a.error.is_none(), "{:?}", a.error);
+    match a.results.first() {
+        Some(Outcome::Rows(rows)) => {
+            assert_eq!(rows.len(), 200);
+            assert!(rows
+                .iter()
+                .all(|r| r[1].as_deref().map(str::len) == Some(1_000_000)));
+        }
+        other => panic!("{other:?}"),
+    }
+    let a = c.query("SELECT 'after_big'").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    let peak = peak.max(db.w.gw.rss_kib());
+    assert!(peak < rss0 + 64 * 1024, "RSS grew by {} KiB", peak - rss0);
+}
