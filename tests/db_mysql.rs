@@ -140,6 +140,14 @@ fn the_client_sees_the_servers_version_with_a_connection_id_of_gatehouses_own() 
     assert_eq!(via.protocol, 10);
     assert_eq!(via.version, direct.version, "the version string differs");
     assert!(via.version.contains("MariaDB"), "{}", via.version);
+    // A scramble plugin: the client never sends a password in the clear.
+    assert!(
+        ["mysql_native_password", "caching_sha2_password"].contains(&via.plugin.as_str()),
+        "{}",
+        via.plugin
+    );
+    assert_eq!(via.scramble.len(), 20, "{:?}", via.scramble);
+    assert_ne!(via.scramble, direct.scramble);
     // The id in the greeting is gatehouse's, not the server thread's.
     let mut c = db.login();
     assert_ne!(c.greeting.connection_id, 0);
@@ -376,7 +384,7 @@ print(json.dumps([[r[0], r[1]] for r in cur.fetchall()]))
             hex(s1)
         )
     );
-    let (_, evs) = recording_with(&db, 1, "INSERT INTO p");
+    let (id, evs) = recording_with(&db, 1, "INSERT INTO p");
     let prepared = evs
         .iter()
         .find(|e| {
@@ -438,6 +446,18 @@ print(json.dumps([[r[0], r[1]] for r in cur.fetchall()]))
         binds[1]["types"],
         serde_json::json!(["TINY", "STRING", "unsigned TINY", "DOUBLE", "DATE"])
     );
+    // `recordings show` renders each execute with its typed values.
+    let text = show(&db.w, &id);
+    for want in [
+        format!("execute statement {stmt_id}"),
+        "?1 = 42".to_string(),
+        "unsigned TINY".to_string(),
+        "?3 = NULL".to_string(),
+        "?1 = -7".to_string(),
+        "?4 = -0.125".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want:?} not in\n{text}");
+    }
     // Each execute's result follows its bind.
     for b in &binds {
         let at = evs.iter().position(|e| std::ptr::eq(e, *b)).unwrap();
