@@ -1281,3 +1281,53 @@ fn a_large_result_the_client_does_not_read_keeps_gateway_memory_bounded() {
     let peak = peak.max(db.w.gw.rss_kib());
     assert!(peak < rss0 + 64 * 1024, "RSS grew by {} KiB", peak - rss0);
 }
+
+#[test]
+fn in_the_tunnel_without_a_lease_every_connection_needs_a_fresh_code() {
+    let Some(lab) = common::netns::enter(
+        "in_the_tunnel_without_a_lease_every_connection_needs_a_fresh_code",
+        1,
+    ) else {
+        return;
+    };
+    if !myworld::tools() {
+        return;
+    }
+    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
+    server.create_user(LOGIN, APP_PASSWORD);
+    server.create_database("app", LOGIN);
+    let w = common::netns::WgWorld::start(lab, 1, |b| {
+        b.role("dba", &[myworld::TARGET], &[LOGIN])
+            .user_roles("alice", &["web", "dba"])
+            .raw(&myworld::my_target(
+                myworld::TARGET,
+                &server.address(),
+                myworld::TUNNEL_PORT,
+                &common::pgworld::tls_ca(&server.ca_pem),
+            ))
+            .auth_line("mfa_lease = \"0s\"")
+    });
+    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let _device = w.connect(0);
+    // No password at all: refused.
+    let out = mariadb_in_tunnel(&w, 0, None, "SELECT 1");
+    assert!(!out.status.success(), "admitted without a code");
+    assert!(stderr(&out).contains("1045"), "{}", stderr(&out));
+    // The current code admits once.
+    let code = common::totp(&w.secret);
+    let out = mariadb_in_tunnel(&w, 0, Some(&code), "SELECT 'by_code'");
+    assert!(out.status.success(), "{}\n{}", stderr(&out), w.gw.stderr());
+    assert_eq!(stdout(&out).trim(), "by_code");
+    // The same code again: refused (no lease, and a code is good once).
+    let out = mariadb_in_tunnel(&w, 0, Some(&code), "SELECT 'reused'");
+    assert!(!out.status.success(), "a used code was accepted again");
+    assert!(stderr(&out).contains("1045"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("already used"), "{}", stderr(&out));
+    // Nor does the password of the database login get anyone in.
+    let out = mariadb_in_tunnel(&w, 0, Some(APP_PASSWORD), "SELECT 1");
+    assert!(!out.status.success(), "the database password was accepted");
+    let starts = w.gw.events("db.session.start");
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["admitted_by"], "code");
+    assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
+}
