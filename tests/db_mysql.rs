@@ -1313,8 +1313,18 @@ fn in_the_tunnel_without_a_lease_every_connection_needs_a_fresh_code() {
     let out = mariadb_in_tunnel(&w, 0, None, "SELECT 1");
     assert!(!out.status.success(), "admitted without a code");
     assert!(stderr(&out).contains("1045"), "{}", stderr(&out));
-    // The current code admits once.
+    // The current code sent in the clear (a handshake response naming
+    // mysql_clear_password) must not admit: only a scramble proves it.
     let code = common::totp(&w.secret);
+    let reply = clear_password_handshake(&w, 0, &code);
+    // Answered with a switch to a scramble plugin (or a refusal), never OK.
+    assert!(
+        reply.starts_with("fe mysql_native_password")
+            || reply.starts_with("fe caching_sha2_password")
+            || reply.starts_with("ff"),
+        "a cleartext code was not sent to a scramble: {reply}"
+    );
+    // The current code admits once.
     let out = mariadb_in_tunnel(&w, 0, Some(&code), "SELECT 'by_code'");
     assert!(out.status.success(), "{}\n{}", stderr(&out), w.gw.stderr());
     assert_eq!(stdout(&out).trim(), "by_code");
@@ -1330,4 +1340,51 @@ fn in_the_tunnel_without_a_lease_every_connection_needs_a_fresh_code() {
     assert_eq!(starts.len(), 1, "{starts:?}");
     assert_eq!(starts[0]["admitted_by"], "code");
     assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
+}
+
+/// A raw handshake response from client namespace `client` to the tunnel
+/// port that names `mysql_clear_password` and carries `code` in the clear;
+/// returns the first answer as "HEX-of-first-byte rest" ("00" = OK).
+fn clear_password_handshake(w: &common::netns::WgWorld, client: usize, code: &str) -> String {
+    const SCRIPT: &str = r#"
+import socket, struct, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=20)
+def read():
+    h = b""
+    while len(h) < 4:
+        c = s.recv(4 - len(h))
+        if not c:
+            return None
+        h += c
+    n = h[0] | h[1] << 8 | h[2] << 16
+    p = b""
+    while len(p) < n:
+        c = s.recv(n - len(p))
+        if not c:
+            return None
+        p += c
+    return p
+read()
+# LONG_PASSWORD | CONNECT_WITH_DB | PROTOCOL_41 | SECURE_CONNECTION | PLUGIN_AUTH
+caps = 0x1 | 0x8 | 0x200 | 0x8000 | 0x80000
+code = sys.argv[3].encode() + b"\0"
+body = struct.pack("<IIB23x", caps, 1 << 24, 45) + b"app\0" + bytes([len(code)]) + code \
+    + b"app\0" + b"mysql_clear_password\0"
+s.sendall(struct.pack("<I", len(body))[:3] + bytes([1]) + body)
+r = read()
+print("closed" if r is None else r[:1].hex() + " " + r[1:].decode("latin1", "replace"))
+"#;
+    let mut c = std::process::Command::new("python3");
+    c.args([
+        "-c",
+        SCRIPT,
+        common::netns::TUNNEL_GATEWAY,
+        &myworld::TUNNEL_PORT.to_string(),
+        code,
+    ]);
+    let mut c = common::netns::in_ns(w.lab.client(client), &c);
+    c.stdin(Stdio::null());
+    let out = run_with_timeout(&mut c, Duration::from_secs(60)).expect("python finished");
+    assert!(out.status.success(), "{}", stderr(&out));
+    stdout(&out).trim().to_string()
 }
