@@ -1388,3 +1388,80 @@ print("closed" if r is None else r[:1].hex() + " " + r[1:].decode("latin1", "rep
     assert!(out.status.success(), "{}", stderr(&out));
     stdout(&out).trim().to_string()
 }
+
+#[test]
+fn a_statement_too_large_to_record_never_runs() {
+    if !myworld::tools() {
+        return;
+    }
+    // The server would take it (64 MiB packets): only gatehouse stops it.
+    let opts = common::mariadb::MariaOptions {
+        args: vec!["--max-allowed-packet=64M".into()],
+        ..Default::default()
+    };
+    let db = myworld::start_with(APP_PASSWORD, opts, |b, _| b);
+    let mut c = db.login();
+    // Just under the limit: runs and is recorded.
+    let body = "a".repeat(15 << 20);
+    let a = c
+        .query(&format!("INSERT INTO t (id, body) VALUES (1, '{body}')"))
+        .unwrap();
+    assert!(a.error.is_none(), "{:?}", a.error);
+    // Over it (two packets on the wire): refused, never at the server.
+    let body = "b".repeat(17 << 20);
+    let r = c.query(&format!("INSERT INTO t (id, body) VALUES (2, '{body}')"));
+    match r {
+        Ok(a) => {
+            let e = a.error.expect("an ERR");
+            assert_eq!(e.code, 1153, "{e:?}");
+            assert!(e.message.contains("cannot be recorded"), "{e:?}");
+        }
+        // Closed before the client could read the ERR: also refused.
+        Err(e) => eprintln!("connection closed: {e}"),
+    }
+    drop(c);
+    assert_eq!(db.db.sql("SELECT GROUP_CONCAT(id) FROM app.t"), "1");
+    let end =
+        db.w.gw
+            .wait_for_event_named("db.session.end", Duration::from_secs(10))
+            .unwrap();
+    assert_eq!(end["reason"], "command too large to record", "{end}");
+    let id = finished_my_recording(&db.w);
+    let (_, evs) = events(&db.w, &id);
+    let inserts = of_type(&evs, "statement")
+        .iter()
+        .filter(|e| bytes_of(&e["text"]).is_some_and(|t| t.starts_with(b"INSERT INTO t")))
+        .count();
+    assert_eq!(inserts, 1, "only the statement that ran is recorded");
+}
+
+#[test]
+fn hostile_handshakes_close_that_connection_only() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    // Garbage, a handshake claiming 16 MiB, a command before any login,
+    // a handshake response cut short: each closes only its own connection.
+    let mut big = vec![0xff, 0xff, 0xff, 1];
+    big.extend_from_slice(&[0u8; 1000]);
+    let attempts: Vec<Vec<u8>> = vec![
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        big,
+        [&[17u8, 0, 0, 0, 0x03][..], b"SELECT 'early'"].concat(),
+        vec![40, 0, 0, 1, 0x0d, 0xa2, 0x08, 0x00],
+    ];
+    for a in attempts {
+        let mut s = std::net::TcpStream::connect(db.addr()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+        let _ = s.write_all(&a);
+        let _ = s.shutdown(std::net::Shutdown::Write);
+        let mut buf = Vec::new();
+        use std::io::Read;
+        let _ = s.read_to_end(&mut buf);
+        assert!(buf.len() < 4096, "{} bytes back", buf.len());
+    }
+    assert_eq!(db.sql("SELECT 'alive'").trim(), "alive");
+    assert_eq!(db.w.gw.events("db.session.start").len(), 1);
+    assert!(!db.w.gw.stderr_all().contains("early"));
+}

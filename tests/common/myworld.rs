@@ -100,7 +100,16 @@ pub fn start(
     password: &str,
     tweak: impl FnOnce(super::GatehouseBuilder, &MariaDb) -> super::GatehouseBuilder,
 ) -> MyDb {
-    let db = MariaDb::start(MariaOptions::default());
+    start_with(password, MariaOptions::default(), tweak)
+}
+
+/// [`start`] with the server started with `opts`.
+pub fn start_with(
+    password: &str,
+    opts: MariaOptions,
+    tweak: impl FnOnce(super::GatehouseBuilder, &MariaDb) -> super::GatehouseBuilder,
+) -> MyDb {
+    let db = MariaDb::start(opts);
     db.create_user(LOGIN, password);
     db.create_database(DATABASE, LOGIN);
     db.sql(
