@@ -1465,3 +1465,39 @@ fn hostile_handshakes_close_that_connection_only() {
     assert_eq!(db.w.gw.events("db.session.start").len(), 1);
     assert!(!db.w.gw.stderr_all().contains("early"));
 }
+
+#[test]
+fn the_greeting_follows_the_server_when_its_version_changes() {
+    if !myworld::tools() {
+        return;
+    }
+    let version = |v: &str| common::mariadb::MariaOptions {
+        args: vec![format!("--version=10.11.99-gh-{v}")],
+        ..Default::default()
+    };
+    let mut db = myworld::start_with(APP_PASSWORD, version("first"), |b, _| b);
+    let via = Greeting::parse(&raw_greeting(&db.addr())).expect("a greeting");
+    assert!(via.version.contains("gh-first"), "{}", via.version);
+    // The server is upgraded in place.
+    db.db.restart(&version("second"));
+    let direct = Greeting::parse(&raw_greeting(&db.db.address())).unwrap();
+    assert!(direct.version.contains("gh-second"), "{}", direct.version);
+    // A session with the new server teaches gatehouse its version: the
+    // next greeting is the new one (within a few connections at most).
+    let mut seen = Vec::new();
+    for _ in 0..5 {
+        let mut c = db.login();
+        let a = c.query("SELECT VERSION()").unwrap();
+        assert!(a.error.is_none(), "{a:?}");
+        drop(c);
+        let v = Greeting::parse(&raw_greeting(&db.addr())).unwrap().version;
+        if v == direct.version {
+            return;
+        }
+        seen.push(v);
+    }
+    panic!(
+        "gatehouse still greets with {seen:?}, the server is {}",
+        direct.version
+    );
+}
