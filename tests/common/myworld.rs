@@ -77,7 +77,7 @@ pub fn my_target(name: &str, address: &str, tunnel_port: u16, tls: &str) -> Stri
     )
 }
 
-/// A second person: bob's key, and (once enrolled) his TOTP secret.
+/// A second person: bob's SSH key (enrolled by [`MyDb::bob_forward`]).
 pub struct Person {
     pub key: KeyPair,
     _dir: TempDir,
@@ -271,8 +271,8 @@ impl MyDb {
     }
 
     /// Enrolls bob, loads his current code, and opens his
-    /// `ssh -L LPORT:db-my:3306`; returns his client (hold it), the port
-    /// and the forward.
+    /// `ssh -L LPORT:db-my:3306`; returns his client (hold it), the port,
+    /// the forward, and his TOTP secret.
     pub fn bob_forward(&self) -> (SshClient, u16, ChildGuard, String) {
         let secret = self.w.gw.enroll("bob");
         let client = SshClient::new(&self.bob.key, "bob", &self.w.gw, &[TARGET]);
