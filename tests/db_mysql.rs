@@ -1501,3 +1501,71 @@ fn the_greeting_follows_the_server_when_its_version_changes() {
         direct.version
     );
 }
+
+#[test]
+fn sysbench_with_server_side_prepared_statements_runs_through_the_forward() {
+    if !myworld::tools() || !common::require_tools(&["sysbench"]) {
+        return;
+    }
+    let db = start(|b, _| b);
+    let bench = |args: &[&str]| {
+        let mut c = std::process::Command::new("sysbench");
+        c.args(args)
+            .args([
+                "--db-driver=mysql",
+                "--mysql-host=127.0.0.1",
+                &format!("--mysql-port={}", db.lport),
+                "--mysql-user=app",
+                &format!("--mysql-password={}", myworld::IGNORED_PASSWORD),
+                "--mysql-db=app",
+                "--tables=1",
+                "--table-size=1000",
+                // Server-side prepared statements (COM_STMT_*), sysbench's
+                // default where the server supports them; said explicitly.
+                "--db-ps-mode=auto",
+            ])
+            .stdin(Stdio::null());
+        run_with_timeout(&mut c, Duration::from_secs(120)).expect("sysbench finished")
+    };
+    let out = bench(&["oltp_read_only", "prepare"]);
+    assert!(
+        out.status.success(),
+        "prepare: {}{}",
+        stdout(&out),
+        stderr(&out)
+    );
+    let out = bench(&["oltp_read_only", "--threads=4", "--time=3", "run"]);
+    let text = stdout(&out);
+    assert!(out.status.success(), "run: {text}{}", stderr(&out));
+    let tx: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("transactions:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    eprintln!("sysbench oltp_read_only, 4 threads, 3 s through the forward: {tx} transactions");
+    assert!(tx > 10.0, "{text}");
+    let ignored = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("ignored errors:"))
+        .and_then(|v| v.split_whitespace().next());
+    assert_eq!(ignored, Some("0"), "{text}");
+    // Every sysbench connection was a session, and its prepared
+    // statements' executions were recorded with their typed parameters.
+    assert!(db.w.gw.events("db.session.start").len() >= 5);
+    let ids = finished_my_recordings(&db.w, 5);
+    let typed_binds = ids
+        .iter()
+        .map(|id| {
+            let (_, evs) = events(&db.w, id);
+            of_type(&evs, "bind")
+                .iter()
+                .filter(|b| {
+                    b["params"].as_array().is_some_and(|p| !p.is_empty())
+                        && b["types"].as_array().is_some_and(|t| !t.is_empty())
+                })
+                .count()
+        })
+        .sum::<usize>();
+    assert!(typed_binds > 100, "{typed_binds} typed binds recorded");
+}
