@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs the external programs the integration tests drive (real peers:
 # sshd, ssh/scp/sftp, oathtool, rsync, ssh-audit, age, asciinema, WireGuard,
-# PostgreSQL, MariaDB, sysbench) and the one PyPI package they use
-# (mysql-connector-python, for MySQL prepared statements).
+# PostgreSQL, MariaDB, sysbench), the MySQL drivers the tests speak through
+# (mysql-connector-python and PyMySQL from PyPI, mysql2 from npm, MariaDB
+# Connector/J from Debian with a JDK to compile the test's Java client).
 # Idempotent: apt is only touched when something is missing, and then
 # `apt-get update` runs once. Debian/Ubuntu only.
 set -euo pipefail
@@ -39,6 +40,10 @@ DEPS=(
   "mariadb-server:/usr/sbin/mariadbd,/usr/bin/mariadb-install-db"
   "mariadb-client:mariadb"
   "sysbench:sysbench"
+  "libmariadb-java:/usr/share/java/mariadb-java-client.jar"
+  "default-jdk-headless:java,javac"
+  "nodejs:node"
+  "npm:npm"
 )
 
 # PyPI packages for the `python3` first on PATH (the one the tests run), as
@@ -48,7 +53,13 @@ DEPS=(
 # with typed binary parameters and COM_CHANGE_USER (tests/db_mysql.rs).
 PIP_DEPS=(
   "mysql-connector-python:mysql.connector"
+  "PyMySQL:pymysql"
 )
+
+# npm packages, installed (only when missing) into target/test-deps/node,
+# where tests/db_mysql_drivers.rs looks for them.
+NPM_DIR="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)/target/test-deps/node"
+NPM_DEPS=(mysql2)
 
 have() {
   local check=$1 dir
@@ -136,6 +147,14 @@ if ((${#PIP_MISSING[@]})); then
     exit 1
   fi
 fi
+
+for pkg in "${NPM_DEPS[@]}"; do
+  if [[ ! -d $NPM_DIR/node_modules/$pkg ]]; then
+    echo "install-test-deps: npm installing $pkg into $NPM_DIR"
+    mkdir -p "$NPM_DIR"
+    npm install --prefix "$NPM_DIR" --no-audit --no-fund --silent "$pkg"
+  fi
+done
 
 # sshd's privilege separation directory (tmpfs on most systems, so it may be
 # gone after a reboot even when openssh-server is installed).
