@@ -68,8 +68,8 @@ pub enum RecordingsCommand {
         output: Option<PathBuf>,
     },
     /// Print the event log: output, SFTP operations, exit status; for a
-    /// database session a psql-like transcript (statements, parameters,
-    /// results, durations).
+    /// database session a psql- or mysql-like transcript (statements,
+    /// parameters with their MySQL types, results, durations, refusals).
     Show {
         /// Recording id (or a unique prefix).
         id: String,

@@ -474,8 +474,9 @@ pub(super) fn event_json(ev: &Event) -> Option<serde_json::Value> {
 /// The event log: a summary and one line per event (text, with control
 /// characters escaped), or JSON lines (`{"type":"recording",...}` first,
 /// then one object per event; binary data as base64, so exact bytes can be
-/// recovered). A database session is shown as a psql-like transcript, or
-/// the same JSON lines as its export (see [`super::transcript`]).
+/// recovered). A database session is shown as a psql- or mysql-like
+/// transcript, or the same JSON lines as its export (see
+/// [`super::transcript`]).
 pub fn show(
     stored: &Stored,
     ids: &Identities,

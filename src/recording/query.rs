@@ -9,7 +9,7 @@
 //! | code     | [`DbEvent`]            | object |
 //! |----------|------------------------|--------|
 //! | `q`      | [`DbEvent::Statement`] | `{"text": T, "parse": null \| "name"}` |
-//! | `p`      | [`DbEvent::Bind`]      | `{"statement": "s", "portal": "p", "params": [PARAM, ...]}` |
+//! | `p`      | [`DbEvent::Bind`]      | `{"statement": "s", "portal": "p", "params": [PARAM, ...], "types": ["LONGLONG", ...]}` (`types` MySQL only, absent when empty) |
 //! | `r`      | [`DbEvent::Result`]    | `{"tag", "rows", "sqlstate", "message", "micros"}` |
 //! | `copy`   | [`DbEvent::Copy`]      | `{"direction": "in" \| "out", "bytes": N}` |
 //! | `cancel` | [`DbEvent::Cancel`]    | `{"forwarded": bool}` |

@@ -375,7 +375,8 @@ fn parse_event(line: &[u8]) -> Option<Parsed> {
         | query::code::BIND
         | query::code::COPY
         | query::code::CANCEL
-        | query::code::NOTICE => Event::Db {
+        | query::code::NOTICE
+        | query::code::REFUSED => Event::Db {
             t,
             ev: Box::new(DbEvent::from_line(&c, data)?),
         },

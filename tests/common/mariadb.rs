@@ -263,6 +263,24 @@ impl MariaDb {
         ));
     }
 
+    /// Stops the server and starts it again on the same port and datadir
+    /// with `opts` (e.g. another `--version=` string). Panics with the log
+    /// when it does not come back.
+    pub fn restart(&mut self, opts: &MariaOptions) {
+        self.stop();
+        // The port was just freed; retry briefly if a TIME_WAIT or another
+        // process holds it.
+        let mut last = String::new();
+        for _attempt in 0..5 {
+            match self.spawn(opts) {
+                Ok(()) => return,
+                Err(log) => last = log,
+            }
+            std::thread::sleep(Duration::from_millis(500));
+        }
+        panic!("mariadbd did not restart:\n{last}");
+    }
+
     /// Stops the server now (TERM, up to 30 s, then KILL).
     pub fn stop(&mut self) {
         let Some(mut child) = self.child.take() else {

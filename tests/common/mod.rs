@@ -7,7 +7,8 @@
 //! - [`SshClient`]: the stock `ssh`/`scp`/`sftp`/`rsync` for one user, with
 //!   TOTP codes supplied through `SSH_ASKPASS`.
 //! - [`PgServer`]: a real PostgreSQL cluster with TLS and SCRAM logins.
-//! - [`mariadb::MariaDb`]: a real MariaDB server with TLS.
+//! - [`mariadb::MariaDb`]: a real MariaDB server with TLS; [`myworld`] the
+//!   MySQL world (gateway, ssh -L, clients, recordings) around it.
 //! - [`require_tools`], [`free_port`], [`totp`], ...: small helpers.
 //!
 //! Each test binary includes this with `mod common;` and uses a subset.
@@ -17,6 +18,7 @@ pub mod client;
 pub mod gatehouse;
 pub mod keys;
 pub mod mariadb;
+pub mod myworld;
 pub mod netns;
 pub mod pgwire;
 pub mod pgworld;

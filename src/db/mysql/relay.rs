@@ -477,7 +477,8 @@ where
                 self.statements.long_data(id, param);
                 self.record(DbEvent::Bind {
                     statement: id.to_string(),
-                    portal: format!("long data {param}"),
+                    // Numbered from 1, as the execute's `?N` lines are.
+                    portal: format!("long data {}", u32::from(param) + 1),
                     params: vec![Param::Binary(r.rest().to_vec())],
                     types: Vec::new(),
                 })
