@@ -3,7 +3,7 @@
 # jump host, (row `postgres`) with direct PostgreSQL and pgbouncer, and (row
 # `mysql`) with direct MariaDB, on loopback, in one run. See BENCHMARKS.md.
 #
-#   scripts/bench.sh            full run (~15 min); rewrites BENCHMARKS.md
+#   scripts/bench.sh            full run (~25 min); rewrites BENCHMARKS.md
 #   scripts/bench.sh --quick    development run (< 2 min); prints only
 #
 # Other options (passed to bench/run.py): --rows throughput,setup,...
