@@ -434,6 +434,7 @@ where
                             .await
                     }
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
+                    Class::Dynamic => return self.refuse_dynamic(seq).await,
                 }
             }
             COM_STMT_PREPARE => {
@@ -446,6 +447,7 @@ where
                 match sql::classify(body) {
                     Class::Plain => Answer::Prepare,
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
+                    Class::Dynamic => return self.refuse_dynamic(seq).await,
                     Class::Kill { .. } | Class::KillOther => {
                         return self
                             .refuse(
@@ -586,6 +588,17 @@ where
             1148,
             "42000",
             "gatehouse: LOAD DATA LOCAL INFILE is not allowed: the server could read files on your machine; load server-side files or use INSERT".into(),
+        )
+        .await
+    }
+
+    async fn refuse_dynamic(&mut self, seq: u8) -> Result<(), End> {
+        self.refuse(
+            seq,
+            "dynamic SQL",
+            1227,
+            "42000",
+            "gatehouse: PREPARE ... FROM and EXECUTE IMMEDIATE are allowed only with one literal statement text, which gatehouse can check; not with an expression or a variable".into(),
         )
         .await
     }
