@@ -706,7 +706,8 @@ where
             };
             let chunk = std::mem::take(&mut self.buf);
             let done = scan.feed(chunk.get(..n).unwrap_or_default());
-            let written = self.send_client(chunk.get(..n).unwrap_or_default()).await;
+            let pass = scan.cut.unwrap_or(n).min(n);
+            let written = self.send_client(chunk.get(..pass).unwrap_or_default()).await;
             self.buf = chunk;
             written?;
             if scan.local_infile {
@@ -775,6 +776,9 @@ struct Scan {
     results: Vec<DbEvent>,
     prepared: Option<(u32, u16)>,
     local_infile: bool,
+    /// Where in the bytes last fed the client must stop getting them:
+    /// the start of a LOCAL INFILE request (0xFB), which it must never see.
+    cut: Option<usize>,
 }
 
 impl Scan {
@@ -798,12 +802,19 @@ impl Scan {
             results: Vec::new(),
             prepared: None,
             local_infile: false,
+            cut: None,
         }
     }
 
     /// Consumes bytes; true once the answer is complete.
     fn feed(&mut self, mut data: &[u8]) -> bool {
+        let total = data.len();
+        // Where the packet being read began in `data` (None: before it).
+        let mut began = None;
         while !data.is_empty() && self.st != St::Done {
+            if self.head_have == 0 {
+                began = Some(total - data.len());
+            }
             if self.head_have < 4 {
                 let take = (4 - self.head_have).min(data.len());
                 let (h, rest) = data.split_at(take);
@@ -824,6 +835,19 @@ impl Scan {
             }
             let take = self.left.min(data.len());
             let (body, rest) = data.split_at(take);
+            // A LOCAL INFILE request where an answer begins: the server
+            // asks for one of the client's files. The client never sees
+            // it (nor the rest); the relay ends the session.
+            if self.st == St::First
+                && !self.continuation
+                && self.keep.is_empty()
+                && body.first() == Some(&0xFB)
+            {
+                self.local_infile = true;
+                self.cut = Some(began.unwrap_or(0));
+                self.st = St::Done;
+                return true;
+            }
             if !self.continuation && self.keep.len() < KEEP {
                 let room = KEEP - self.keep.len();
                 self.keep
@@ -1135,10 +1159,22 @@ mod tests {
     }
 
     #[test]
-    fn a_local_infile_request_is_noticed() {
+    fn a_local_infile_request_is_noticed_and_cut_before_its_header() {
         let bytes = framed(&[b"\xFB/etc/passwd"]);
         let mut s = Scan::new(Answer::Results, true, Instant::now());
         assert!(s.feed(&bytes));
         assert!(s.local_infile);
+        assert_eq!(s.cut, Some(0));
+        // After a first result, split across reads.
+        let mut more = ok(0, MORE_RESULTS | 2);
+        more[0] = 0;
+        let bytes = framed(&[&more, b"\xFB/etc/passwd"]);
+        let mut s = Scan::new(Answer::Results, true, Instant::now());
+        let (a, b) = bytes.split_at(more.len() + 6);
+        assert!(!s.feed(a));
+        assert_eq!(s.cut, None);
+        assert!(s.feed(b));
+        assert!(s.local_infile);
+        assert_eq!(s.cut, Some(0), "the header came earlier; nothing of the body passes");
     }
 }
