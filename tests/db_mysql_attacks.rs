@@ -1,0 +1,267 @@
+//! Attacks on the MySQL proxy: what a hostile or unlucky client (or a
+//! hostile server) sends, and what must still hold. The worlds are
+//! `tests/common/myworld.rs`'s (a real MariaDB behind gatehouse, reached by
+//! alice's `ssh -L`), or a fake server on loopback for what a real one
+//! never sends.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::time::Duration;
+
+use common::myworld::{self, MyConn, MyDb, Outcome, LOGIN};
+use common::world::World;
+
+const APP_PASSWORD: &str = "Pw-my-attack-91c4e2d5-never-shown";
+
+fn start(
+    tweak: impl FnOnce(common::GatehouseBuilder, &common::mariadb::MariaDb) -> common::GatehouseBuilder,
+) -> MyDb {
+    myworld::start(APP_PASSWORD, tweak)
+}
+
+/// The server's own thread id of a connection through gatehouse.
+fn server_thread(c: &mut MyConn) -> String {
+    let a = c.query("SELECT CONNECTION_ID()").unwrap();
+    match a.results.first() {
+        Some(Outcome::Rows(r)) => r[0][0].clone().unwrap(),
+        other => panic!("{other:?} {:?}", a.error),
+    }
+}
+
+/// Whether `c` still answers a query.
+fn alive(c: &mut MyConn) -> bool {
+    match c.query("SELECT 'alive'") {
+        Ok(a) => matches!(a.results.first(), Some(Outcome::Rows(_))),
+        Err(_) => false,
+    }
+}
+
+/// A `KILL` naming the server's own thread id (which `CONNECTION_ID()`
+/// tells anyone) never reaches the server, however it is dressed: inside
+/// MariaDB's compound statements, as dynamic SQL, or behind a GBK character
+/// whose second byte is a backtick or a backslash (a single-byte reading
+/// sees a quote there and the KILL inside it). Each was run by the server
+/// before the fix (the victim's connection died); now each is refused by
+/// gatehouse, the victim lives, and the refusal is audited.
+#[test]
+fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_reaches_the_server(
+) {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b);
+    type Make = fn(&str) -> Vec<u8>;
+    let attempts: Vec<(&str, Make, u16)> = vec![
+        (
+            "compound",
+            |t| format!("BEGIN NOT ATOMIC KILL {t}; END").into_bytes(),
+            1094,
+        ),
+        (
+            "if",
+            |t| format!("IF 1 THEN KILL QUERY {t}; END IF").into_bytes(),
+            1094,
+        ),
+        (
+            "execute immediate",
+            |t| format!("EXECUTE IMMEDIATE 'KILL {t}'").into_bytes(),
+            1094,
+        ),
+        (
+            "prepare from",
+            |t| format!("PREPARE s FROM 'KILL {t}'; EXECUTE s").into_bytes(),
+            1094,
+        ),
+        (
+            "execute immediate concat",
+            |t| format!("EXECUTE IMMEDIATE CONCAT('KI', 'LL {t}')").into_bytes(),
+            1227,
+        ),
+        (
+            "gbk backtick",
+            |t| [&b"SELECT 1 AS a\x81\x60; KILL "[..], t.as_bytes(), b"; -- \x60"].concat(),
+            1094,
+        ),
+        (
+            "gbk backslash",
+            |t| [&b"SELECT 'a\\'b\x81\x5c'; KILL "[..], t.as_bytes(), b"; -- '"].concat(),
+            1094,
+        ),
+    ];
+    let mut attacker = db.login();
+    let a = attacker.query("SET NAMES gbk").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    for (name, make, code) in &attempts {
+        let mut victim = db.login();
+        let tid = server_thread(&mut victim);
+        let mut p = vec![0x03];
+        p.extend_from_slice(&make(&tid));
+        attacker.command(&p).unwrap();
+        let a = attacker.answer(false).unwrap();
+        let e = a
+            .error
+            .unwrap_or_else(|| panic!("{name}: the server ran it: {:?}", a.results));
+        assert_eq!(e.code, *code, "{name}: {e:?}");
+        assert!(alive(&mut victim), "{name}: the victim's session was killed");
+        assert!(alive(&mut attacker), "{name}: the attacker's session ended");
+    }
+    // Dynamic SQL with a literal text still runs.
+    let a = attacker
+        .query("PREPARE s FROM 'SELECT ?'; EXECUTE s USING 'dyn_ok'")
+        .unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    assert!(
+        matches!(a.results.last(), Some(Outcome::Rows(r)) if r[0][0].as_deref() == Some("dyn_ok")),
+        "{a:?}"
+    );
+    let refused = db.w.gw.events("db.command.refused").len() + db.w.gw.events("db.cancel").len();
+    assert!(refused >= attempts.len(), "{refused} refusals audited");
+}
+
+// ---------------------------------------------------------------------
+// A hostile server.
+
+fn read_packet(s: &mut TcpStream) -> std::io::Result<(u8, Vec<u8>)> {
+    let mut h = [0u8; 4];
+    s.read_exact(&mut h)?;
+    let len = u32::from_le_bytes([h[0], h[1], h[2], 0]) as usize;
+    let mut p = vec![0u8; len];
+    s.read_exact(&mut p)?;
+    Ok((h[3], p))
+}
+
+fn packet(seq: u8, p: &[u8]) -> Vec<u8> {
+    let mut out = (p.len() as u32).to_le_bytes()[..3].to_vec();
+    out.push(seq);
+    out.extend_from_slice(p);
+    out
+}
+
+/// A MariaDB-like greeting (mysql_native_password, no TLS) that offers
+/// LOCAL INFILE.
+fn fake_greeting() -> Vec<u8> {
+    let caps: u32 = 0x8 | 0x80 | 0x200 | 0x2000 | 0x8000 | 1 << 16 | 1 << 17 | 1 << 18 | 1 << 19;
+    let mut p = vec![10];
+    p.extend_from_slice(b"10.11.99-MariaDB-hostile\0");
+    p.extend_from_slice(&9u32.to_le_bytes());
+    p.extend_from_slice(b"abcdefgh\0");
+    p.extend_from_slice(&(caps as u16).to_le_bytes());
+    p.push(45);
+    p.extend_from_slice(&2u16.to_le_bytes());
+    p.extend_from_slice(&((caps >> 16) as u16).to_le_bytes());
+    p.push(21);
+    p.extend_from_slice(&[0; 10]);
+    p.extend_from_slice(b"ijklmnopqrst\0");
+    p.extend_from_slice(b"mysql_native_password\0");
+    p
+}
+
+/// One connection of the hostile server: any login is OK; a query with
+/// `infile` is answered by a LOCAL INFILE request for /etc/passwd (after
+/// an OK announcing more results when it also has `second`); anything
+/// else by OK.
+fn hostile_session(mut s: TcpStream) {
+    s.set_read_timeout(Some(Duration::from_secs(30))).ok();
+    if s.write_all(&packet(0, &fake_greeting())).is_err() || read_packet(&mut s).is_err() {
+        return;
+    }
+    let ok = |status: u16| {
+        let mut p = vec![0, 0, 0];
+        p.extend_from_slice(&status.to_le_bytes());
+        p.extend_from_slice(&[0, 0]);
+        p
+    };
+    if s.write_all(&packet(2, &ok(2))).is_err() {
+        return;
+    }
+    while let Ok((_, p)) = read_packet(&mut s) {
+        match p.first() {
+            Some(0x01) | None => return,
+            Some(0x03) => {
+                let text = String::from_utf8_lossy(&p[1..]).into_owned();
+                let mut out = Vec::new();
+                let mut seq = 1;
+                if text.contains("infile") {
+                    if text.contains("second") {
+                        out.extend(packet(seq, &ok(2 | 0x0008)));
+                        seq += 1;
+                    }
+                    out.extend(packet(seq, b"\xFB/etc/passwd"));
+                } else {
+                    out.extend(packet(seq, &ok(2)));
+                }
+                let _ = s.write_all(&out);
+            }
+            Some(_) => {
+                let _ = s.write_all(&packet(1, &ok(2)));
+            }
+        }
+    }
+}
+
+/// A server that asks the client for a file (a LOCAL INFILE request, 0xFB,
+/// first or after a first result): the client never sees the request, and
+/// the session ends. Before the fix the relay passed the request on and
+/// only then ended the session: a client with local-infile on would send
+/// the file.
+#[test]
+fn a_local_infile_request_from_a_hostile_server_never_reaches_the_client() {
+    if !myworld::tools() {
+        return;
+    }
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        for s in listener.incoming().take(20).flatten() {
+            std::thread::spawn(move || hostile_session(s));
+        }
+    });
+    let w = World::with_roles(&["web", "dba"], |b| {
+        b.role("dba", &["db-evil"], &[LOGIN]).raw(&myworld::my_target(
+            "db-evil",
+            &addr,
+            13307,
+            "tls = \"disable\"",
+        ))
+    });
+    common::pgworld::store_credential(w.gw.setup(), "db-evil", LOGIN, APP_PASSWORD);
+    let lport = common::free_port();
+    let _fwd = myworld::forward(&w.client, lport, "db-evil", 3306);
+    for (i, sql) in ["SELECT 'infile'", "SELECT 1; SELECT 'infile second'"]
+        .iter()
+        .enumerate()
+    {
+        let mut c = MyConn::connect(&format!("127.0.0.1:{lport}")).unwrap();
+        c.login(LOGIN, None, b"x").expect("login through gatehouse");
+        assert!(c.query("SELECT 'fine'").unwrap().error.is_none());
+        match c.query(sql) {
+            Ok(a) => assert_eq!(
+                a.local_infile_request, None,
+                "{sql}: the client was asked for a file: {a:?}"
+            ),
+            // The connection closed: what the client got was checked as
+            // it came (a 0xFB would have been answered above).
+            Err(e) => eprintln!("{sql}: connection ended: {e}"),
+        }
+        // Whatever the client got, the session is over.
+        let mut rest = Vec::new();
+        c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = c.s.read_to_end(&mut rest);
+        assert!(
+            !rest.windows(12).any(|w| w == b"\xFB/etc/passwd"),
+            "{sql}: the request reached the client"
+        );
+        let ends = w.gw.events("db.session.end");
+        common::wait_until(Duration::from_secs(10), || {
+            w.gw.events("db.session.end").len() > i
+        });
+        let ends = if ends.len() > i { ends } else { w.gw.events("db.session.end") };
+        assert!(
+            ends.get(i)
+                .is_some_and(|e| e["reason"].as_str().unwrap_or("").contains("local file")),
+            "{ends:?}"
+        );
+    }
+}
