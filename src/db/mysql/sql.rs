@@ -112,10 +112,14 @@ struct Reading {
 /// every way they could make the server read it, and when the readings
 /// differ the stricter one wins.
 pub fn classify(text: &[u8]) -> Class {
-    classify_depth(text, 0)
+    // Reading dynamic SQL inside dynamic SQL multiplies the readings: the
+    // bytes read in all are bounded, past which the text is refused as
+    // one gatehouse cannot check.
+    let mut budget = text.len().saturating_mul(16).saturating_add(1 << 20);
+    classify_depth(text, 0, &mut budget)
 }
 
-fn classify_depth(text: &[u8], depth: usize) -> Class {
+fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
     let mut charsets = vec![Charset::Single];
     if text.iter().any(|&b| b >= 0x80) {
         charsets.extend([Charset::Gbk, Charset::Big5, Charset::Sjis]);
@@ -132,7 +136,16 @@ fn classify_depth(text: &[u8], depth: usize) -> Class {
     let mut classes = Vec::new();
     for &charset in &charsets {
         for &escapes in &escapes {
-            classes.push(classify_as(text, Reading { escapes, charset }, depth));
+            let Some(left) = budget.checked_sub(text.len()) else {
+                return Class::Dynamic;
+            };
+            *budget = left;
+            classes.push(classify_as(
+                text,
+                Reading { escapes, charset },
+                depth,
+                budget,
+            ));
         }
     }
     strictest(classes)
@@ -158,7 +171,7 @@ fn strictest(classes: Vec<Class>) -> Class {
     Class::Dynamic
 }
 
-fn classify_as(text: &[u8], reading: Reading, depth: usize) -> Class {
+fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) -> Class {
     let statements = split(text, reading);
     let several = statements.len() > 1;
     let mut classes = vec![Class::Plain];
@@ -186,7 +199,7 @@ fn classify_as(text: &[u8], reading: Reading, depth: usize) -> Class {
                 classes.push(Class::Dynamic);
                 continue;
             }
-            match classify_depth(inner, depth + 1) {
+            match classify_depth(inner, depth + 1, budget) {
                 Class::Plain => {}
                 // A KILL as dynamic SQL is never one gatehouse maps.
                 Class::Kill { .. } => classes.push(Class::KillOther),
@@ -372,17 +385,21 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                         Escapes::None => false,
                         Escapes::SingleOnly => c == b'\'',
                     };
+                // The text is kept only where it is dynamic SQL's.
+                let keep = matches!(cur.dynamic, Dyn::Operand { .. });
                 let mut inner = Vec::new();
                 let mut j = i + 1;
                 while let Some(&d) = text.get(j) {
                     let n = reading.charset.char_len(text.get(j..).unwrap_or_default());
                     if n > 1 {
-                        inner.extend_from_slice(text.get(j..j + n).unwrap_or_default());
+                        if keep {
+                            inner.extend_from_slice(text.get(j..j + n).unwrap_or_default());
+                        }
                         j += n;
                         continue;
                     }
                     if d == b'\\' && escapes {
-                        if let Some(&e) = text.get(j + 1) {
+                        if let (true, Some(&e)) = (keep, text.get(j + 1)) {
                             unescape(&mut inner, e);
                         }
                         j += 2;
@@ -390,13 +407,17 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                     }
                     if d == c {
                         if text.get(j + 1) == Some(&c) {
-                            inner.push(c);
+                            if keep {
+                                inner.push(c);
+                            }
                             j += 2;
                             continue;
                         }
                         break;
                     }
-                    inner.push(d);
+                    if keep {
+                        inner.push(d);
+                    }
                     j += 1;
                 }
                 cur.token(Tok::Quoted(c, inner));
@@ -679,6 +700,23 @@ mod tests {
         // ANSI_QUOTES: no escapes in "...", escapes in '...'.
         assert_eq!(c("SELECT '\\'', \"\\\"; KILL 5; -- \""), Class::KillOther);
         assert_eq!(classify("SELECT 'café'".as_bytes()), Class::Plain);
+    }
+
+    #[test]
+    fn nested_dynamic_sql_is_read_within_a_bounded_effort() {
+        // Each level doubles the quotes: 'EXECUTE IMMEDIATE ''...'''.
+        let mut text = "SELECT 1".to_string();
+        for _ in 0..6 {
+            text = format!("EXECUTE IMMEDIATE '{}'", text.replace('\'', "''"));
+        }
+        assert_eq!(c(&text), Class::Dynamic, "deeper than gatehouse reads");
+        let big = format!(
+            "EXECUTE IMMEDIATE 'EXECUTE IMMEDIATE ''SELECT \\\\ \"\u{e9} {}'''",
+            "x".repeat(1 << 20)
+        );
+        let t0 = std::time::Instant::now();
+        let _ = c(&big);
+        assert!(t0.elapsed() < std::time::Duration::from_secs(5));
     }
 
     #[test]
