@@ -258,3 +258,81 @@ fn a_local_infile_request_from_a_hostile_server_never_reaches_the_client() {
         );
     }
 }
+
+fn sha2_in_tunnel(w: &common::netns::WgWorld, password: &str) -> String {
+    const SCRIPT: &str = r#"
+import sys
+import mysql.connector
+try:
+    c = mysql.connector.connect(host=sys.argv[1], port=int(sys.argv[2]), user="app",
+        password=sys.argv[3], database="app", use_pure=True, ssl_disabled=True,
+        auth_plugin="caching_sha2_password", connection_timeout=20)
+    cur = c.cursor()
+    cur.execute("SELECT 'sha2_ok'")
+    print(cur.fetchall()[0][0])
+except Exception as e:
+    print("ERR", e)
+"#;
+    let mut c = std::process::Command::new("python3");
+    c.args([
+        "-c",
+        SCRIPT,
+        common::netns::TUNNEL_GATEWAY,
+        &myworld::TUNNEL_PORT.to_string(),
+        password,
+    ]);
+    let mut c = common::netns::in_ns(w.lab.client(0), &c);
+    c.stdin(std::process::Stdio::null());
+    let out = common::run_with_timeout(&mut c, Duration::from_secs(60)).expect("python finished");
+    common::world::stdout(&out).trim().to_string() + &common::world::stderr(&out)
+}
+
+/// Inside the tunnel, mysql-connector-python logging in with
+/// `caching_sha2_password` (a 32-byte SHA-256 scramble of the code, the
+/// fast path): the current code admits, a wrong one and the same code
+/// again are refused with 1045, and gatehouse never asks for the password
+/// in the clear (connector would fail with "requires SSL" if it did).
+#[test]
+fn in_the_tunnel_a_code_through_caching_sha2s_fast_path_admits_once_and_a_wrong_one_never() {
+    let Some(lab) = common::netns::enter(
+        "in_the_tunnel_a_code_through_caching_sha2s_fast_path_admits_once_and_a_wrong_one_never",
+        1,
+    ) else {
+        return;
+    };
+    if !myworld::tools() {
+        return;
+    }
+    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
+    server.create_user(LOGIN, APP_PASSWORD);
+    server.create_database("app", LOGIN);
+    let w = common::netns::WgWorld::start(lab, 1, |b| {
+        b.role("dba", &[myworld::TARGET], &[LOGIN])
+            .user_roles("alice", &["web", "dba"])
+            .raw(&myworld::my_target(
+                myworld::TARGET,
+                &server.address(),
+                myworld::TUNNEL_PORT,
+                &common::pgworld::tls_ca(&server.ca_pem),
+            ))
+            .auth_line("mfa_lease = \"0s\"")
+    });
+    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let _device = w.connect(0);
+    let code = common::totp(&w.secret);
+    let wrong = if code == "000000" { "111111" } else { "000000" };
+    let out = sha2_in_tunnel(&w, wrong);
+    assert!(out.starts_with("ERR 1045"), "a wrong code: {out}");
+    assert!(w.gw.events("db.session.start").is_empty());
+    let out = sha2_in_tunnel(&w, &code);
+    assert_eq!(out, "sha2_ok", "{}", w.gw.stderr());
+    let out = sha2_in_tunnel(&w, &code);
+    assert!(
+        out.starts_with("ERR 1045") && out.contains("already used"),
+        "the same code again: {out}"
+    );
+    let starts = w.gw.events("db.session.start");
+    assert_eq!(starts.len(), 1, "{starts:?}");
+    assert_eq!(starts[0]["admitted_by"], "code");
+    assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
+}

@@ -410,6 +410,11 @@ where
         let Some((&cmd, body)) = payload.split_first() else {
             return Err(End::quiet("protocol error: empty command"));
         };
+        if cmd == COM_STMT_PREPARE {
+            // As the server: a failed prepare leaves no "last statement"
+            // (id 0xFFFFFFFF); a successful one names itself.
+            self.statements.forget_last();
+        }
         let answer = match cmd {
             COM_QUIT => return Err(End::quiet("client quit")),
             COM_QUERY => {
