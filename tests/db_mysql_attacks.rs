@@ -336,3 +336,35 @@ fn in_the_tunnel_a_code_through_caching_sha2s_fast_path_admits_once_and_a_wrong_
     assert_eq!(starts[0]["admitted_by"], "code");
     assert!(!w.gw.stderr_all().contains(&format!("\"{code}\"")));
 }
+
+/// A client that sends the header of a 1 MiB command and a few bytes of
+/// it, then nothing: that is idleness, and `idle_timeout` ends the session
+/// (giving back the share of the gateway-wide budget for large statements
+/// the command took). Before the fix only the wait for a command's header
+/// was timed, so such a client held its share until `max_session`.
+#[test]
+fn a_client_stalling_in_the_middle_of_a_large_command_is_idle() {
+    if !myworld::tools() {
+        return;
+    }
+    let db = start(|b, _| b.role_line("dba", "idle_timeout = \"2s\""));
+    let mut c = db.login();
+    let len: u32 = 1 << 20;
+    let mut head = len.to_le_bytes()[..3].to_vec();
+    head.push(0);
+    head.extend_from_slice(b"\x03SELECT '");
+    c.s.write_all(&head).unwrap();
+    let t0 = std::time::Instant::now();
+    let end =
+        db.w.gw
+            .wait_for_event_named("db.session.end", Duration::from_secs(10));
+    let took = t0.elapsed();
+    let end = end.unwrap_or_else(|| panic!("the stalled session did not end in 10 s"));
+    assert!(
+        end["reason"].as_str().unwrap_or("").starts_with("idle_timeout reached"),
+        "{end}"
+    );
+    assert!(took < Duration::from_secs(6), "{took:?}");
+    // Nothing of it ran.
+    assert_eq!(end["statements"], 0, "{end}");
+}

@@ -314,9 +314,30 @@ where
             } else {
                 None
             };
+        // The body as it comes: bytes arriving are activity; a client that
+        // stops mid-command is idle (and gives back its share of the
+        // budget when the idle timeout ends the session).
         let mut payload = vec![0u8; len];
-        if self.client_r.read_exact(&mut payload).await.is_err() {
-            return Err(End::quiet("client closed the connection"));
+        let mut got = 0;
+        while got < len {
+            let Some(dest) = payload.get_mut(got..) else {
+                break;
+            };
+            let read = self.client_r.read(dest);
+            let n = if self.idle.is_zero() {
+                read.await
+            } else {
+                match tokio::time::timeout(self.idle, read).await {
+                    Ok(r) => r,
+                    Err(_) => return Err(End::quiet(
+                        "idle_timeout reached: the client stopped in the middle of a command",
+                    )),
+                }
+            };
+            match n {
+                Ok(0) | Err(_) => return Err(End::quiet("client closed the connection")),
+                Ok(n) => got += n,
+            }
         }
         self.summary.bytes_up += 4 + len as u64;
         len = len.min(payload.len());
