@@ -46,8 +46,7 @@ fn alive(c: &mut MyConn) -> bool {
 /// before the fix (the victim's connection died); now each is refused by
 /// gatehouse, the victim lives, and the refusal is audited.
 #[test]
-fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_reaches_the_server(
-) {
+fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_reaches_the_server() {
     if !myworld::tools() {
         return;
     }
@@ -81,12 +80,26 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
         ),
         (
             "gbk backtick",
-            |t| [&b"SELECT 1 AS a\x81\x60; KILL "[..], t.as_bytes(), b"; -- \x60"].concat(),
+            |t| {
+                [
+                    &b"SELECT 1 AS a\x81\x60; KILL "[..],
+                    t.as_bytes(),
+                    b"; -- \x60",
+                ]
+                .concat()
+            },
             1094,
         ),
         (
             "gbk backslash",
-            |t| [&b"SELECT 'a\\'b\x81\x5c'; KILL "[..], t.as_bytes(), b"; -- '"].concat(),
+            |t| {
+                [
+                    &b"SELECT 'a\\'b\x81\x5c'; KILL "[..],
+                    t.as_bytes(),
+                    b"; -- '",
+                ]
+                .concat()
+            },
             1094,
         ),
     ];
@@ -104,7 +117,10 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
             .error
             .unwrap_or_else(|| panic!("{name}: the server ran it: {:?}", a.results));
         assert_eq!(e.code, *code, "{name}: {e:?}");
-        assert!(alive(&mut victim), "{name}: the victim's session was killed");
+        assert!(
+            alive(&mut victim),
+            "{name}: the victim's session was killed"
+        );
         assert!(alive(&mut attacker), "{name}: the attacker's session ended");
     }
     // Dynamic SQL with a literal text still runs.
@@ -219,12 +235,13 @@ fn a_local_infile_request_from_a_hostile_server_never_reaches_the_client() {
         }
     });
     let w = World::with_roles(&["web", "dba"], |b| {
-        b.role("dba", &["db-evil"], &[LOGIN]).raw(&myworld::my_target(
-            "db-evil",
-            &addr,
-            13307,
-            "tls = \"disable\"",
-        ))
+        b.role("dba", &["db-evil"], &[LOGIN])
+            .raw(&myworld::my_target(
+                "db-evil",
+                &addr,
+                13307,
+                "tls = \"disable\"",
+            ))
     });
     common::pgworld::store_credential(w.gw.setup(), "db-evil", LOGIN, APP_PASSWORD);
     let lport = common::free_port();
@@ -361,7 +378,10 @@ fn a_client_stalling_in_the_middle_of_a_large_command_is_idle() {
     let took = t0.elapsed();
     let end = end.unwrap_or_else(|| panic!("the stalled session did not end in 10 s"));
     assert!(
-        end["reason"].as_str().unwrap_or("").starts_with("idle_timeout reached"),
+        end["reason"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("idle_timeout reached"),
         "{end}"
     );
     assert!(took < Duration::from_secs(6), "{took:?}");

@@ -324,16 +324,17 @@ where
                 break;
             };
             let read = self.client_r.read(dest);
-            let n = if self.idle.is_zero() {
-                read.await
-            } else {
-                match tokio::time::timeout(self.idle, read).await {
-                    Ok(r) => r,
-                    Err(_) => return Err(End::quiet(
-                        "idle_timeout reached: the client stopped in the middle of a command",
-                    )),
-                }
-            };
+            let n =
+                if self.idle.is_zero() {
+                    read.await
+                } else {
+                    match tokio::time::timeout(self.idle, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(End::quiet(
+                            "idle_timeout reached: the client stopped in the middle of a command",
+                        )),
+                    }
+                };
             match n {
                 Ok(0) | Err(_) => return Err(End::quiet("client closed the connection")),
                 Ok(n) => got += n,
@@ -733,7 +734,9 @@ where
             let chunk = std::mem::take(&mut self.buf);
             let done = scan.feed(chunk.get(..n).unwrap_or_default());
             let pass = scan.cut.unwrap_or(n).min(n);
-            let written = self.send_client(chunk.get(..pass).unwrap_or_default()).await;
+            let written = self
+                .send_client(chunk.get(..pass).unwrap_or_default())
+                .await;
             self.buf = chunk;
             written?;
             if scan.local_infile {
@@ -1201,6 +1204,10 @@ mod tests {
         assert_eq!(s.cut, None);
         assert!(s.feed(b));
         assert!(s.local_infile);
-        assert_eq!(s.cut, Some(0), "the header came earlier; nothing of the body passes");
+        assert_eq!(
+            s.cut,
+            Some(0),
+            "the header came earlier; nothing of the body passes"
+        );
     }
 }

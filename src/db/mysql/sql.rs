@@ -183,9 +183,7 @@ fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) 
         }
         if first.is_some_and(|w| w.eq_ignore_ascii_case(b"kill")) {
             match (several, parse_kill(words)) {
-                (false, Some((connection, id))) => {
-                    classes.push(Class::Kill { connection, id })
-                }
+                (false, Some((connection, id))) => classes.push(Class::Kill { connection, id }),
                 _ => return Class::KillOther,
             }
         } else if is_load_local(words) {
@@ -337,9 +335,7 @@ impl Stmt {
                 Dyn::Idle
             }
             Dyn::Execute if is_word(b"immediate") => Dyn::Operand { execute: true },
-            Dyn::Prepare if matches!(&t, Tok::Word(_) | Tok::Quoted(b'`', _)) => {
-                Dyn::PrepareName
-            }
+            Dyn::Prepare if matches!(&t, Tok::Word(_) | Tok::Quoted(b'`', _)) => Dyn::PrepareName,
             Dyn::PrepareName if is_word(b"from") => Dyn::Operand { execute: false },
             _ if is_word(b"execute") => Dyn::Execute,
             _ if is_word(b"prepare") => Dyn::Prepare,
