@@ -42,7 +42,8 @@ fn alive(c: &mut MyConn) -> bool {
 /// tells anyone) never reaches the server, however it is dressed: inside
 /// MariaDB's compound statements, as dynamic SQL, or behind a GBK character
 /// whose second byte is a backtick or a backslash (a single-byte reading
-/// sees a quote there and the KILL inside it). Each was run by the server
+/// sees a quote there and the KILL inside it), or after a latin1 0xA0 (a
+/// space to the server, a letter to gatehouse). Each was run by the server
 /// before the fix (the victim's connection died); now each is refused by
 /// gatehouse, the victim lives, and the refusal is audited.
 #[test]
@@ -123,6 +124,24 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
         );
         assert!(alive(&mut attacker), "{name}: the attacker's session ended");
     }
+    // latin1 (and cp1250) read 0xA0 as a space, gatehouse as a letter.
+    let a = attacker.query("SET NAMES latin1").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    let mut victim = db.login();
+    let tid = server_thread(&mut victim);
+    let mut p = b"\x03SELECT 1;\xA0KILL ".to_vec();
+    p.extend_from_slice(tid.as_bytes());
+    attacker.command(&p).unwrap();
+    let a = attacker.answer(false).unwrap();
+    assert_eq!(
+        a.error.as_ref().map(|e| e.code),
+        Some(1094),
+        "latin1 nbsp: {a:?}"
+    );
+    assert!(
+        alive(&mut victim),
+        "latin1 nbsp: the victim's session was killed"
+    );
     // Dynamic SQL with a literal text still runs.
     let a = attacker
         .query("PREPARE s FROM 'SELECT ?'; EXECUTE s USING 'dyn_ok'")

@@ -69,6 +69,9 @@ enum Charset {
     Big5,
     /// sjis, cp932.
     Sjis,
+    /// An 8-bit character set where bytes over 0x7F may be spaces (latin1
+    /// and cp1250 read 0xA0 so): such bytes separate words.
+    Spaces,
 }
 
 impl Charset {
@@ -79,7 +82,7 @@ impl Charset {
             return 1;
         };
         let two = match self {
-            Charset::Single => false,
+            Charset::Single | Charset::Spaces => false,
             Charset::Gbk => {
                 (0x81..=0xFE).contains(&lead)
                     && ((0x40..=0x7E).contains(&trail) || (0x80..=0xFE).contains(&trail))
@@ -122,7 +125,7 @@ pub fn classify(text: &[u8]) -> Class {
 fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
     let mut charsets = vec![Charset::Single];
     if text.iter().any(|&b| b >= 0x80) {
-        charsets.extend([Charset::Gbk, Charset::Big5, Charset::Sjis]);
+        charsets.extend([Charset::Gbk, Charset::Big5, Charset::Sjis, Charset::Spaces]);
     }
     // Without a backslash the escape rules read alike; without `"` the
     // ANSI_QUOTES reading is the default one.
@@ -471,7 +474,11 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                 }
                 i += 1;
             }
-            c if c.is_ascii_alphanumeric() || c == b'_' || c == b'$' || c >= 0x80 => {
+            c if c.is_ascii_alphanumeric()
+                || c == b'_'
+                || c == b'$'
+                || (c >= 0x80 && reading.charset != Charset::Spaces) =>
+            {
                 let n = reading.charset.char_len(text.get(i..).unwrap_or_default());
                 if word.len() < MAX_WORD {
                     word.extend_from_slice(text.get(i..i + n).unwrap_or_default());
@@ -481,7 +488,7 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
             }
             c => {
                 flush(&mut cur, &mut word, &mut in_word);
-                if !(c.is_ascii_whitespace() || c.is_ascii_control()) {
+                if !(c.is_ascii_whitespace() || c.is_ascii_control() || c >= 0x80) {
                     cur.token(Tok::Punct);
                 }
                 i += 1;
@@ -696,6 +703,10 @@ mod tests {
         // ANSI_QUOTES: no escapes in "...", escapes in '...'.
         assert_eq!(c("SELECT '\\'', \"\\\"; KILL 5; -- \""), Class::KillOther);
         assert_eq!(classify("SELECT 'café'".as_bytes()), Class::Plain);
+        // latin1 and cp1250: 0xA0 is a space.
+        assert_eq!(classify(b"SELECT 1;\xA0KILL 5"), Class::KillOther);
+        assert_eq!(classify(b"\xA0KILL\xA0QUERY\xA05"), Class::KillOther);
+        assert_eq!(classify("SELECT 1 AS café".as_bytes()), Class::Plain);
     }
 
     #[test]
