@@ -43,7 +43,8 @@ fn alive(c: &mut MyConn) -> bool {
 /// MariaDB's compound statements, as dynamic SQL, or behind a GBK character
 /// whose second byte is a backtick or a backslash (a single-byte reading
 /// sees a quote there and the KILL inside it), or after a latin1 0xA0 (a
-/// space to the server, a letter to gatehouse). Each was run by the server
+/// space to the server, a letter to gatehouse), or after a quote inside a
+/// versioned executable comment the server skips. Each was run by the server
 /// before the fix (the victim's connection died); now each is refused by
 /// gatehouse, the victim lives, and the refusal is audited.
 #[test]
@@ -123,6 +124,17 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
             "{name}: the victim's session was killed"
         );
         assert!(alive(&mut attacker), "{name}: the attacker's session ended");
+    }
+    // A versioned executable comment the server skips (its version is
+    // above the server's): the quote inside it quotes nothing.
+    for v in ["/*M!999999", "/*!99999"] {
+        let mut victim = db.login();
+        let tid = server_thread(&mut victim);
+        let a = attacker
+            .query(&format!("SELECT 1 {v} ' */; KILL {tid}; -- '"))
+            .unwrap();
+        assert_eq!(a.error.as_ref().map(|e| e.code), Some(1094), "{v}: {a:?}");
+        assert!(alive(&mut victim), "{v}: the victim's session was killed");
     }
     // latin1 (and cp1250) read 0xA0 as a space, gatehouse as a letter.
     let a = attacker.query("SET NAMES latin1").unwrap();

@@ -108,6 +108,10 @@ impl Charset {
 struct Reading {
     escapes: Escapes,
     charset: Charset,
+    /// Whether a versioned executable comment (`/*!50700 ...*/`,
+    /// `/*M!999999 ...*/`) is skipped, as the server does when the version
+    /// is above its own (and MariaDB for MySQL's 5.7+ ones), or run.
+    skip_versioned: bool,
 }
 
 /// Classifies a COM_QUERY (or prepared statement) text. The session's
@@ -136,16 +140,30 @@ fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
             escapes.push(Escapes::SingleOnly);
         }
     }
+    // A versioned executable comment is code or a comment, depending on
+    // the server's version.
+    let versioned = text.windows(4).any(|w| {
+        matches!(w, [b'/', b'*', b'!', d] if d.is_ascii_digit())
+            || matches!(w, [b'*', b'M', b'!', d] if d.is_ascii_digit())
+    });
+    let skips: &[bool] = if versioned { &[false, true] } else { &[false] };
     let mut classes = Vec::new();
     for &charset in &charsets {
-        for &escapes in &escapes {
+        for (&escapes, &skip_versioned) in escapes
+            .iter()
+            .flat_map(|e| skips.iter().map(move |s| (e, s)))
+        {
             let Some(left) = budget.checked_sub(text.len()) else {
                 return Class::Dynamic;
             };
             *budget = left;
             classes.push(classify_as(
                 text,
-                Reading { escapes, charset },
+                Reading {
+                    escapes,
+                    charset,
+                    skip_versioned,
+                },
                 depth,
                 budget,
             ));
@@ -441,7 +459,10 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                     (Some(b'!'), _) => Some(after + 1),
                     (Some(b'M'), Some(b'!')) => Some(after + 2),
                     _ => None,
-                };
+                }
+                .filter(|&j| {
+                    !(reading.skip_versioned && text.get(j).is_some_and(u8::is_ascii_digit))
+                });
                 match executable {
                     // Read the inside as code (after an optional version).
                     Some(mut j) => {
@@ -580,13 +601,9 @@ mod tests {
                 id: 5
             }
         );
-        assert_eq!(
-            c("/*!50000 KILL 5 */"),
-            Class::Kill {
-                connection: true,
-                id: 5
-            }
-        );
+        // Versioned: run or skipped depending on the server's version, so
+        // gatehouse cannot tell; refused.
+        assert_eq!(c("/*!50000 KILL 5 */"), Class::KillOther);
     }
 
     #[test]
@@ -703,6 +720,16 @@ mod tests {
         // ANSI_QUOTES: no escapes in "...", escapes in '...'.
         assert_eq!(c("SELECT '\\'', \"\\\"; KILL 5; -- \""), Class::KillOther);
         assert_eq!(classify("SELECT 'café'".as_bytes()), Class::Plain);
+        // A versioned executable comment the server skips: its quote
+        // quotes nothing.
+        for v in ["/*M!999999", "/*!99999", "/*!50700", "/*!999999"] {
+            assert_eq!(
+                c(&format!("SELECT 1 {v} ' */; KILL 5; -- '")),
+                Class::KillOther,
+                "{v}"
+            );
+        }
+        assert_eq!(c("SELECT 1 /*!40101 , 2 */"), Class::Plain);
         // latin1 and cp1250: 0xA0 is a space.
         assert_eq!(classify(b"SELECT 1;\xA0KILL 5"), Class::KillOther);
         assert_eq!(classify(b"\xA0KILL\xA0QUERY\xA05"), Class::KillOther);
