@@ -127,7 +127,7 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
     }
     // A versioned executable comment the server skips (its version is
     // above the server's): the quote inside it quotes nothing.
-    for v in ["/*M!999999", "/*!99999"] {
+    for v in ["/*M!999999", "/*!99999", "/*!99999 /* */"] {
         let mut victim = db.login();
         let tid = server_thread(&mut victim);
         let a = attacker

@@ -455,12 +455,12 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
             b'/' if next == Some(b'*') => {
                 flush(&mut cur, &mut word, &mut in_word);
                 let after = i + 2;
-                let executable = match (text.get(after), text.get(after + 1)) {
+                let marked = match (text.get(after), text.get(after + 1)) {
                     (Some(b'!'), _) => Some(after + 1),
                     (Some(b'M'), Some(b'!')) => Some(after + 2),
                     _ => None,
-                }
-                .filter(|&j| {
+                };
+                let executable = marked.filter(|&j| {
                     !(reading.skip_versioned && text.get(j).is_some_and(u8::is_ascii_digit))
                 });
                 match executable {
@@ -471,15 +471,9 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                         }
                         i = j;
                     }
-                    None => {
-                        let mut j = after;
-                        while j < text.len()
-                            && !(text.get(j) == Some(&b'*') && text.get(j + 1) == Some(&b'/'))
-                        {
-                            j += 1;
-                        }
-                        i = j + 2;
-                    }
+                    // A comment; a skipped versioned one may hold one
+                    // nested comment (MariaDB's `consume_comment`).
+                    None => i = comment_end(text, after, usize::from(marked.is_some())),
                 }
             }
             b'*' if next == Some(b'/') => {
@@ -536,6 +530,23 @@ fn unescape(out: &mut Vec<u8>, e: u8) {
         b'%' | b'_' => out.extend_from_slice(&[b'\\', e]),
         other => out.push(other),
     }
+}
+
+/// Where a comment whose inside starts at `j` ends (past its `*/`), with
+/// up to `nest` levels of comments nested in it.
+fn comment_end(text: &[u8], mut j: usize, nest: usize) -> usize {
+    while let Some(&c) = text.get(j) {
+        let next = text.get(j + 1).copied();
+        if nest > 0 && c == b'/' && next == Some(b'*') {
+            j = comment_end(text, j + 2, nest - 1);
+            continue;
+        }
+        if c == b'*' && next == Some(b'/') {
+            return j + 2;
+        }
+        j += 1;
+    }
+    text.len() + 2
 }
 
 fn skip_line(text: &[u8], mut i: usize) -> usize {
@@ -730,6 +741,12 @@ mod tests {
             );
         }
         assert_eq!(c("SELECT 1 /*!40101 , 2 */"), Class::Plain);
+        // A skipped versioned comment ends at the `*/` after one nested
+        // comment.
+        assert_eq!(
+            c("SELECT 1 /*!99999 /* */ ' */; KILL 5; -- '"),
+            Class::KillOther
+        );
         // latin1 and cp1250: 0xA0 is a space.
         assert_eq!(classify(b"SELECT 1;\xA0KILL 5"), Class::KillOther);
         assert_eq!(classify(b"\xA0KILL\xA0QUERY\xA05"), Class::KillOther);
