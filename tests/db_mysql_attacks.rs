@@ -44,7 +44,8 @@ fn alive(c: &mut MyConn) -> bool {
 /// whose second byte is a backtick or a backslash (a single-byte reading
 /// sees a quote there and the KILL inside it), or after a latin1 0xA0 (a
 /// space to the server, a letter to gatehouse), or after a quote inside a
-/// versioned executable comment the server skips. Each was run by the server
+/// versioned executable comment the server skips, or inside `[...]` under
+/// `sql_mode=MSSQL`. Each was run by the server
 /// before the fix (the victim's connection died); now each is refused by
 /// gatehouse, the victim lives, and the refusal is audited.
 #[test]
@@ -136,6 +137,18 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
         assert_eq!(a.error.as_ref().map(|e| e.code), Some(1094), "{v}: {a:?}");
         assert!(alive(&mut victim), "{v}: the victim's session was killed");
     }
+    // sql_mode=MSSQL quotes identifiers in brackets.
+    let a = attacker.query("SET sql_mode = 'MSSQL'").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    let mut victim = db.login();
+    let tid = server_thread(&mut victim);
+    let a = attacker
+        .query(&format!("SELECT 1 AS [']; KILL {tid}; -- ']"))
+        .unwrap();
+    assert_eq!(a.error.as_ref().map(|e| e.code), Some(1094), "mssql: {a:?}");
+    assert!(alive(&mut victim), "mssql: the victim's session was killed");
+    let a = attacker.query("SET sql_mode = DEFAULT").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
     // latin1 (and cp1250) read 0xA0 as a space, gatehouse as a letter.
     let a = attacker.query("SET NAMES latin1").unwrap();
     assert!(a.error.is_none(), "{a:?}");

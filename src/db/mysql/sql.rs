@@ -112,6 +112,8 @@ struct Reading {
     /// `/*M!999999 ...*/`) is skipped, as the server does when the version
     /// is above its own (and MariaDB for MySQL's 5.7+ ones), or run.
     skip_versioned: bool,
+    /// Whether `[...]` quotes an identifier (`sql_mode=MSSQL`).
+    brackets: bool,
 }
 
 /// Classifies a COM_QUERY (or prepared statement) text. The session's
@@ -119,14 +121,28 @@ struct Reading {
 /// every way they could make the server read it, and when the readings
 /// differ the stricter one wins.
 pub fn classify(text: &[u8]) -> Class {
-    // Reading dynamic SQL inside dynamic SQL multiplies the readings: the
-    // bytes read in all are bounded, past which the text is refused as
-    // one gatehouse cannot check.
-    let mut budget = text.len().saturating_mul(16).saturating_add(1 << 20);
+    // Dynamic SQL inside dynamic SQL multiplies the readings: the bytes
+    // read for it are bounded, past which it is refused as dynamic SQL
+    // gatehouse cannot check.
+    let mut budget = text.len().saturating_mul(64).saturating_add(1 << 20);
     classify_depth(text, 0, &mut budget)
 }
 
+/// Whether `text` holds `word` in any case (bytes, not tokens).
+fn has_word(text: &[u8], word: &[u8]) -> bool {
+    text.windows(word.len())
+        .any(|w| w.eq_ignore_ascii_case(word))
+}
+
 fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
+    // Every class but Plain needs one of these keywords, whole, in the
+    // bytes (the server reads no keyword across a comment or a quote).
+    if ![&b"kill"[..], b"load", b"execute", b"prepare"]
+        .iter()
+        .any(|w| has_word(text, w))
+    {
+        return Class::Plain;
+    }
     let mut charsets = vec![Charset::Single];
     if text.iter().any(|&b| b >= 0x80) {
         charsets.extend([Charset::Gbk, Charset::Big5, Charset::Sjis, Charset::Spaces]);
@@ -147,26 +163,32 @@ fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
             || matches!(w, [b'*', b'M', b'!', d] if d.is_ascii_digit())
     });
     let skips: &[bool] = if versioned { &[false, true] } else { &[false] };
+    // sql_mode=MSSQL quotes identifiers in brackets.
+    let brackets: &[bool] = if text.contains(&b'[') {
+        &[false, true]
+    } else {
+        &[false]
+    };
     let mut classes = Vec::new();
     for &charset in &charsets {
-        for (&escapes, &skip_versioned) in escapes
-            .iter()
-            .flat_map(|e| skips.iter().map(move |s| (e, s)))
-        {
-            let Some(left) = budget.checked_sub(text.len()) else {
-                return Class::Dynamic;
-            };
-            *budget = left;
-            classes.push(classify_as(
-                text,
-                Reading {
-                    escapes,
-                    charset,
-                    skip_versioned,
-                },
-                depth,
-                budget,
-            ));
+        for &escapes in &escapes {
+            for &skip_versioned in skips {
+                for &brackets in brackets {
+                    if depth > 0 {
+                        let Some(left) = budget.checked_sub(text.len()) else {
+                            return Class::Dynamic;
+                        };
+                        *budget = left;
+                    }
+                    let reading = Reading {
+                        escapes,
+                        charset,
+                        skip_versioned,
+                        brackets,
+                    };
+                    classes.push(classify_as(text, reading, depth, budget));
+                }
+            }
         }
     }
     strictest(classes)
@@ -391,12 +413,13 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
     while let Some(&c) = text.get(i) {
         let next = text.get(i + 1).copied();
         match c {
-            b'\'' | b'"' | b'`' => {
+            b'\'' | b'"' | b'`' | b'[' if c != b'[' || reading.brackets => {
                 flush(&mut cur, &mut word, &mut in_word);
                 // A quoted string or identifier, to its closing quote
                 // (doubled quotes and, in strings, backslash escapes
                 // inside; multi-byte characters whole).
                 let escapes = c != b'`'
+                    && c != b'['
                     && match reading.escapes {
                         Escapes::All => true,
                         Escapes::None => false,
@@ -406,6 +429,7 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                 let keep = matches!(cur.dynamic, Dyn::Operand { .. });
                 let mut inner = Vec::new();
                 let mut j = i + 1;
+                let close = if c == b'[' { b']' } else { c };
                 while let Some(&d) = text.get(j) {
                     let n = reading.charset.char_len(text.get(j..).unwrap_or_default());
                     if n > 1 {
@@ -422,10 +446,10 @@ fn split(text: &[u8], reading: Reading) -> Vec<Stmt> {
                         j += 2;
                         continue;
                     }
-                    if d == c {
-                        if text.get(j + 1) == Some(&c) {
+                    if d == close {
+                        if text.get(j + 1) == Some(&close) {
                             if keep {
-                                inner.push(c);
+                                inner.push(close);
                             }
                             j += 2;
                             continue;
@@ -747,6 +771,9 @@ mod tests {
             c("SELECT 1 /*!99999 /* */ ' */; KILL 5; -- '"),
             Class::KillOther
         );
+        // sql_mode=MSSQL: `[...]` quotes an identifier.
+        assert_eq!(c("SELECT 1 AS [']; KILL 5; -- ']"), Class::KillOther);
+        assert_eq!(c("SELECT a[1] FROM t"), Class::Plain);
         // latin1 and cp1250: 0xA0 is a space.
         assert_eq!(classify(b"SELECT 1;\xA0KILL 5"), Class::KillOther);
         assert_eq!(classify(b"\xA0KILL\xA0QUERY\xA05"), Class::KillOther);
