@@ -446,7 +446,7 @@ where
                     parse: None,
                 })
                 .await?;
-                match sql::classify(body) {
+                match classify(body).await {
                     Class::Plain => Answer::Results,
                     Class::Kill { connection, id } => return self.kill(seq, id, connection).await,
                     Class::KillOther => {
@@ -471,7 +471,7 @@ where
                     parse: Some(String::new()),
                 })
                 .await?;
-                match sql::classify(body) {
+                match classify(body).await {
                     Class::Plain => Answer::Prepare,
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
                     Class::Dynamic => return self.refuse_dynamic(seq).await,
@@ -759,6 +759,18 @@ where
         }
         Ok(())
     }
+}
+
+/// [`sql::classify`], off the async workers for a large text (a hostile
+/// one can take a second or two to read every way the server might).
+async fn classify(text: &[u8]) -> Class {
+    if text.len() <= crate::db::postgres::relay::SMALL {
+        return sql::classify(text);
+    }
+    let owned = text.to_vec();
+    tokio::task::spawn_blocking(move || sql::classify(&owned))
+        .await
+        .unwrap_or(Class::Dynamic)
 }
 
 fn command_name(cmd: u8) -> &'static str {
