@@ -167,6 +167,30 @@ fn a_kill_hidden_in_a_compound_statement_dynamic_sql_or_a_gbk_character_never_re
         alive(&mut victim),
         "latin1 nbsp: the victim's session was killed"
     );
+    // The server's status says whether backslashes escape: a statement
+    // with an escaped quote before the word kill is data, and runs...
+    let a = attacker
+        .query("INSERT INTO t (id, body) VALUES (77, 'don\\'t kill me')")
+        .unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    assert_eq!(
+        db.db.sql("SELECT body FROM app.t WHERE id = 77"),
+        "don't kill me"
+    );
+    // ...and with NO_BACKSLASH_ESCAPES the same quote no longer hides one.
+    let a = attacker
+        .query("SET sql_mode = 'NO_BACKSLASH_ESCAPES'")
+        .unwrap();
+    assert!(a.error.is_none(), "{a:?}");
+    let mut victim = db.login();
+    let tid = server_thread(&mut victim);
+    let a = attacker
+        .query(&format!("SELECT 'a\\'; KILL {tid}; -- '"))
+        .unwrap();
+    assert_eq!(a.error.as_ref().map(|e| e.code), Some(1094), "nbe: {a:?}");
+    assert!(alive(&mut victim), "nbe: the victim's session was killed");
+    let a = attacker.query("SET sql_mode = DEFAULT").unwrap();
+    assert!(a.error.is_none(), "{a:?}");
     // Dynamic SQL with a literal text still runs.
     let a = attacker
         .query("PREPARE s FROM 'SELECT ?'; EXECUTE s USING 'dyn_ok'")

@@ -67,6 +67,7 @@ const COM_RESET_CONNECTION: u8 = 0x1F;
 // Server status flags.
 const MORE_RESULTS: u16 = 0x0008;
 const CURSOR_EXISTS: u16 = 0x0040;
+const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
 /// Limits of a session.
 #[derive(Debug, Clone)]
@@ -124,6 +125,9 @@ struct Relay<'a, CR, CW, SR, SW> {
     budget: std::sync::Arc<Semaphore>,
     summary: Summary,
     buf: Vec<u8>,
+    /// Whether the server's last status said NO_BACKSLASH_ESCAPES (None:
+    /// no status seen yet).
+    no_backslash_escapes: Option<bool>,
 }
 
 /// Runs the command phase until either side ends or a limit is reached.
@@ -152,6 +156,7 @@ pub async fn run(
         budget: limits.budget,
         summary: Summary::default(),
         buf: Vec::with_capacity(BUF),
+        no_backslash_escapes: None,
     };
     let deadline = tokio::time::Instant::now() + limits.max_session;
     let mut shutdown = limits.shutdown;
@@ -446,7 +451,7 @@ where
                     parse: None,
                 })
                 .await?;
-                match classify(body).await {
+                match classify(body, self.no_backslash_escapes).await {
                     Class::Plain => Answer::Results,
                     Class::Kill { connection, id } => return self.kill(seq, id, connection).await,
                     Class::KillOther => {
@@ -471,7 +476,7 @@ where
                     parse: Some(String::new()),
                 })
                 .await?;
-                match classify(body).await {
+                match classify(body, self.no_backslash_escapes).await {
                     Class::Plain => Answer::Prepare,
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
                     Class::Dynamic => return self.refuse_dynamic(seq).await,
@@ -751,6 +756,9 @@ where
         if let Some((id, params)) = scan.prepared {
             self.statements.prepared(id, params);
         }
+        if let Some(status) = scan.status {
+            self.no_backslash_escapes = Some(status & NO_BACKSLASH_ESCAPES != 0);
+        }
         let record = !matches!(answer, Answer::One { record: false } | Answer::Fetch);
         if record {
             for ev in scan.results {
@@ -763,12 +771,12 @@ where
 
 /// [`sql::classify`], off the async workers for a large text (a hostile
 /// one can take a second or two to read every way the server might).
-async fn classify(text: &[u8]) -> Class {
+async fn classify(text: &[u8], no_backslash_escapes: Option<bool>) -> Class {
     if text.len() <= crate::db::postgres::relay::SMALL {
-        return sql::classify(text);
+        return sql::classify_in(text, no_backslash_escapes);
     }
     let owned = text.to_vec();
-    tokio::task::spawn_blocking(move || sql::classify(&owned))
+    tokio::task::spawn_blocking(move || sql::classify_in(&owned, no_backslash_escapes))
         .await
         .unwrap_or(Class::Dynamic)
 }
@@ -817,6 +825,8 @@ struct Scan {
     results: Vec<DbEvent>,
     prepared: Option<(u32, u16)>,
     local_infile: bool,
+    /// The server status of the last OK or EOF.
+    status: Option<u16>,
     /// Where in the bytes last fed the client must stop getting them:
     /// the start of a LOCAL INFILE request (0xFB), which it must never see.
     cut: Option<usize>,
@@ -843,6 +853,7 @@ impl Scan {
             results: Vec::new(),
             prepared: None,
             local_infile: false,
+            status: None,
             cut: None,
         }
     }
@@ -943,7 +954,8 @@ impl Scan {
             (Answer::One { .. }, _) => {
                 match first {
                     Some(0x00) => {
-                        let (affected, _) = ok_fields(p);
+                        let (affected, status) = ok_fields(p);
+                        self.status = Some(status);
                         self.result("OK", Some(affected));
                     }
                     Some(0xFF) => self.error(p),
@@ -972,6 +984,7 @@ impl Scan {
             (_, St::First) => match first {
                 Some(0x00) => {
                     let (affected, status) = ok_fields(p);
+                    self.status = Some(status);
                     self.result("OK", Some(affected));
                     self.next_result(status);
                 }
@@ -1007,6 +1020,7 @@ impl Scan {
                     let status = Reader::new(p.get(3..).unwrap_or_default())
                         .u16()
                         .unwrap_or(0);
+                    self.status = Some(status);
                     if status & CURSOR_EXISTS != 0 {
                         self.result("SELECT (cursor)", None);
                         self.st = St::Done;
@@ -1027,6 +1041,7 @@ impl Scan {
                             .u16()
                             .unwrap_or(0)
                     };
+                    self.status = Some(status);
                     if self.answer == Answer::Fetch {
                         self.st = St::Done;
                         return;

@@ -121,11 +121,26 @@ struct Reading {
 /// every way they could make the server read it, and when the readings
 /// differ the stricter one wins.
 pub fn classify(text: &[u8]) -> Class {
+    classify_in(text, None)
+}
+
+/// [`classify`] for a session whose last server status said whether
+/// `NO_BACKSLASH_ESCAPES` is on (`SERVER_STATUS_NO_BACKSLASH_ESCAPES`):
+/// a text the server reads as one statement in that mode is read only
+/// with that mode's escapes (a multi-statement may change the mode between
+/// its statements, so it is read every way).
+pub fn classify_in(text: &[u8], no_backslash_escapes: Option<bool>) -> Class {
     // Dynamic SQL inside dynamic SQL multiplies the readings: the bytes
     // read for it are bounded, past which it is refused as dynamic SQL
     // gatehouse cannot check.
     let mut budget = text.len().saturating_mul(64).saturating_add(1 << 20);
-    classify_depth(text, 0, &mut budget)
+    if let Some(nbe) = no_backslash_escapes {
+        let (class, statements) = classify_depth(text, 0, &mut budget, Some(nbe));
+        if statements <= 1 {
+            return class;
+        }
+    }
+    classify_depth(text, 0, &mut budget, None).0
 }
 
 /// Whether `text` holds `word` in any case (bytes, not tokens).
@@ -134,14 +149,20 @@ fn has_word(text: &[u8], word: &[u8]) -> bool {
         .any(|w| w.eq_ignore_ascii_case(word))
 }
 
-fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
+/// The class, and the most statements a reading saw.
+fn classify_depth(
+    text: &[u8],
+    depth: usize,
+    budget: &mut usize,
+    no_backslash_escapes: Option<bool>,
+) -> (Class, usize) {
     // Every class but Plain needs one of these keywords, whole, in the
     // bytes (the server reads no keyword across a comment or a quote).
     if ![&b"kill"[..], b"load", b"execute", b"prepare"]
         .iter()
         .any(|w| has_word(text, w))
     {
-        return Class::Plain;
+        return (Class::Plain, 0);
     }
     let mut charsets = vec![Charset::Single];
     if text.iter().any(|&b| b >= 0x80) {
@@ -155,6 +176,11 @@ fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
         if text.contains(&b'"') {
             escapes.push(Escapes::SingleOnly);
         }
+    }
+    match no_backslash_escapes {
+        Some(true) => escapes = vec![Escapes::None],
+        Some(false) => escapes.retain(|e| *e != Escapes::None),
+        None => {}
     }
     // A versioned executable comment is code or a comment, depending on
     // the server's version.
@@ -170,13 +196,14 @@ fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
         &[false]
     };
     let mut classes = Vec::new();
+    let mut most = 0;
     for &charset in &charsets {
         for &escapes in &escapes {
             for &skip_versioned in skips {
                 for &brackets in brackets {
                     if depth > 0 {
                         let Some(left) = budget.checked_sub(text.len()) else {
-                            return Class::Dynamic;
+                            return (Class::Dynamic, most);
                         };
                         *budget = left;
                     }
@@ -186,12 +213,14 @@ fn classify_depth(text: &[u8], depth: usize, budget: &mut usize) -> Class {
                         skip_versioned,
                         brackets,
                     };
-                    classes.push(classify_as(text, reading, depth, budget));
+                    let (class, n) = classify_as(text, reading, depth, budget);
+                    most = most.max(n);
+                    classes.push(class);
                 }
             }
         }
     }
-    strictest(classes)
+    (strictest(classes), most)
 }
 
 /// One class when all readings agree; otherwise the strictest.
@@ -214,23 +243,24 @@ fn strictest(classes: Vec<Class>) -> Class {
     Class::Dynamic
 }
 
-fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) -> Class {
+fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) -> (Class, usize) {
     let statements = split(text, reading);
+    let n = statements.len();
     let several = statements.len() > 1;
     let mut classes = vec![Class::Plain];
     for s in &statements {
         let words = &s.words;
         let first = words.first().map(|w| w.as_slice());
         if s.kill_later {
-            return Class::KillOther;
+            return (Class::KillOther, n);
         }
         if first.is_some_and(|w| w.eq_ignore_ascii_case(b"kill")) {
             match (several, parse_kill(words)) {
                 (false, Some((connection, id))) => classes.push(Class::Kill { connection, id }),
-                _ => return Class::KillOther,
+                _ => return (Class::KillOther, n),
             }
         } else if is_load_local(words) {
-            return Class::LoadLocal;
+            return (Class::LoadLocal, n);
         }
         if s.dynamic_unreadable {
             classes.push(Class::Dynamic);
@@ -240,7 +270,7 @@ fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) 
                 classes.push(Class::Dynamic);
                 continue;
             }
-            match classify_depth(inner, depth + 1, budget) {
+            match classify_depth(inner, depth + 1, budget, None).0 {
                 Class::Plain => {}
                 // A KILL as dynamic SQL is never one gatehouse maps.
                 Class::Kill { .. } => classes.push(Class::KillOther),
@@ -256,10 +286,11 @@ fn classify_as(text: &[u8], reading: Reading, depth: usize, budget: &mut usize) 
         Class::KillOther => 3,
         Class::LoadLocal => 4,
     };
-    classes
+    let class = classes
         .into_iter()
         .max_by_key(worst)
-        .unwrap_or(Class::Plain)
+        .unwrap_or(Class::Plain);
+    (class, n)
 }
 
 fn parse_kill(words: &[Vec<u8>]) -> Option<(bool, u64)> {
@@ -795,6 +826,22 @@ mod tests {
         let t0 = std::time::Instant::now();
         let _ = c(&big);
         assert!(t0.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn a_known_escape_mode_reads_one_statement_once() {
+        let dump = "INSERT INTO t VALUES ('don\\'t kill me')";
+        // Mode unknown: the NO_BACKSLASH_ESCAPES reading sees `kill`.
+        assert_eq!(c(dump), Class::KillOther);
+        // Backslashes escape (the server said so): one statement, a string.
+        assert_eq!(classify_in(dump.as_bytes(), Some(false)), Class::Plain);
+        // NO_BACKSLASH_ESCAPES on: the string ends at `\'`, KILL is code.
+        let trick = "SELECT 'a\\'; KILL 5; -- '";
+        assert_eq!(classify_in(trick.as_bytes(), Some(true)), Class::KillOther);
+        assert_eq!(classify_in(trick.as_bytes(), Some(false)), Class::Plain);
+        // Several statements may change the mode between them: every way.
+        let multi = "SET sql_mode = 'NO_BACKSLASH_ESCAPES'; SELECT 'a\\'; KILL 5; -- '";
+        assert_eq!(classify_in(multi.as_bytes(), Some(false)), Class::KillOther);
     }
 
     #[test]
