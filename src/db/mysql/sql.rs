@@ -143,13 +143,22 @@ pub fn classify_in(text: &[u8], no_backslash_escapes: Option<bool>) -> Class {
     classify_depth(text, 0, &mut budget, None).0
 }
 
-/// Whether `text` holds `word` in any case (bytes, not tokens).
-fn has_word(text: &[u8], word: &[u8]) -> bool {
-    text.windows(word.len())
-        .any(|w| w.eq_ignore_ascii_case(word))
+/// Whether `text` holds one of the keywords a class other than Plain
+/// needs (`kill`, `load`, `execute`, `prepare`), in any case, as bytes.
+fn has_keyword(text: &[u8]) -> bool {
+    let at = |i: usize, w: &[u8]| {
+        text.get(i..i + w.len())
+            .is_some_and(|x| x.eq_ignore_ascii_case(w))
+    };
+    text.iter().enumerate().any(|(i, &b)| match b | 0x20 {
+        b'k' => at(i, b"kill"),
+        b'l' => at(i, b"load"),
+        b'e' => at(i, b"execute"),
+        b'p' => at(i, b"prepare"),
+        _ => false,
+    })
 }
 
-/// The class, and the most statements a reading saw.
 fn classify_depth(
     text: &[u8],
     depth: usize,
@@ -158,10 +167,7 @@ fn classify_depth(
 ) -> (Class, usize) {
     // Every class but Plain needs one of these keywords, whole, in the
     // bytes (the server reads no keyword across a comment or a quote).
-    if ![&b"kill"[..], b"load", b"execute", b"prepare"]
-        .iter()
-        .any(|w| has_word(text, w))
-    {
+    if !has_keyword(text) {
         return (Class::Plain, 0);
     }
     let mut charsets = vec![Charset::Single];
