@@ -74,9 +74,19 @@ impl Statements {
         self.last = None;
     }
 
+    /// Forgets which statement id 0xFFFFFFFF names (a prepare is about to
+    /// name a new one, or fail and leave none, as the server does).
+    pub fn forget_last(&mut self) {
+        self.last = None;
+    }
+
     pub fn long_data(&mut self, id: u32, param: u16) {
         let id = self.resolve(id);
         if let Some(s) = self.map.get_mut(&id) {
+            // The server refuses a parameter the statement does not have.
+            if param >= s.params {
+                return;
+            }
             s.long_data.insert(param);
         }
     }
@@ -424,5 +434,8 @@ mod tests {
         body.push(9);
         let (_, values, _) = st.execute(&body);
         assert_eq!(values, vec![text("(long data)"), text("9")]);
+        // A parameter the statement does not have is not remembered.
+        st.long_data(7, 60_000);
+        assert_eq!(st.map.get(&7).map(|s| s.long_data.len()), Some(0));
     }
 }

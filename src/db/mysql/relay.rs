@@ -67,6 +67,7 @@ const COM_RESET_CONNECTION: u8 = 0x1F;
 // Server status flags.
 const MORE_RESULTS: u16 = 0x0008;
 const CURSOR_EXISTS: u16 = 0x0040;
+const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
 /// Limits of a session.
 #[derive(Debug, Clone)]
@@ -124,6 +125,9 @@ struct Relay<'a, CR, CW, SR, SW> {
     budget: std::sync::Arc<Semaphore>,
     summary: Summary,
     buf: Vec<u8>,
+    /// Whether the server's last status said NO_BACKSLASH_ESCAPES (None:
+    /// no status seen yet).
+    no_backslash_escapes: Option<bool>,
 }
 
 /// Runs the command phase until either side ends or a limit is reached.
@@ -152,6 +156,7 @@ pub async fn run(
         budget: limits.budget,
         summary: Summary::default(),
         buf: Vec::with_capacity(BUF),
+        no_backslash_escapes: None,
     };
     let deadline = tokio::time::Instant::now() + limits.max_session;
     let mut shutdown = limits.shutdown;
@@ -314,9 +319,31 @@ where
             } else {
                 None
             };
+        // The body as it comes: bytes arriving are activity; a client that
+        // stops mid-command is idle (and gives back its share of the
+        // budget when the idle timeout ends the session).
         let mut payload = vec![0u8; len];
-        if self.client_r.read_exact(&mut payload).await.is_err() {
-            return Err(End::quiet("client closed the connection"));
+        let mut got = 0;
+        while got < len {
+            let Some(dest) = payload.get_mut(got..) else {
+                break;
+            };
+            let read = self.client_r.read(dest);
+            let n =
+                if self.idle.is_zero() {
+                    read.await
+                } else {
+                    match tokio::time::timeout(self.idle, read).await {
+                        Ok(r) => r,
+                        Err(_) => return Err(End::quiet(
+                            "idle_timeout reached: the client stopped in the middle of a command",
+                        )),
+                    }
+                };
+            match n {
+                Ok(0) | Err(_) => return Err(End::quiet("client closed the connection")),
+                Ok(n) => got += n,
+            }
         }
         self.summary.bytes_up += 4 + len as u64;
         len = len.min(payload.len());
@@ -410,6 +437,11 @@ where
         let Some((&cmd, body)) = payload.split_first() else {
             return Err(End::quiet("protocol error: empty command"));
         };
+        if cmd == COM_STMT_PREPARE {
+            // As the server: a failed prepare leaves no "last statement"
+            // (id 0xFFFFFFFF); a successful one names itself.
+            self.statements.forget_last();
+        }
         let answer = match cmd {
             COM_QUIT => return Err(End::quiet("client quit")),
             COM_QUERY => {
@@ -419,7 +451,7 @@ where
                     parse: None,
                 })
                 .await?;
-                match sql::classify(body) {
+                match classify(body, self.no_backslash_escapes).await {
                     Class::Plain => Answer::Results,
                     Class::Kill { connection, id } => return self.kill(seq, id, connection).await,
                     Class::KillOther => {
@@ -434,6 +466,7 @@ where
                             .await
                     }
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
+                    Class::Dynamic => return self.refuse_dynamic(seq).await,
                 }
             }
             COM_STMT_PREPARE => {
@@ -443,9 +476,10 @@ where
                     parse: Some(String::new()),
                 })
                 .await?;
-                match sql::classify(body) {
+                match classify(body, self.no_backslash_escapes).await {
                     Class::Plain => Answer::Prepare,
                     Class::LoadLocal => return self.refuse_load_local(seq).await,
+                    Class::Dynamic => return self.refuse_dynamic(seq).await,
                     Class::Kill { .. } | Class::KillOther => {
                         return self
                             .refuse(
@@ -590,6 +624,17 @@ where
         .await
     }
 
+    async fn refuse_dynamic(&mut self, seq: u8) -> Result<(), End> {
+        self.refuse(
+            seq,
+            "dynamic SQL",
+            1227,
+            "42000",
+            "gatehouse: PREPARE ... FROM and EXECUTE IMMEDIATE are allowed only with one literal statement text, which gatehouse can check; not with an expression or a variable".into(),
+        )
+        .await
+    }
+
     /// `KILL [QUERY|CONNECTION] id`: `id` is a gatehouse connection id;
     /// only the same person's live session on this target is killed, by
     /// gatehouse, as that session's login. Anything else is answered as
@@ -693,7 +738,10 @@ where
             };
             let chunk = std::mem::take(&mut self.buf);
             let done = scan.feed(chunk.get(..n).unwrap_or_default());
-            let written = self.send_client(chunk.get(..n).unwrap_or_default()).await;
+            let pass = scan.cut.unwrap_or(n).min(n);
+            let written = self
+                .send_client(chunk.get(..pass).unwrap_or_default())
+                .await;
             self.buf = chunk;
             written?;
             if scan.local_infile {
@@ -708,6 +756,9 @@ where
         if let Some((id, params)) = scan.prepared {
             self.statements.prepared(id, params);
         }
+        if let Some(status) = scan.status {
+            self.no_backslash_escapes = Some(status & NO_BACKSLASH_ESCAPES != 0);
+        }
         let record = !matches!(answer, Answer::One { record: false } | Answer::Fetch);
         if record {
             for ev in scan.results {
@@ -716,6 +767,18 @@ where
         }
         Ok(())
     }
+}
+
+/// [`sql::classify`], off the async workers for a large text (a hostile
+/// one can take a second or two to read every way the server might).
+async fn classify(text: &[u8], no_backslash_escapes: Option<bool>) -> Class {
+    if text.len() <= crate::db::postgres::relay::SMALL {
+        return sql::classify_in(text, no_backslash_escapes);
+    }
+    let owned = text.to_vec();
+    tokio::task::spawn_blocking(move || sql::classify_in(&owned, no_backslash_escapes))
+        .await
+        .unwrap_or(Class::Dynamic)
 }
 
 fn command_name(cmd: u8) -> &'static str {
@@ -762,6 +825,11 @@ struct Scan {
     results: Vec<DbEvent>,
     prepared: Option<(u32, u16)>,
     local_infile: bool,
+    /// The server status of the last OK or EOF.
+    status: Option<u16>,
+    /// Where in the bytes last fed the client must stop getting them:
+    /// the start of a LOCAL INFILE request (0xFB), which it must never see.
+    cut: Option<usize>,
 }
 
 impl Scan {
@@ -785,12 +853,20 @@ impl Scan {
             results: Vec::new(),
             prepared: None,
             local_infile: false,
+            status: None,
+            cut: None,
         }
     }
 
     /// Consumes bytes; true once the answer is complete.
     fn feed(&mut self, mut data: &[u8]) -> bool {
+        let total = data.len();
+        // Where the packet being read began in `data` (None: before it).
+        let mut began = None;
         while !data.is_empty() && self.st != St::Done {
+            if self.head_have == 0 {
+                began = Some(total - data.len());
+            }
             if self.head_have < 4 {
                 let take = (4 - self.head_have).min(data.len());
                 let (h, rest) = data.split_at(take);
@@ -811,6 +887,19 @@ impl Scan {
             }
             let take = self.left.min(data.len());
             let (body, rest) = data.split_at(take);
+            // A LOCAL INFILE request where an answer begins: the server
+            // asks for one of the client's files. The client never sees
+            // it (nor the rest); the relay ends the session.
+            if self.st == St::First
+                && !self.continuation
+                && self.keep.is_empty()
+                && body.first() == Some(&0xFB)
+            {
+                self.local_infile = true;
+                self.cut = Some(began.unwrap_or(0));
+                self.st = St::Done;
+                return true;
+            }
             if !self.continuation && self.keep.len() < KEEP {
                 let room = KEEP - self.keep.len();
                 self.keep
@@ -865,7 +954,8 @@ impl Scan {
             (Answer::One { .. }, _) => {
                 match first {
                     Some(0x00) => {
-                        let (affected, _) = ok_fields(p);
+                        let (affected, status) = ok_fields(p);
+                        self.status = Some(status);
                         self.result("OK", Some(affected));
                     }
                     Some(0xFF) => self.error(p),
@@ -894,6 +984,7 @@ impl Scan {
             (_, St::First) => match first {
                 Some(0x00) => {
                     let (affected, status) = ok_fields(p);
+                    self.status = Some(status);
                     self.result("OK", Some(affected));
                     self.next_result(status);
                 }
@@ -929,6 +1020,7 @@ impl Scan {
                     let status = Reader::new(p.get(3..).unwrap_or_default())
                         .u16()
                         .unwrap_or(0);
+                    self.status = Some(status);
                     if status & CURSOR_EXISTS != 0 {
                         self.result("SELECT (cursor)", None);
                         self.st = St::Done;
@@ -949,6 +1041,7 @@ impl Scan {
                             .u16()
                             .unwrap_or(0)
                     };
+                    self.status = Some(status);
                     if self.answer == Answer::Fetch {
                         self.st = St::Done;
                         return;
@@ -1122,10 +1215,26 @@ mod tests {
     }
 
     #[test]
-    fn a_local_infile_request_is_noticed() {
+    fn a_local_infile_request_is_noticed_and_cut_before_its_header() {
         let bytes = framed(&[b"\xFB/etc/passwd"]);
         let mut s = Scan::new(Answer::Results, true, Instant::now());
         assert!(s.feed(&bytes));
         assert!(s.local_infile);
+        assert_eq!(s.cut, Some(0));
+        // After a first result, split across reads.
+        let mut more = ok(0, MORE_RESULTS | 2);
+        more[0] = 0;
+        let bytes = framed(&[&more, b"\xFB/etc/passwd"]);
+        let mut s = Scan::new(Answer::Results, true, Instant::now());
+        let (a, b) = bytes.split_at(more.len() + 6);
+        assert!(!s.feed(a));
+        assert_eq!(s.cut, None);
+        assert!(s.feed(b));
+        assert!(s.local_infile);
+        assert_eq!(
+            s.cut,
+            Some(0),
+            "the header came earlier; nothing of the body passes"
+        );
     }
 }
