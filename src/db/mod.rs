@@ -84,6 +84,23 @@ impl Service for DbService {
     }
 }
 
+/// Who a database session is, for its audit events.
+pub(crate) fn who<'a>(
+    user: &'a str,
+    login: &'a str,
+    target: &'a str,
+    database: &'a str,
+    source: &'a str,
+) -> crate::audit::DbWho<'a> {
+    crate::audit::DbWho {
+        user,
+        login,
+        target,
+        database,
+        source,
+    }
+}
+
 /// A random session id (hex, 16 bytes), like the SSH sessions'.
 pub fn new_session_id() -> String {
     let mut b = [0u8; 16];

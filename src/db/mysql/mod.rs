@@ -39,9 +39,9 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 
-use crate::audit::{self, DbWho};
+use crate::audit;
 use crate::auth::{AuthenticatedUser, CodeOutcome};
-use crate::db::{cancel, DbGateway};
+use crate::db::{cancel, who, DbGateway};
 use crate::dispatch::{Connection, Stream};
 use crate::policy::Denied;
 use crate::recording::{RecordingKind, RecordingMeta};
@@ -96,21 +96,6 @@ async fn goodbye(stream: &mut Box<dyn Stream>, seq: u8, r: &Refusal) {
     .await;
 }
 
-fn who<'a>(
-    user: &'a str,
-    login: &'a str,
-    target: &'a str,
-    database: &'a str,
-    source: &'a str,
-) -> DbWho<'a> {
-    DbWho {
-        user,
-        login,
-        target,
-        database,
-        source,
-    }
-}
 
 /// The greeting to send for `target`: the cached one, else a probe's.
 async fn server_hello(

@@ -69,15 +69,8 @@ const MORE_RESULTS: u16 = 0x0008;
 const CURSOR_EXISTS: u16 = 0x0040;
 const NO_BACKSLASH_ESCAPES: u16 = 0x0200;
 
-/// Limits of a session.
-#[derive(Debug, Clone)]
-pub struct Limits {
-    pub max_session: Duration,
-    /// Zero: no idle limit.
-    pub idle_timeout: Duration,
-    pub shutdown: watch::Receiver<bool>,
-    pub budget: std::sync::Arc<Semaphore>,
-}
+/// Limits of a session: the same as PostgreSQL's (one budget for both).
+pub use crate::db::postgres::relay::Limits;
 
 /// What a session did, for its audit event.
 #[derive(Debug, Clone, Default)]

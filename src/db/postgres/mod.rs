@@ -34,9 +34,9 @@ use std::time::{Duration, Instant};
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::audit::{self, DbWho};
+use crate::audit;
 use crate::auth::{AuthenticatedUser, CodeOutcome};
-use crate::db::{cancel, DbGateway};
+use crate::db::{cancel, who, DbGateway};
 use crate::dispatch::{Connection, Stream};
 use crate::policy::{Authorized, Denied};
 use crate::recording::{RecordingKind, RecordingMeta};
@@ -144,21 +144,6 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
     session(gw, authorized, startup, database, source, stream).await;
 }
 
-fn who<'a>(
-    user: &'a str,
-    login: &'a str,
-    target: &'a str,
-    database: &'a str,
-    source: &'a str,
-) -> DbWho<'a> {
-    DbWho {
-        user,
-        login,
-        target,
-        database,
-        source,
-    }
-}
 
 /// Sends a FATAL error and closes, without waiting on a client that does
 /// not read.
