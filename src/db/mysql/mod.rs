@@ -96,7 +96,6 @@ async fn goodbye(stream: &mut Box<dyn Stream>, seq: u8, r: &Refusal) {
     .await;
 }
 
-
 /// The greeting to send for `target`: the cached one, else a probe's.
 async fn server_hello(
     gw: &DbGateway,

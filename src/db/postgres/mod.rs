@@ -144,7 +144,6 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
     session(gw, authorized, startup, database, source, stream).await;
 }
 
-
 /// Sends a FATAL error and closes, without waiting on a client that does
 /// not read.
 async fn goodbye(stream: &mut Box<dyn Stream>, r: &Refusal) {
