@@ -980,20 +980,7 @@ fn in_the_tunnel_a_code_through_the_native_scramble_admits_and_then_the_lease_do
     if !myworld::tools() {
         return;
     }
-    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
-    server.create_user(LOGIN, APP_PASSWORD);
-    server.create_database("app", LOGIN);
-    let w = common::netns::WgWorld::start(lab, 1, |b| {
-        b.role("dba", &[myworld::TARGET], &[LOGIN])
-            .user_roles("alice", &["web", "dba"])
-            .raw(&myworld::my_target(
-                myworld::TARGET,
-                &server.address(),
-                myworld::TUNNEL_PORT,
-                &common::pgworld::tls_ca(&server.ca_pem),
-            ))
-    });
-    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let (_server, w) = myworld::tunnel(lab, APP_PASSWORD, |b| b);
     let _device = w.connect(0);
     // No lease yet: a wrong code is refused as a failed login.
     let code = common::totp(&w.secret);
@@ -1293,21 +1280,7 @@ fn in_the_tunnel_without_a_lease_every_connection_needs_a_fresh_code() {
     if !myworld::tools() {
         return;
     }
-    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
-    server.create_user(LOGIN, APP_PASSWORD);
-    server.create_database("app", LOGIN);
-    let w = common::netns::WgWorld::start(lab, 1, |b| {
-        b.role("dba", &[myworld::TARGET], &[LOGIN])
-            .user_roles("alice", &["web", "dba"])
-            .raw(&myworld::my_target(
-                myworld::TARGET,
-                &server.address(),
-                myworld::TUNNEL_PORT,
-                &common::pgworld::tls_ca(&server.ca_pem),
-            ))
-            .auth_line("mfa_lease = \"0s\"")
-    });
-    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let (_server, w) = myworld::tunnel(lab, APP_PASSWORD, |b| b.auth_line("mfa_lease = \"0s\""));
     let _device = w.connect(0);
     // No password at all: refused.
     let out = mariadb_in_tunnel(&w, 0, None, "SELECT 1");

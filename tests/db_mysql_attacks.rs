@@ -388,21 +388,7 @@ fn in_the_tunnel_a_code_through_caching_sha2s_fast_path_admits_once_and_a_wrong_
     if !myworld::tools() {
         return;
     }
-    let server = common::mariadb::MariaDb::start(common::mariadb::MariaOptions::default());
-    server.create_user(LOGIN, APP_PASSWORD);
-    server.create_database("app", LOGIN);
-    let w = common::netns::WgWorld::start(lab, 1, |b| {
-        b.role("dba", &[myworld::TARGET], &[LOGIN])
-            .user_roles("alice", &["web", "dba"])
-            .raw(&myworld::my_target(
-                myworld::TARGET,
-                &server.address(),
-                myworld::TUNNEL_PORT,
-                &common::pgworld::tls_ca(&server.ca_pem),
-            ))
-            .auth_line("mfa_lease = \"0s\"")
-    });
-    common::pgworld::store_credential(w.gw.setup(), myworld::TARGET, LOGIN, APP_PASSWORD);
+    let (_server, w) = myworld::tunnel(lab, APP_PASSWORD, |b| b.auth_line("mfa_lease = \"0s\""));
     let _device = w.connect(0);
     let code = common::totp(&w.secret);
     let wrong = if code == "000000" { "111111" } else { "000000" };

@@ -867,3 +867,31 @@ pub fn raw_greeting(addr: &str) -> Vec<u8> {
     s.read_exact(&mut p).expect("the greeting");
     p
 }
+
+/// The tunnel door's world: a MariaDB with login `app` (password
+/// `password`) owning database `app`, and a gatehouse with a WireGuard
+/// device of alice (`lab`, one device) whose role allows `app` on db-my,
+/// the credential stored. `tweak` may add config (e.g. `mfa_lease`).
+pub fn tunnel(
+    lab: super::netns::Lab,
+    password: &str,
+    tweak: impl FnOnce(super::GatehouseBuilder) -> super::GatehouseBuilder,
+) -> (MariaDb, super::netns::WgWorld) {
+    let server = MariaDb::start(MariaOptions::default());
+    server.create_user(LOGIN, password);
+    server.create_database(DATABASE, LOGIN);
+    let w = super::netns::WgWorld::start(lab, 1, |b| {
+        tweak(
+            b.role("dba", &[TARGET], &[LOGIN])
+                .user_roles("alice", &["web", "dba"])
+                .raw(&my_target(
+                    TARGET,
+                    &server.address(),
+                    TUNNEL_PORT,
+                    &tls_ca(&server.ca_pem),
+                )),
+        )
+    });
+    store_credential(w.gw.setup(), TARGET, LOGIN, password);
+    (server, w)
+}
