@@ -64,6 +64,7 @@ pub fn quickstart(dir: &Path, port: u16) -> anyhow::Result<ExitCode> {
         };
         let text = TEMPLATE
             .replace("@STATE_DIR@", &dir.join("state").display().to_string())
+            .replace("@DIR@", &dir.display().to_string())
             .replace("@PORT@", &port.to_string())
             .replace("@USER_KEY@", user_key.public_line().trim())
             .replace("@AUDITOR_KEY@", auditor.public_line().trim())

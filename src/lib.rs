@@ -7,6 +7,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod anomaly;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -15,6 +16,8 @@ pub mod config;
 pub mod daemon;
 pub mod db;
 pub mod dispatch;
+pub mod live;
+pub mod metrics;
 pub mod policy;
 pub mod recording;
 pub mod source;

@@ -272,6 +272,7 @@ mod tests {
             allow_env: vec!["LANG".into(), "LC_*".into(), "TERM".into()],
             record_input: RecordInput::default(),
             allow_options: false,
+            announce_watch: false,
         }
     }
 
@@ -351,6 +352,9 @@ mod tests {
                 min_free_bytes: 0,
             },
             wireguard: None,
+            control: Default::default(),
+            metrics: Default::default(),
+            anomaly: None,
             warnings: vec![],
         }))
     }

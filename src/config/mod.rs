@@ -26,6 +26,13 @@ pub struct Settings {
     pub recordings: RecordingSettings,
     /// `[wireguard]`, when the gateway terminates WireGuard itself.
     pub wireguard: Option<WireGuardSettings>,
+    /// `[control]`: the daemon's control socket.
+    pub control: ControlSettings,
+    /// `[metrics]`: the Prometheus endpoint, when configured.
+    pub metrics: MetricsSettings,
+    /// `[anomaly]`: unusual-activity rules; `None` when the section is absent
+    /// (no rule runs).
+    pub anomaly: Option<AnomalySettings>,
     /// Things that are valid but deserve a change (`file:line:col: path:
     /// message`), e.g. the old boolean `record_input`; printed by every
     /// command that loads the file, `gatehouse check` included.
@@ -169,6 +176,10 @@ pub struct Role {
     /// unless every role granting the login says `allow_options = true`.
     /// Default false.
     pub allow_options: bool,
+    /// Whether the user's terminal is told when an administrator starts
+    /// watching the session live (`gatehouse sessions watch`). True when any
+    /// granting role says so (telling is the stricter choice). Default false.
+    pub announce_watch: bool,
 }
 
 /// Which input (user -> target bytes) a role's sessions record. Output is
@@ -342,6 +353,41 @@ impl DbAuth {
         }
     }
 }
+
+/// `[control]`
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControlSettings {
+    /// The control socket (`gatehouse sessions`, `lock`, `reload`, ...).
+    /// Default `/run/gatehouse/control.sock` (systemd's
+    /// `RuntimeDirectory=gatehouse`). Created 0600 for the daemon's user.
+    pub socket: PathBuf,
+    /// A group whose members may use the socket too (the socket becomes
+    /// 0660 with that group). Default: none.
+    pub group: Option<String>,
+}
+
+/// Where the control socket is when `[control] socket` is not given.
+pub const DEFAULT_CONTROL_SOCKET: &str = "/run/gatehouse/control.sock";
+
+impl Default for ControlSettings {
+    fn default() -> Self {
+        ControlSettings {
+            socket: PathBuf::from(DEFAULT_CONTROL_SOCKET),
+            group: None,
+        }
+    }
+}
+
+/// `[metrics]`
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct MetricsSettings {
+    /// Where `/metrics` (Prometheus text format) is served. Off unless set.
+    pub listen: Option<SocketAddr>,
+}
+
+/// `[anomaly]`: see `validate/anomaly.rs` for the defaults.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AnomalySettings {}
 
 mod raw;
 mod validate;

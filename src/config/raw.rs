@@ -23,6 +23,8 @@ use std::ops::Range;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+pub(super) mod anomaly;
+
 /// One problem, located by byte span; `validate.rs` turns it into a
 /// `ConfigError` with line and column.
 #[derive(Debug, Clone)]
@@ -66,6 +68,22 @@ pub(super) struct RawConfig {
     pub targets: Vec<Option<Spanned<RawTarget>>>,
     pub recordings: Option<Spanned<RawRecordings>>,
     pub wireguard: Option<Spanned<RawWireGuard>>,
+    pub control: Option<Spanned<RawControl>>,
+    pub metrics: Option<Spanned<RawMetrics>>,
+    pub anomaly: Option<Spanned<anomaly::RawAnomaly>>,
+}
+
+/// `[control]`
+#[derive(Debug)]
+pub(super) struct RawControl {
+    pub socket: Option<Spanned<String>>,
+    pub group: Option<Spanned<String>>,
+}
+
+/// `[metrics]`
+#[derive(Debug)]
+pub(super) struct RawMetrics {
+    pub listen: Option<Spanned<String>>,
 }
 
 /// `[recordings]`
@@ -140,6 +158,7 @@ pub(super) struct RawRole {
     pub allow_env: Option<List<String>>,
     pub record_input: Option<Spanned<RawRecordInput>>,
     pub allow_options: Option<Spanned<bool>>,
+    pub announce_watch: Option<Spanned<bool>>,
 }
 
 /// `roles[].record_input`: `"none"`, `"exec"` or `"all"`; the boolean of
@@ -200,6 +219,9 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
             "targets",
             "recordings",
             "wireguard",
+            "control",
+            "metrics",
+            "anomaly",
         ],
         diags,
     );
@@ -296,6 +318,31 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
         )
     });
 
+    let control = root.table("control", false, diags).map(|t| {
+        t.deny_unknown(&["socket", "group"], diags);
+        Spanned::new(
+            t.span.clone(),
+            RawControl {
+                socket: t.string("socket", false, diags),
+                group: t.string("group", false, diags),
+            },
+        )
+    });
+
+    let metrics = root.table("metrics", false, diags).map(|t| {
+        t.deny_unknown(&["listen"], diags);
+        Spanned::new(
+            t.span.clone(),
+            RawMetrics {
+                listen: t.string("listen", false, diags),
+            },
+        )
+    });
+
+    let anomaly = root
+        .table("anomaly", false, diags)
+        .map(|t| Spanned::new(t.span.clone(), anomaly::parse(&t, diags)));
+
     let users = root.tables("users", diags, |t, diags| {
         t.deny_unknown(
             &[
@@ -333,6 +380,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
                 "allow_env",
                 "record_input",
                 "allow_options",
+                "announce_watch",
             ],
             diags,
         );
@@ -355,6 +403,7 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
             allow_env: t.string_list("allow_env", false, diags),
             record_input: t.record_input("record_input", diags),
             allow_options: t.boolean("allow_options", diags),
+            announce_watch: t.boolean("announce_watch", diags),
         }
     });
 
@@ -396,6 +445,9 @@ pub(super) fn read(doc: &Spanned<DeTable<'_>>, diags: &mut Vec<Diag>) -> RawConf
         targets,
         recordings,
         wireguard,
+        control,
+        metrics,
+        anomaly,
     }
 }
 

@@ -29,12 +29,14 @@ use super::raw::{
     RawTarget, RawUser, StringMap,
 };
 use super::{
-    AuthSettings, Gateway, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
+    AuthSettings, ControlSettings, Gateway, MetricsSettings, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
 };
 
+mod anomaly;
 mod db;
 mod extra;
 mod limits;
+mod ops;
 pub use extra::{in_range, parse_cidr, parse_recipient, parse_size};
 pub use limits::MAX_DURATION;
 
@@ -385,6 +387,18 @@ impl Checker<'_, '_> {
         } else {
             users = None;
         }
+        let control = match &raw.control {
+            Some(c) => self.control(c.get_ref()),
+            None => Some(ControlSettings::default()),
+        };
+        let metrics = match &raw.metrics {
+            Some(m) => self.metrics(m.get_ref()),
+            None => Some(MetricsSettings::default()),
+        };
+        let anomaly = match &raw.anomaly {
+            Some(a) => self.anomaly(a.get_ref()).map(Some),
+            None => Some(None),
+        };
         let tunnel_only_ok = self.tunnel_only(raw, gateway.as_ref(), users.as_deref());
         tunnel_only_ok?;
         Some(Settings {
@@ -396,6 +410,9 @@ impl Checker<'_, '_> {
             targets: targets?,
             recordings: recordings?,
             wireguard: wireguard?,
+            control: control?,
+            metrics: metrics?,
+            anomaly: anomaly?,
             warnings: Vec::new(),
         })
     }
@@ -669,6 +686,7 @@ impl Checker<'_, '_> {
         let record_input =
             self.record_input(r.record_input.as_ref(), &key_path(base, "record_input"));
         let allow_options = r.allow_options.as_ref().is_some_and(|b| *b.get_ref());
+        let announce_watch = r.announce_watch.as_ref().is_some_and(|b| *b.get_ref());
         Some(Role {
             name: name?,
             targets: targets?,
@@ -678,6 +696,7 @@ impl Checker<'_, '_> {
             allow_env: allow_env?,
             record_input: record_input?,
             allow_options,
+            announce_watch,
         })
     }
 

@@ -86,6 +86,8 @@ pub struct GatehouseBuilder {
     roles: Vec<RoleSpec>,
     targets: Vec<TargetSpec>,
     raw: Vec<String>,
+    /// Extra raw `[control]` lines (the socket is always in the setup dir).
+    control: Vec<String>,
 }
 
 impl GatehouseBuilder {
@@ -214,6 +216,12 @@ impl GatehouseBuilder {
         self
     }
 
+    /// A raw `[control]` line, e.g. `group = "adm"`.
+    pub fn control_line(mut self, line: &str) -> Self {
+        self.control.push(line.to_string());
+        self
+    }
+
     /// A raw `[recordings]` line, e.g. `retention = "1s"`.
     pub fn recordings_line(mut self, line: &str) -> Self {
         self.recordings.push(line.to_string());
@@ -240,6 +248,15 @@ impl GatehouseBuilder {
         line("[recordings]");
         line(&format!("recipients = {}", toml_array(&self.recipients)));
         self.recordings.iter().for_each(|l| line(l));
+        line("");
+        line("[control]");
+        // Next to state/, in the test's own directory (not /run).
+        let socket = state_dir
+            .parent()
+            .unwrap_or(state_dir)
+            .join("control.sock");
+        line(&format!("socket = {}", toml_str(&socket.display().to_string())));
+        self.control.iter().for_each(|l| line(l));
         for u in &self.users {
             line("");
             line("[[users]]");
@@ -317,6 +334,11 @@ pub struct GatehouseSetup {
 impl GatehouseSetup {
     pub fn dir(&self) -> &Path {
         self.inner.dir.path()
+    }
+
+    /// The daemon's control socket.
+    pub fn control_socket(&self) -> PathBuf {
+        self.dir().join("control.sock")
     }
 
     pub fn config_path(&self) -> PathBuf {
