@@ -13,6 +13,7 @@ pub mod auth;
 pub mod cli;
 mod cli_quickstart;
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod db;
 pub mod dispatch;

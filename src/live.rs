@@ -267,10 +267,23 @@ pub struct Snapshot {
     pub watchers: usize,
 }
 
+/// Session starts a subscriber may fall behind before it loses some.
+const STARTS_CAPACITY: usize = 1024;
+
 /// Every live session of the process.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Live>>>,
+    starts: broadcast::Sender<Arc<Live>>,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            sessions: Mutex::default(),
+            starts: broadcast::channel(STARTS_CAPACITY).0,
+        }
+    }
 }
 
 /// Keeps a session listed; dropping it removes the session (and ends the
@@ -331,10 +344,20 @@ impl Registry {
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(live.info.id.clone(), live.clone());
         }
+        if self.starts.receiver_count() > 0 {
+            let _ = self.starts.send(live.clone());
+        }
         Registration {
             live,
             registry: Arc::downgrade(self),
         }
+    }
+
+    /// Every session that starts from now on (for observers such as the
+    /// anomaly rules; lossy if the observer falls behind by
+    /// 1024 sessions, never blocking a session).
+    pub fn starts(&self) -> broadcast::Receiver<Arc<Live>> {
+        self.starts.subscribe()
     }
 
     /// Every live session, oldest first.
