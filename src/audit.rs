@@ -701,7 +701,14 @@ const ID_LOCK_LIFTED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d04";
 /// (from SO_PEERCRED: `name (uid N)`), `subject` what it named (a session
 /// id, a lock's subject, `-`), `result` `ok` or `refused`/`failed` with
 /// `detail`.
-pub fn control_command(command: &str, by: &str, pid: i32, subject: &str, result: &str, detail: &str) {
+pub fn control_command(
+    command: &str,
+    by: &str,
+    pid: i32,
+    subject: &str,
+    result: &str,
+    detail: &str,
+) {
     let subject = client_name(subject);
     let subject = subject.as_ref();
     info!(
@@ -720,7 +727,14 @@ pub fn control_command(command: &str, by: &str, pid: i32, subject: &str, result:
 
 /// An administrator started (`action = "start"`) or stopped (`"end"`)
 /// watching a live session.
-pub fn session_watch(action: &str, session_id: &str, by: &str, user: &str, target: &str, announced: bool) {
+pub fn session_watch(
+    action: &str,
+    session_id: &str,
+    by: &str,
+    user: &str,
+    target: &str,
+    announced: bool,
+) {
     info!(
         target: TARGET,
         event = "session.watch",

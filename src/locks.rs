@@ -119,11 +119,10 @@ impl Locks {
         let path = state_dir.join("locks.json");
         let locks = match std::fs::read(&path) {
             Ok(bytes) => {
-                let f: File =
-                    serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
-                        path: path.clone(),
-                        message: format!("not a locks file: {e}"),
-                    })?;
+                let f: File = serde_json::from_slice(&bytes).map_err(|e| StateError::Corrupt {
+                    path: path.clone(),
+                    message: format!("not a locks file: {e}"),
+                })?;
                 f.locks
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
@@ -222,7 +221,8 @@ impl Locks {
 
     /// The lock, if any, that refuses a login of `user` (through `device`).
     pub fn login(&self, user: &str, device: Option<&str>) -> Option<Lock> {
-        self.user(user).or_else(|| device.and_then(|d| self.device(d)))
+        self.user(user)
+            .or_else(|| device.and_then(|d| self.device(d)))
     }
 
     /// The lock, if any, that refuses a session of `user` (through

@@ -158,7 +158,16 @@ pub fn sessions(config: &Path, json: bool, cmd: Option<SessionsCommand>) -> Exit
                 return ExitCode::SUCCESS;
             }
             let mut rows = vec![[
-                "ID", "USER", "SOURCE", "TARGET", "LOGIN", "KIND", "STARTED", "IDLE", "UP", "DOWN",
+                "ID",
+                "USER",
+                "SOURCE",
+                "TARGET",
+                "LOGIN",
+                "KIND",
+                "STARTED",
+                "IDLE",
+                "UP",
+                "DOWN",
                 "RECORDING",
             ]
             .iter()
@@ -312,7 +321,11 @@ pub fn locks(config: &Path, json: bool) -> ExitCode {
             l.kind.as_str().to_string(),
             l.name.clone(),
             match l.until {
-                Some(u) => format!("{} ({} left)", unix_time(u), human_secs(u.saturating_sub(now))),
+                Some(u) => format!(
+                    "{} ({} left)",
+                    unix_time(u),
+                    human_secs(u.saturating_sub(now))
+                ),
                 None => "unlocked by hand".into(),
             },
             unix_time(l.created),

@@ -37,12 +37,7 @@ pub fn socket_path(config: &Path) -> PathBuf {
     let from_file = std::fs::read_to_string(config)
         .ok()
         .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|t| {
-            t.get("control")?
-                .get("socket")?
-                .as_str()
-                .map(PathBuf::from)
-        });
+        .and_then(|t| t.get("control")?.get("socket")?.as_str().map(PathBuf::from));
     from_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 
@@ -70,7 +65,9 @@ pub fn request(socket: &Path, req: &Request, timeout: Duration) -> Result<Connec
     let mut answer = String::new();
     reader.read_line(&mut answer).map_err(io)?;
     if answer.is_empty() {
-        return Err(ClientError::Protocol("the daemon closed the connection".into()));
+        return Err(ClientError::Protocol(
+            "the daemon closed the connection".into(),
+        ));
     }
     let reply: Reply =
         serde_json::from_str(&answer).map_err(|e| ClientError::Protocol(e.to_string()))?;
@@ -120,7 +117,11 @@ mod tests {
     fn the_socket_is_found_in_a_config_that_does_not_validate() {
         let dir = tempfile::tempdir().unwrap();
         let c = dir.path().join("c.toml");
-        std::fs::write(&c, "[control]\nsocket = \"/x/c.sock\"\n[gateway]\nnonsense = 1\n").unwrap();
+        std::fs::write(
+            &c,
+            "[control]\nsocket = \"/x/c.sock\"\n[gateway]\nnonsense = 1\n",
+        )
+        .unwrap();
         assert_eq!(socket_path(&c), PathBuf::from("/x/c.sock"));
         std::fs::write(&c, "[gateway\n").unwrap();
         assert_eq!(socket_path(&c), PathBuf::from(DEFAULT_CONTROL_SOCKET));

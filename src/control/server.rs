@@ -179,7 +179,10 @@ async fn write_line<T: serde::Serialize>(stream: &mut UnixStream, v: &T) -> io::
     line.push(b'\n');
     match tokio::time::timeout(WRITE_DEADLINE, stream.write_all(&line)).await {
         Ok(r) => r,
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "client does not read")),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "client does not read",
+        )),
     }
 }
 
@@ -341,11 +344,15 @@ async fn run(control: &Control, req: &Request, by: &str) -> (Reply, String) {
                     (Reply::ok().message(format!("unlocked {subject}")), subject)
                 }
                 Ok(None) => (
-                    Reply::error(format!("{subject} is not locked; `gatehouse locks` lists the locks")),
+                    Reply::error(format!(
+                        "{subject} is not locked; `gatehouse locks` lists the locks"
+                    )),
                     subject,
                 ),
                 Err(e) => (
-                    Reply::error(format!("the lock could not be removed, nothing changed: {e}")),
+                    Reply::error(format!(
+                        "the lock could not be removed, nothing changed: {e}"
+                    )),
                     subject,
                 ),
             }
