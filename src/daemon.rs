@@ -57,6 +57,7 @@ pub async fn run(
         crate::locks::Locks::open(&settings.gateway.state_dir)
             .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
     );
+    locks.guard(&live); // ctlattack: a lock set mid-login ends the session once listed
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
