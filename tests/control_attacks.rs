@@ -244,3 +244,56 @@ fn a_lock_reason_cannot_reorder_what_the_locked_user_reads() {
     let kept = v[0]["reason"].as_str().unwrap();
     assert!(!kept.contains('\u{202e}'), "{kept:?}");
 }
+
+/// A control socket in a directory anyone may write to (no sticky bit) can
+/// be renamed away and replaced by anyone, who then answers the
+/// administrators' `gatehouse lock` ("locked", while nothing is). The
+/// daemon refuses to start there, saying why.
+#[test]
+fn the_daemon_refuses_a_socket_directory_anyone_could_replace_the_socket_in() {
+    use std::os::unix::fs::PermissionsExt;
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b);
+    let other = tempfile::Builder::new()
+        .prefix("gh-open-")
+        .tempdir()
+        .unwrap();
+    let open = other.path().join("open");
+    std::fs::create_dir(&open).unwrap();
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let state = other.path().join("state");
+    std::fs::create_dir(&state).unwrap();
+    std::fs::set_permissions(&state, std::fs::Permissions::from_mode(0o700)).unwrap();
+    let setup = w.gw.setup();
+    let cfg_text = setup
+        .config_text()
+        .replace(
+            &format!("127.0.0.1:{}", setup.port()),
+            &format!("127.0.0.1:{}", free_port()),
+        )
+        .replace(
+            &setup.state_dir().display().to_string(),
+            &state.display().to_string(),
+        )
+        .replace(
+            &setup.control_socket().display().to_string(),
+            &open.join("control.sock").display().to_string(),
+        );
+    assert!(cfg_text.contains(&open.display().to_string()));
+    let cfg = other.path().join("config.toml");
+    std::fs::write(&cfg, cfg_text).unwrap();
+    let o = run_with_timeout(
+        gatehouse_command().arg("run").arg("--config").arg(&cfg),
+        Duration::from_secs(15),
+    );
+    let o = o.expect("the daemon started with a control socket anyone could replace");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("writable by everyone"),
+        "{}",
+        text(&o.stderr)
+    );
+    assert!(!open.join("control.sock").exists());
+}

@@ -80,6 +80,7 @@ pub fn bind(settings: &ControlSettings) -> anyhow::Result<Bound> {
             .create(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
+    check_directory(parent)?;
     match std::fs::symlink_metadata(&path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
@@ -127,6 +128,37 @@ pub fn bind(settings: &ControlSettings) -> anyhow::Result<Bound> {
     l.set_nonblocking(true)?;
     let listener = UnixListener::from_std(l)?;
     Ok(Bound { listener, path })
+}
+
+/// Refuses a socket directory where someone else could replace the socket
+/// after it is created: one owned by another user (not root), or one that
+/// others may write to without the sticky bit. There, anyone could rename
+/// the daemon's socket away and put their own in its place, and the
+/// administrators' `gatehouse lock` would talk to them.
+fn check_directory(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "{} belongs to uid {}: another user could replace the control socket; \
+             use a directory of this user's or root's (e.g. /run/gatehouse)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "{} is writable by everyone (mode {:04o}) without the sticky bit: \
+             anyone could replace the control socket; use a private directory \
+             (e.g. /run/gatehouse) or chmod +t",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
 }
 
 /// Serves the control socket until shutdown.
