@@ -51,6 +51,10 @@ pub async fn run(
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
     let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
+    // [anomaly]: the login hooks find the rules once installed.
+    if let Some(a) = &settings.anomaly {
+        crate::anomaly::install(a, state.root())?;
+    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
