@@ -56,6 +56,7 @@ pub async fn run(
         crate::anomaly::install(a, state.root())?;
     }
     let (stop_tx, stop_rx) = watch::channel(false);
+    let live = crate::live::Registry::new();
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
@@ -72,6 +73,7 @@ pub async fn run(
         recorder: recorder.clone(),
         state: state.clone(),
         keys: db::cancel::Keys::default(),
+        live: live.clone(),
         shutdown: stop_rx.clone(),
         statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
         greetings: Default::default(),
@@ -102,6 +104,7 @@ pub async fn run(
         jump_config,
         client_config: ssh::client_config(),
         client_key: Arc::new(client_key.private.clone()),
+        live: live.clone(),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
         settings: settings.clone(),

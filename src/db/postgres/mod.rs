@@ -574,7 +574,14 @@ async fn session(
         return;
     }
     audit::db_session_start(&session_id, w, user.admitted_by().as_str(), recording.id());
+    let registration = gw.live.register(crate::db::live_info(
+        &session_id,
+        crate::live::SessionKind::Postgres,
+        &authorized,
+    ));
+    registration.set_recording(recording.id());
     let limits = relay::Limits {
+        live: Some(registration.live().clone()),
         max_session: authorized.max_session(),
         idle_timeout: authorized.idle_timeout(),
         shutdown: gw.shutdown.clone(),
