@@ -51,12 +51,14 @@ pub async fn run(
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
     let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
-    // [anomaly]: the login hooks find the rules once installed.
-    if let Some(a) = &settings.anomaly {
-        crate::anomaly::install(a, state.root())?;
-    }
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = crate::live::Registry::new();
+    // [anomaly]: the login hooks find the rules once installed; the session
+    // rules watch the live registry.
+    if let Some(a) = &settings.anomaly {
+        crate::anomaly::install(a, state.root())?;
+        crate::anomaly::watch_sessions(live.clone(), stop_rx.clone());
+    }
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
