@@ -117,8 +117,9 @@ impl<K: Hash + Eq + Clone> Windows<K> {
         }
     }
 
-    /// How many subjects are tracked (for tests).
-    pub fn len(&self) -> usize {
+    /// How many subjects are tracked.
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.subjects.len()
     }
 }

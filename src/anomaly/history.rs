@@ -10,7 +10,7 @@
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -154,7 +154,7 @@ impl History {
     }
 }
 
-fn load(path: &PathBuf) -> Result<HistoryFile, StateError> {
+fn load(path: &Path) -> Result<HistoryFile, StateError> {
     let text = match std::fs::read(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
@@ -165,14 +165,14 @@ fn load(path: &PathBuf) -> Result<HistoryFile, StateError> {
         }
         Err(e) => {
             return Err(StateError::Io {
-                path: path.clone(),
+                path: path.to_path_buf(),
                 source: e,
             })
         }
     };
     let mut file: HistoryFile =
         serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-            path: path.clone(),
+            path: path.to_path_buf(),
             message: format!("not a login history: {e}"),
         })?;
     file.version = 1;
