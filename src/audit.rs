@@ -742,7 +742,13 @@ pub fn anomaly_unusual_hour(
 
 /// A user opened sessions to more than `limit` distinct targets within
 /// `window_s` seconds; `targets` lists them (comma-separated).
-pub fn anomaly_target_spread(user: &str, targets: &str, distinct: usize, limit: usize, window_s: u64) {
+pub fn anomaly_target_spread(
+    user: &str,
+    targets: &str,
+    distinct: usize,
+    limit: usize,
+    window_s: u64,
+) {
     info!(
         target: TARGET,
         event = "anomaly.target_spread",

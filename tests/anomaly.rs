@@ -153,7 +153,10 @@ fn serve_one(mut conn: TcpStream) -> Option<Value> {
     let mut r = BufReader::new(conn.try_clone().ok()?);
     let mut request_line = String::new();
     r.read_line(&mut request_line).ok()?;
-    assert!(request_line.starts_with("POST /hook?token=test "), "{request_line}");
+    assert!(
+        request_line.starts_with("POST /hook?token=test "),
+        "{request_line}"
+    );
     let mut len = 0usize;
     let mut json = false;
     loop {
@@ -202,10 +205,9 @@ fn a_login_from_a_network_never_seen_for_the_user_is_an_anomaly_and_is_posted() 
     w.client.set_code(&totp_step(&w.secret, 1));
     let out = w.jump_from("127.0.1.5", "web-1");
     assert!(out.status.success(), "{}", stderr(&out));
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.new_network", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.new_network:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.new_network", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.new_network:\n{}", w.gw.stderr()));
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["network"], "127.0.1.0/24");
     assert_eq!(ev["source"], "127.0.1.5");
@@ -269,10 +271,9 @@ fn a_login_at_an_hour_not_seen_in_30_days_is_an_anomaly_after_the_learning_perio
     let w = AWorld::start(&["learning_period = \"14d\""], Some(&seed.to_string()));
     let out = w.jump_from("127.0.0.1", "web-1");
     assert!(out.status.success(), "{}", stderr(&out));
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.unusual_hour", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.unusual_hour:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.unusual_hour", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.unusual_hour:\n{}", w.gw.stderr()));
     assert_eq!(ev["user"], "alice");
     let how = ev["hour_of_week"].as_u64().unwrap();
     assert!(how == this || how == next, "{ev}");
@@ -331,10 +332,9 @@ fn failed_logins_from_one_source_against_many_users_are_one_anomaly() {
         let out = w.client.run(&["-l", user, "gw", "true"]);
         assert!(!out.status.success());
     }
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.failed_logins", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
     assert_eq!(ev["pattern"], "one_source_many_users");
     assert_eq!(ev["source"], "127.0.0.7");
     assert_eq!(ev["distinct"], 3);
@@ -361,10 +361,9 @@ fn failed_logins_against_one_user_from_many_sources_are_one_anomaly() {
         let out = w.jump_from(bind, "web-1");
         assert!(!out.status.success());
     }
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.failed_logins", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
     assert_eq!(ev["pattern"], "one_user_many_sources");
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["distinct"], 3);
@@ -390,10 +389,9 @@ fn sessions_to_more_targets_than_allowed_within_the_window_are_an_anomaly() {
     );
     let out = w.jump_from("127.0.0.1", "web-2");
     assert!(out.status.success(), "{}", stderr(&out));
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.target_spread", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.target_spread:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.target_spread", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.target_spread:\n{}", w.gw.stderr()));
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["targets"], "web-1,web-2");
     assert_eq!(ev["distinct"], 2);
@@ -408,7 +406,9 @@ fn a_session_moving_more_bytes_to_the_user_than_allowed_is_one_anomaly() {
     }
     let w = AWorld::start(&["max_bytes_down = \"256KiB\""], None);
     // A small session first: no anomaly.
-    let out = w.client.run_jump(&w.login, "web-1", &["head -c 1000 /dev/zero; sleep 2"]);
+    let out = w
+        .client
+        .run_jump(&w.login, "web-1", &["head -c 1000 /dev/zero; sleep 2"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(w.events("anomaly.bulk_transfer").is_empty());
     // 4 MB towards the user, still there for the once-a-second look.
@@ -419,10 +419,9 @@ fn a_session_moving_more_bytes_to_the_user_than_allowed_is_one_anomaly() {
     );
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout.len(), 5_000_000);
-    let ev = w
-        .gw
-        .wait_for_event_named("anomaly.bulk_transfer", WAIT)
-        .unwrap_or_else(|| panic!("no anomaly.bulk_transfer:\n{}", w.gw.stderr()));
+    let ev =
+        w.gw.wait_for_event_named("anomaly.bulk_transfer", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.bulk_transfer:\n{}", w.gw.stderr()));
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["target"], "web-1");
     assert_eq!(ev["limit"], 256 * 1024);
@@ -452,14 +451,21 @@ fn a_webhook_that_never_answers_does_not_delay_logins() {
     // sources; the webhook hangs on the first (5 s per attempt, retried).
     // Each login or attempt that finds one takes its usual time.
     let quick = |what: &str, t: Instant| {
-        assert!(t.elapsed() < Duration::from_secs(4), "{what} took {:?}", t.elapsed());
+        assert!(
+            t.elapsed() < Duration::from_secs(4),
+            "{what} took {:?}",
+            t.elapsed()
+        );
     };
     w.client.set_code(&totp_step(&w.secret, 1));
     let t0 = Instant::now();
     let out = w.jump_from("127.0.1.5", "web-1");
     assert!(out.status.success(), "{}", stderr(&out));
     quick("the login from a new network", t0);
-    assert!(w.gw.wait_for_event_named("anomaly.new_network", WAIT).is_some());
+    assert!(w
+        .gw
+        .wait_for_event_named("anomaly.new_network", WAIT)
+        .is_some());
     for i in 1..=4 {
         let bind = format!("127.0.3.{i}");
         w.client.set_option("BindAddress", &bind);

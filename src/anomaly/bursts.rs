@@ -77,7 +77,11 @@ impl<K: Hash + Eq + Clone> Windows<K> {
         w.last = now;
         w.seen.insert(thing.to_string(), now);
         while w.seen.len() > self.limit.saturating_add(1) {
-            let oldest = w.seen.iter().min_by_key(|(_, t)| **t).map(|(k, _)| k.clone());
+            let oldest = w
+                .seen
+                .iter()
+                .min_by_key(|(_, t)| **t)
+                .map(|(k, _)| k.clone());
             match oldest {
                 Some(k) => w.seen.remove(&k),
                 None => break,
@@ -137,7 +141,9 @@ mod tests {
         assert_eq!(w.record(&s, "10.0.0.1", t0), None);
         assert_eq!(w.record(&s, "10.0.0.1", t0), None);
         assert_eq!(w.record(&s, "10.0.0.2", t0), None);
-        let b = w.record(&s, "10.0.0.3", t0 + Duration::from_secs(1)).unwrap();
+        let b = w
+            .record(&s, "10.0.0.3", t0 + Duration::from_secs(1))
+            .unwrap();
         assert_eq!(b.distinct, 3);
         assert_eq!(b.sample, vec!["10.0.0.1", "10.0.0.2", "10.0.0.3"]);
         // The same burst goes on: no second event.

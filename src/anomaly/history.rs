@@ -53,8 +53,14 @@ pub struct UserHistory {
 /// What one login looked like, for the rules.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Finding {
-    NewNetwork { network: String, known: usize },
-    UnusualHour { hour_of_week: u32, active_hours: usize },
+    NewNetwork {
+        network: String,
+        known: usize,
+    },
+    UnusualHour {
+        hour_of_week: u32,
+        active_hours: usize,
+    },
 }
 
 /// Which rules judge (learning happens either way).
@@ -129,11 +135,16 @@ impl History {
                     ..UserHistory::default()
                 };
                 // The first login ever only learns.
-                observe(&mut h, network, now, Judge {
-                    new_network: false,
-                    unusual_hour: false,
-                    ..judge
-                });
+                observe(
+                    &mut h,
+                    network,
+                    now,
+                    Judge {
+                        new_network: false,
+                        unusual_hour: false,
+                        ..judge
+                    },
+                );
                 st.file.users.insert(user.to_string(), h);
                 (Vec::new(), true)
             }
@@ -170,18 +181,22 @@ fn load(path: &Path) -> Result<HistoryFile, StateError> {
             })
         }
     };
-    let mut file: HistoryFile =
-        serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
-            path: path.to_path_buf(),
-            message: format!("not a login history: {e}"),
-        })?;
+    let mut file: HistoryFile = serde_json::from_slice(&text).map_err(|e| StateError::Corrupt {
+        path: path.to_path_buf(),
+        message: format!("not a login history: {e}"),
+    })?;
     file.version = 1;
     Ok(file)
 }
 
 /// Judges and learns one login; returns the findings and whether anything
 /// worth writing changed.
-fn observe(h: &mut UserHistory, network: Option<&str>, now: u64, judge: Judge) -> (Vec<Finding>, bool) {
+fn observe(
+    h: &mut UserHistory,
+    network: Option<&str>,
+    now: u64,
+    judge: Judge,
+) -> (Vec<Finding>, bool) {
     let mut findings = Vec::new();
     let mut changed = false;
     if let Some(net) = network {
@@ -296,8 +311,14 @@ mod tests {
     #[test]
     fn networks_are_slash_24_and_slash_48() {
         assert_eq!(network_of("192.0.2.77".parse().unwrap()), "192.0.2.0/24");
-        assert_eq!(network_of("2001:db8:1:2::9".parse().unwrap()), "2001:db8:1::/48");
-        assert_eq!(network_of("::ffff:10.1.2.3".parse().unwrap()), "10.1.2.0/24");
+        assert_eq!(
+            network_of("2001:db8:1:2::9".parse().unwrap()),
+            "2001:db8:1::/48"
+        );
+        assert_eq!(
+            network_of("::ffff:10.1.2.3".parse().unwrap()),
+            "10.1.2.0/24"
+        );
     }
 
     #[test]
@@ -314,8 +335,12 @@ mod tests {
     fn the_first_login_only_learns_then_a_new_network_is_found_once() {
         let dir = tempfile::tempdir().unwrap();
         let h = History::open(dir.path()).unwrap();
-        assert!(h.login("alice", Some("192.0.2.0/24"), MONDAY, JUDGE).is_empty());
-        assert!(h.login("alice", Some("192.0.2.0/24"), MONDAY + 60, JUDGE).is_empty());
+        assert!(h
+            .login("alice", Some("192.0.2.0/24"), MONDAY, JUDGE)
+            .is_empty());
+        assert!(h
+            .login("alice", Some("192.0.2.0/24"), MONDAY + 60, JUDGE)
+            .is_empty());
         let f = h.login("alice", Some("198.51.100.0/24"), MONDAY + 120, JUDGE);
         assert_eq!(
             f,
@@ -324,9 +349,13 @@ mod tests {
                 known: 1
             }]
         );
-        assert!(h.login("alice", Some("198.51.100.0/24"), MONDAY + 180, JUDGE).is_empty());
+        assert!(h
+            .login("alice", Some("198.51.100.0/24"), MONDAY + 180, JUDGE)
+            .is_empty());
         // Learned per user: bob's first login from there only learns.
-        assert!(h.login("bob", Some("198.51.100.0/24"), MONDAY, JUDGE).is_empty());
+        assert!(h
+            .login("bob", Some("198.51.100.0/24"), MONDAY, JUDGE)
+            .is_empty());
     }
 
     #[test]
@@ -336,12 +365,18 @@ mod tests {
         let net = Some("192.0.2.0/24");
         assert!(h.login("alice", net, MONDAY + 9 * 3600, JUDGE).is_empty());
         // Day 1 at 03:00: unseen, but still learning.
-        assert!(h.login("alice", net, MONDAY + DAY + 3 * 3600, JUDGE).is_empty());
+        assert!(h
+            .login("alice", net, MONDAY + DAY + 3 * 3600, JUDGE)
+            .is_empty());
         // Day 15 (a Tuesday) at 03:00: seen on day 1 (within 30 days).
-        assert!(h.login("alice", net, MONDAY + 15 * DAY + 3 * 3600, JUDGE).is_empty());
+        assert!(h
+            .login("alice", net, MONDAY + 15 * DAY + 3 * 3600, JUDGE)
+            .is_empty());
         // Day 16 at 04:00: never seen, after learning.
         let f = h.login("alice", net, MONDAY + 16 * DAY + 4 * 3600, JUDGE);
-        assert!(matches!(f.as_slice(), [Finding::UnusualHour { hour_of_week, .. }] if *hour_of_week == 2 * 24 + 4));
+        assert!(
+            matches!(f.as_slice(), [Finding::UnusualHour { hour_of_week, .. }] if *hour_of_week == 2 * 24 + 4)
+        );
         // Day 60 (a Saturday) at 09:00: Monday 09:00 was seen, but Sat 09:00 never.
         let f = h.login("alice", net, MONDAY + 61 * DAY + 9 * 3600, JUDGE);
         assert_eq!(f.len(), 1);
@@ -360,8 +395,12 @@ mod tests {
             learning_period: Duration::ZERO,
         };
         h.login("alice", Some("192.0.2.0/24"), MONDAY, off);
-        assert!(h.login("alice", Some("10.0.0.0/24"), MONDAY + 5 * 3600, off).is_empty());
-        assert!(h.login("alice", Some("10.0.0.0/24"), MONDAY + 5 * 3600, JUDGE).is_empty());
+        assert!(h
+            .login("alice", Some("10.0.0.0/24"), MONDAY + 5 * 3600, off)
+            .is_empty());
+        assert!(h
+            .login("alice", Some("10.0.0.0/24"), MONDAY + 5 * 3600, JUDGE)
+            .is_empty());
     }
 
     #[test]
@@ -377,8 +416,14 @@ mod tests {
         let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let h = History::open(dir.path()).unwrap();
-        assert!(h.login("alice", Some("192.0.2.0/24"), MONDAY + 60, JUDGE).is_empty());
-        assert_eq!(h.login("alice", Some("192.0.3.0/24"), MONDAY + 90, JUDGE).len(), 1);
+        assert!(h
+            .login("alice", Some("192.0.2.0/24"), MONDAY + 60, JUDGE)
+            .is_empty());
+        assert_eq!(
+            h.login("alice", Some("192.0.3.0/24"), MONDAY + 90, JUDGE)
+                .len(),
+            1
+        );
     }
 
     #[test]

@@ -75,7 +75,10 @@ pub enum AnomalyError {
 /// Starts the rules with `settings`, learning into `state_dir`. Called once
 /// by the daemon; a second call keeps the first detector (the rules are not
 /// reloadable yet).
-pub fn install(settings: &AnomalySettings, state_dir: &Path) -> Result<&'static Detector, AnomalyError> {
+pub fn install(
+    settings: &AnomalySettings,
+    state_dir: &Path,
+) -> Result<&'static Detector, AnomalyError> {
     if let Some(d) = DETECTOR.get() {
         return Ok(d);
     }
@@ -194,7 +197,9 @@ impl Anomaly {
                 distinct,
                 limit,
                 window_s,
-            } => audit::anomaly_target_spread(user, &targets.join(","), *distinct, *limit, *window_s),
+            } => {
+                audit::anomaly_target_spread(user, &targets.join(","), *distinct, *limit, *window_s)
+            }
             Anomaly::BulkTransfer {
                 session_id,
                 user,
@@ -202,7 +207,9 @@ impl Anomaly {
                 source,
                 bytes_down,
                 limit,
-            } => audit::anomaly_bulk_transfer(session_id, user, target, source, *bytes_down, *limit),
+            } => {
+                audit::anomaly_bulk_transfer(session_id, user, target, source, *bytes_down, *limit)
+            }
             Anomaly::FailedLogins {
                 pattern,
                 user,

@@ -94,7 +94,11 @@ fn deliver_loop(url: &str, rx: &Receiver<Value>, stats: &Stats, backoff: Duratio
     let agent = agent(url);
     while let Ok(anomaly) = rx.recv() {
         let body = anomaly.to_string();
-        let rule = anomaly["rule"].as_str().unwrap_or("-").to_string();
+        let rule = anomaly
+            .get("rule")
+            .and_then(Value::as_str)
+            .unwrap_or("-")
+            .to_string();
         let mut wait = backoff;
         let mut attempt = 0;
         loop {

@@ -40,7 +40,8 @@ impl Checker<'_, '_> {
             d.learning_period,
             true,
         );
-        let max_targets = self.threshold(a.max_targets.as_ref(), "anomaly.max_targets", d.max_targets);
+        let max_targets =
+            self.threshold(a.max_targets.as_ref(), "anomaly.max_targets", d.max_targets);
         let target_window = self.duration(
             a.target_window.as_ref(),
             "anomaly.target_window",
@@ -51,7 +52,11 @@ impl Checker<'_, '_> {
             None => Some(d.max_bytes_down),
             Some(s) => match parse_size(s.get_ref()) {
                 Ok(0) => {
-                    self.error(s.span(), "anomaly.max_bytes_down", "must be greater than zero");
+                    self.error(
+                        s.span(),
+                        "anomaly.max_bytes_down",
+                        "must be greater than zero",
+                    );
                     None
                 }
                 Ok(n) => Some(n),
@@ -95,7 +100,12 @@ impl Checker<'_, '_> {
     }
 
     /// A count threshold: 1 to [`MAX_THRESHOLD`].
-    fn threshold(&mut self, value: Option<&Spanned<i64>>, path: &str, default: usize) -> Option<usize> {
+    fn threshold(
+        &mut self,
+        value: Option<&Spanned<i64>>,
+        path: &str,
+        default: usize,
+    ) -> Option<usize> {
         let n = self.positive(value, path, default)?;
         if n > MAX_THRESHOLD {
             if let Some(v) = value {
@@ -123,15 +133,18 @@ fn check_webhook(url: &str) -> Result<String, String> {
         return Err("has no host".into());
     }
     if authority.contains('@') {
-        return Err("must not carry a user or password before the host; put a token in the path or query".into());
+        return Err(
+            "must not carry a user or password before the host; put a token in the path or query"
+                .into(),
+        );
     }
     if url.chars().any(|c| c.is_whitespace() || c.is_control()) {
         return Err("must not contain spaces or control characters".into());
     }
     let host = host_of(authority).ok_or("has a malformed host or port")?;
     if !https {
-        let loopback = host == "localhost"
-            || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        let loopback =
+            host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
         if !loopback {
             return Err(
                 "http:// is allowed only to a loopback address (127.0.0.1, [::1], localhost); use https://"
@@ -169,11 +182,9 @@ mod tests {
     use super::check_webhook;
 
     fn config(anomaly: &str) -> String {
-        let mut key = russh::keys::PrivateKey::random(
-            &mut rand::rng(),
-            russh::keys::Algorithm::Ed25519,
-        )
-        .unwrap();
+        let mut key =
+            russh::keys::PrivateKey::random(&mut rand::rng(), russh::keys::Algorithm::Ed25519)
+                .unwrap();
         key.set_comment("alice");
         let key = key.public_key().to_openssh().unwrap();
         format!(
@@ -234,7 +245,10 @@ max_failed_users = 4
 failed_window = "30s"
 "#,
         );
-        let a = load_str(&text, Path::new("g.toml")).unwrap().anomaly.unwrap();
+        let a = load_str(&text, Path::new("g.toml"))
+            .unwrap()
+            .anomaly
+            .unwrap();
         assert_eq!(
             a.webhook.map(|w| w.url),
             Some("https://siem.example.com/hook".to_string())
@@ -242,7 +256,10 @@ failed_window = "30s"
         assert!(!a.new_network && !a.unusual_hour && !a.target_spread);
         assert!(!a.bulk_transfer && !a.failed_logins);
         assert_eq!(a.learning_period, Duration::ZERO);
-        assert_eq!((a.max_targets, a.target_window), (2, Duration::from_secs(60)));
+        assert_eq!(
+            (a.max_targets, a.target_window),
+            (2, Duration::from_secs(60))
+        );
         assert_eq!(a.max_bytes_down, 64 << 10);
         assert_eq!((a.max_failed_sources, a.max_failed_users), (3, 4));
         assert_eq!(a.failed_window, Duration::from_secs(30));
@@ -262,9 +279,7 @@ new_netwrok = true
         );
         let ConfigErrors(errors) = load_str(&text, Path::new("g.toml")).unwrap_err();
         let shown: Vec<String> = errors.iter().map(ToString::to_string).collect();
-        let line_of = |needle: &str| {
-            text.lines().position(|l| l.starts_with(needle)).unwrap() + 1
-        };
+        let line_of = |needle: &str| text.lines().position(|l| l.starts_with(needle)).unwrap() + 1;
         for (path, needle) in [
             ("anomaly.webhook", "webhook"),
             ("anomaly.max_targets", "max_targets"),
