@@ -42,6 +42,12 @@ impl AWorld {
     /// `seed`: the contents of `anomaly.json` in the state directory
     /// before the gateway starts (a learned history).
     fn start(extra: &[&str], seed: Option<&str>) -> AWorld {
+        // Failure bursts are the subject here, not lockouts.
+        AWorld::start_with(extra, seed, &["max_failures = 1000"])
+    }
+
+    /// Like [`AWorld::start`] with these `[auth]` lines.
+    fn start_with(extra: &[&str], seed: Option<&str>, auth: &[&str]) -> AWorld {
         let keys = tempfile::Builder::new()
             .prefix("gh-keys-")
             .tempdir()
@@ -54,15 +60,16 @@ impl AWorld {
             section.push_str(l);
             section.push('\n');
         }
-        let setup = GatehouseBuilder::new()
+        let mut builder = GatehouseBuilder::new()
             .user("alice", &["web"], &[&key.public_line])
             .role("web", &["web-1", "web-2"], &[&login])
             .ssh_target("web-1", sshd.port, &[&sshd.host_public_key])
             .ssh_target("web-2", sshd.port, &[&sshd.host_public_key])
-            // Failure bursts are the subject here, not lockouts.
-            .auth_line("max_failures = 1000")
-            .raw(&section)
-            .build();
+            .raw(&section);
+        for line in auth {
+            builder = builder.auth_line(line);
+        }
+        let setup = builder.build();
         sshd.set_authorized_keys(&[&setup.client_pubkey()]);
         let secret = setup.enroll("alice");
         if let Some(seed) = seed {
@@ -347,6 +354,31 @@ fn failed_logins_from_one_source_against_many_users_are_one_anomaly() {
     let body = hook.wait_for("anomaly.failed_logins");
     assert_eq!(body["evidence"]["pattern"], "one_source_many_users");
     assert_eq!(body["evidence"]["distinct"], 3);
+}
+
+#[test]
+fn failed_logins_still_count_once_the_source_is_locked_out() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    // The source is locked after 2 failed connections; the attacker goes on.
+    let w = AWorld::start_with(&["max_failed_users = 3"], None, &["max_failures = 2"]);
+    w.client.set_option("BindAddress", "127.0.0.8");
+    for user in ["bob", "carol", "dave", "erin"] {
+        let out = w.client.run(&["-l", user, "gw", "true"]);
+        assert!(!out.status.success());
+    }
+    assert!(
+        w.gw.wait_for_event_named("auth.lockout", WAIT).is_some(),
+        "the source was locked out: {}",
+        w.gw.stderr()
+    );
+    let ev =
+        w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
+            .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    assert_eq!(ev["pattern"], "one_source_many_users");
+    assert_eq!(ev["source"], "127.0.0.8");
+    assert_eq!(ev["distinct"], 4);
 }
 
 #[test]

@@ -350,6 +350,13 @@ impl Detector {
     }
 
     fn on_login(&self, user: &str, source: &Source, now: u64) {
+        for anomaly in self.judge_login(user, source, now) {
+            self.fire(anomaly);
+        }
+    }
+
+    /// Learns one login and returns what the login rules find in it.
+    fn judge_login(&self, user: &str, source: &Source, now: u64) -> Vec<Anomaly> {
         let s = &self.settings;
         let (network, via) = match source {
             Source::Address(a) => (Some(history::network_of(a.ip())), "address"),
@@ -364,8 +371,10 @@ impl Detector {
             learning_period: s.learning_period,
         };
         let label = source.to_string();
-        for finding in self.history.login(user, network.as_deref(), now, judge) {
-            let anomaly = match finding {
+        let findings = self.history.login(user, network.as_deref(), now, judge);
+        findings
+            .into_iter()
+            .map(|finding| match finding {
                 Finding::NewNetwork { network, known } => Anomaly::NewNetwork {
                     user: user.to_string(),
                     source: label.clone(),
@@ -382,9 +391,8 @@ impl Detector {
                     hour_of_week,
                     active_hours,
                 },
-            };
-            self.fire(anomaly);
-        }
+            })
+            .collect()
     }
 
     fn on_failure(&self, user: &str, ip: IpAddr, now: Instant) {
@@ -463,6 +471,45 @@ mod tests {
         assert_eq!(v["evidence"]["distinct"], 11);
         assert_eq!(v["evidence"]["sample"][1], "carol");
         assert_eq!(v["time_unix"], 1_796_601_600u64);
+    }
+
+    #[test]
+    fn a_wireguard_login_is_judged_by_the_network_of_the_device_endpoint() {
+        use crate::source::Device;
+        let dir = tempfile::tempdir().unwrap();
+        let d = Detector::new(&AnomalySettings::default(), dir.path()).unwrap();
+        let device = |endpoint: &str| {
+            Source::Device(Device {
+                user: "alice".into(),
+                public_key: [7u8; 32],
+                tunnel_address: "10.77.0.2".parse().unwrap(),
+                port: 40000,
+                endpoint: Some(endpoint.parse().unwrap()),
+            })
+        };
+        let now = 1_796_601_600;
+        assert!(d
+            .judge_login("alice", &device("192.0.2.10:51820"), now)
+            .is_empty());
+        // Same tunnel address, same /24 of endpoints: usual.
+        assert!(d
+            .judge_login("alice", &device("192.0.2.99:40001"), now + 60)
+            .is_empty());
+        // The device roamed to another network.
+        let found = d.judge_login("alice", &device("[2001:db8:5:6::1]:51820"), now + 120);
+        match found.as_slice() {
+            [Anomaly::NewNetwork {
+                network,
+                via,
+                known,
+                ..
+            }] => {
+                assert_eq!(network, "2001:db8:5::/48");
+                assert_eq!(*via, "wireguard-endpoint");
+                assert_eq!(*known, 1);
+            }
+            other => panic!("{other:?}"),
+        }
     }
 
     #[test]

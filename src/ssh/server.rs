@@ -122,6 +122,7 @@ impl Outer {
     /// Refuses an attempt because of a running lock: audited, aggregated per
     /// source per minute.
     fn refuse_locked(&self, user: &str, subject: &str) -> Auth {
+        crate::anomaly::auth_attempt(user, &self.source, "failure");
         self.gw
             .auth
             .refused_while_locked(user, self.peer.ip(), self.source(), subject);
