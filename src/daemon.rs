@@ -59,6 +59,10 @@ pub async fn run(
         crate::anomaly::install(a, state.root())?;
         crate::anomaly::watch_sessions(live.clone(), stop_rx.clone());
     }
+    let locks = Arc::new(
+        crate::locks::Locks::open(&settings.gateway.state_dir)
+            .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
+    );
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
@@ -76,6 +80,7 @@ pub async fn run(
         state: state.clone(),
         keys: db::cancel::Keys::default(),
         live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
         greetings: Default::default(),
@@ -107,6 +112,7 @@ pub async fn run(
         client_config: ssh::client_config(),
         client_key: Arc::new(client_key.private.clone()),
         live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
         settings: settings.clone(),
@@ -155,6 +161,20 @@ pub async fn run(
             }
         });
     }
+    // The control socket, bound with the listeners: a start that cannot
+    // be operated (or finds another gatehouse on the socket) fails.
+    let control_socket = crate::control::server::bind(&settings.control)
+        .context("cannot create the control socket")?;
+    tracing::info!(socket = %settings.control.socket.display(), "control socket ready");
+    tokio::spawn(crate::control::server::serve(
+        control_socket,
+        Arc::new(crate::control::server::Control {
+            live: live.clone(),
+            locks: locks.clone(),
+            reload: None,
+        }),
+        stop_rx.clone(),
+    ));
     for l in listeners {
         let addr = l.local_addr().ok();
         tracing::info!(listen = ?addr, host_key = %host_key.fingerprint(), "ssh listener ready");

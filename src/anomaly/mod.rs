@@ -474,6 +474,19 @@ mod tests {
     }
 
     #[test]
+    fn every_audit_event_type_has_its_own_message_id() {
+        let text = include_str!("../audit.rs");
+        let ids: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("const ID_"))
+            .filter_map(|l| l.split('"').nth(1))
+            .collect();
+        assert!(ids.len() >= 5);
+        let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
+        assert_eq!(unique.len(), ids.len(), "a MESSAGE_ID is used twice: {ids:?}");
+    }
+
+    #[test]
     fn a_wireguard_login_is_judged_by_the_network_of_the_device_endpoint() {
         use crate::source::Device;
         let dir = tempfile::tempdir().unwrap();

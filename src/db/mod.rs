@@ -39,6 +39,8 @@ pub struct DbGateway {
     /// Fires when the daemon shuts down.
     /// Every live session (listing, kill, locks, reload).
     pub live: Arc<crate::live::Registry>,
+    /// Administrators' locks (`gatehouse lock`).
+    pub locks: Arc<crate::locks::Locks>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Gateway-wide budget (KiB) for large statements read whole to be
     /// recorded: see [`postgres::relay`].

@@ -869,6 +869,12 @@ pub(crate) async fn begin_session(
 ) -> Result<(Upstream, SessionGuard), String> {
     let user = auth.user();
     let target = &auth.target().name;
+    let device = user.origin().device().map(|d| d.public_key_b64());
+    if let Some(lock) = gw.locks.session(user.name(), device.as_deref(), target) {
+        let reason = format!("{} is locked by an administrator", lock.subject());
+        audit::session_refused(user.name(), auth.login(), target, user.source(), &reason);
+        return Err(format!("gatehouse: {}", lock.message()));
+    }
     match upstream::connect(gw, auth, &stats.ending).await {
         Ok(up) => {
             let id = relay::new_session_id();

@@ -90,6 +90,8 @@ pub struct Gateway {
     /// Fires when the daemon shuts down.
     /// Every live session (listing, kill, locks, reload, watch).
     pub live: Arc<crate::live::Registry>,
+    /// Administrators' locks (`gatehouse lock`).
+    pub locks: Arc<crate::locks::Locks>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live jumps and channels per connection and per user, under their caps.
     pub caps: Arc<caps::Caps>,

@@ -328,7 +328,8 @@ impl Bridge {
         }
         let terminal = matches!(
             meta.kind,
-            crate::recording::RecordingKind::Shell { .. } | crate::recording::RecordingKind::Exec { .. }
+            crate::recording::RecordingKind::Shell { .. }
+                | crate::recording::RecordingKind::Exec { .. }
         );
         let rec = recorder.start(meta).await?;
         if let Some(l) = self.stats.live() {

@@ -98,6 +98,18 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
             return;
         }
     };
+    // An administrator's lock refuses before any code is asked for.
+    let device = source.device().map(|d| d.public_key_b64());
+    if let Some(lock) = gw.locks.session(&person, device.as_deref(), &target) {
+        let r = Refusal::new(
+            "28000",
+            format!("gatehouse: {}", lock.message()),
+            "locked by an administrator",
+        );
+        audit::db_session_refused(who(&person, "-", &target, "-", &source_label), &r.reason);
+        goodbye(&mut stream, &r).await;
+        return;
+    }
     let started = tokio::time::timeout(
         STARTUP_DEADLINE,
         login(&gw, &target, &source, &person, admitted, &mut stream),
