@@ -483,7 +483,11 @@ mod tests {
             .collect();
         assert!(ids.len() >= 5);
         let unique: std::collections::HashSet<&str> = ids.iter().copied().collect();
-        assert_eq!(unique.len(), ids.len(), "a MESSAGE_ID is used twice: {ids:?}");
+        assert_eq!(
+            unique.len(),
+            ids.len(),
+            "a MESSAGE_ID is used twice: {ids:?}"
+        );
     }
 
     #[test]
