@@ -27,6 +27,10 @@ pub const MAX_NETWORKS: usize = 64;
 pub const HOUR_MEMORY: u64 = 30 * 24 * 3600;
 /// The file name in the state directory.
 pub const FILE: &str = "anomaly.json";
+/// Routine updates (a known network or hour seen again) reach the disk at
+/// most this often; a new user or network is written at once. The whole
+/// file is rewritten each time, so this bounds the disk work under load.
+pub const WRITE_INTERVAL: Duration = Duration::from_secs(10);
 
 /// The persisted form.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -102,7 +106,7 @@ impl History {
         let snap = inner.clone();
         let writer = CoalescingWriter::spawn(
             path,
-            Duration::from_secs(1),
+            WRITE_INTERVAL,
             Box::new(move || {
                 let st = lock(&snap);
                 let bytes = serde_json::to_vec_pretty(&st.file).ok()?;
@@ -117,7 +121,7 @@ impl History {
     pub fn login(&self, user: &str, network: Option<&str>, now: u64, judge: Judge) -> Vec<Finding> {
         let mut st = lock(&self.inner);
         let users = st.file.users.len();
-        let (findings, changed) = match st.file.users.get_mut(user) {
+        let (findings, changed, urgent) = match st.file.users.get_mut(user) {
             Some(h) => observe(h, network, now, judge),
             None if users >= MAX_USERS => {
                 if !st.warned_full {
@@ -146,14 +150,14 @@ impl History {
                     },
                 );
                 st.file.users.insert(user.to_string(), h);
-                (Vec::new(), true)
+                (Vec::new(), true, true)
             }
         };
         if changed {
             st.generation += 1;
             let generation = st.generation;
             drop(st);
-            self.writer.changed(generation, true);
+            self.writer.changed(generation, urgent);
         }
         findings
     }
@@ -189,16 +193,18 @@ fn load(path: &Path) -> Result<HistoryFile, StateError> {
     Ok(file)
 }
 
-/// Judges and learns one login; returns the findings and whether anything
-/// worth writing changed.
+/// Judges and learns one login; returns the findings, whether anything
+/// worth writing changed, and whether it should be written at once (a new
+/// network: forgetting it in a crash would report it twice).
 fn observe(
     h: &mut UserHistory,
     network: Option<&str>,
     now: u64,
     judge: Judge,
-) -> (Vec<Finding>, bool) {
+) -> (Vec<Finding>, bool, bool) {
     let mut findings = Vec::new();
     let mut changed = false;
+    let mut urgent = false;
     if let Some(net) = network {
         match h.networks.get_mut(net) {
             Some(seen) => {
@@ -228,6 +234,7 @@ fn observe(
                     };
                 }
                 changed = true;
+                urgent = true;
             }
         }
     }
@@ -255,7 +262,7 @@ fn observe(
         }
     }
     h.hours.insert(how, now);
-    (findings, changed)
+    (findings, changed, urgent)
 }
 
 /// The hour of the week of a unix time, 0 = Monday 00:00-01:00 UTC (the
