@@ -57,13 +57,10 @@ fn a_lock_set_while_a_database_login_is_in_progress_ends_that_session() {
     // Connected: the gateway has opened the channel and admitted alice.
     let mut conn = PgConn::connect(&db.addr()).unwrap();
     std::thread::sleep(Duration::from_secs(2));
-    let out = db.w.gw.setup().cli(&[
-        "lock",
-        "user",
-        "alice",
-        "--reason",
-        "incident 7",
-    ]);
+    let out =
+        db.w.gw
+            .setup()
+            .cli(&["lock", "user", "alice", "--reason", "incident 7"]);
     assert!(out.status.success(), "lock: {}", text(&out.stderr));
     // Now the startup packet, then a query.
     let hello = conn.login(&[("user", "app_ro"), ("database", "app")], None);
@@ -129,10 +126,9 @@ fn open_watches_never_leave_the_administrator_unable_to_lock() {
         // Kept open, never read again.
         watchers.push(sock);
     }
-    let out = w
-        .gw
-        .setup()
-        .cli(&["lock", "user", "alice", "--reason", "now"]);
+    let out =
+        w.gw.setup()
+            .cli(&["lock", "user", "alice", "--reason", "now"]);
     assert!(
         out.status.success(),
         "lock refused while watches were open: {}{}",
@@ -226,10 +222,9 @@ fn a_lock_reason_cannot_reorder_what_the_locked_user_reads() {
     }
     let w = World::start(|b| b);
     let reason = "see \u{202e}moc.live\u{202c} \u{200b}now\x1b]0;t\x07";
-    let out = w
-        .gw
-        .setup()
-        .cli(&["lock", "user", "alice", "--reason", reason]);
+    let out =
+        w.gw.setup()
+            .cli(&["lock", "user", "alice", "--reason", reason]);
     assert!(out.status.success(), "{}", text(&out.stderr));
     w.client.set_code(&w.next_code());
     w.client.set_option("LogLevel", "INFO");

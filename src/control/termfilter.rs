@@ -91,7 +91,10 @@ fn csi_draws(params: &[u8], f: u8) -> bool {
         _ => (false, params),
     };
     // Digits and separators only: no other marker, no intermediates.
-    if !rest.iter().all(|b| b.is_ascii_digit() || *b == b';' || *b == b':') {
+    if !rest
+        .iter()
+        .all(|b| b.is_ascii_digit() || *b == b';' || *b == b':')
+    {
         return false;
     }
     if f == b'h' || f == b'l' {
@@ -163,7 +166,10 @@ impl TermFilter {
                 }
                 self.state = State::Ground;
                 // Overlong forms, surrogates and values past U+10FFFF fail here.
-                match std::str::from_utf8(&self.utf8).ok().and_then(|s| s.chars().next()) {
+                match std::str::from_utf8(&self.utf8)
+                    .ok()
+                    .and_then(|s| s.chars().next())
+                {
                     // C1 controls (U+0080..U+009F): CSI, OSC, DCS as one character.
                     Some(c) if ('\u{80}'..='\u{9f}').contains(&c) => {}
                     Some(_) => out.extend_from_slice(&self.utf8),
@@ -305,9 +311,14 @@ mod tests {
     fn raw_c1_bytes_and_overlong_or_broken_utf8_become_replacement_characters() {
         // 0x9b alone is CSI to a terminal not in UTF-8 mode; C0 9B is an
         // overlong ESC, E0 82 9B an overlong U+009B.
-        let out = filter(&[b"a\x9b6n\xc0\x9b[6n\xe0\x82\x9bc\xed\xa0\x80\xc3", b"\xa9\xe2\x82z"]);
+        let out = filter(&[
+            b"a\x9b6n\xc0\x9b[6n\xe0\x82\x9bc\xed\xa0\x80\xc3",
+            b"\xa9\xe2\x82z",
+        ]);
         let text = String::from_utf8(out).unwrap();
-        assert!(!text.chars().any(|c| ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{1b}'));
+        assert!(!text
+            .chars()
+            .any(|c| ('\u{80}'..='\u{9f}').contains(&c) || c == '\u{1b}'));
         assert!(text.contains("\u{e9}"), "{text:?}");
         assert!(text.ends_with("\u{fffd}z"), "{text:?}");
     }
