@@ -472,6 +472,14 @@ pub fn wireguard(now: WireGuardCounters) {
         c.inc_by(new.saturating_sub(old));
     }
     m.wg_resent.inc_by(now.resent.saturating_sub(last.resent));
+    // Connections over a tunnel cap are refusals too.
+    let capped = now.dropped.get(9).copied().unwrap_or(0);
+    let before = last.dropped.get(9).copied().unwrap_or(0);
+    if capped > before {
+        m.refusals
+            .get_or_create(&l1("reason", "tunnel_connection_cap"))
+            .inc_by(capped - before);
+    }
     *last = now;
 }
 

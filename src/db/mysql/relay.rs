@@ -439,6 +439,7 @@ where
             COM_QUIT => return Err(End::quiet("client quit")),
             COM_QUERY => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 self.record(DbEvent::Statement {
                     text: body.to_vec(),
                     parse: None,
@@ -464,6 +465,7 @@ where
             }
             COM_STMT_PREPARE => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 self.record(DbEvent::Statement {
                     text: body.to_vec(),
                     parse: Some(String::new()),
@@ -488,6 +490,7 @@ where
             }
             COM_STMT_EXECUTE => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 let (id, params, types) = self.statements.execute(body);
                 self.record(DbEvent::Bind {
                     statement: id.to_string(),
@@ -525,6 +528,7 @@ where
             COM_STMT_FETCH => Answer::Fetch,
             COM_INIT_DB => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 let mut text = b"USE `".to_vec();
                 text.extend_from_slice(body);
                 text.push(b'`');
@@ -928,6 +932,7 @@ impl Scan {
     }
 
     fn error(&mut self, p: &[u8]) {
+        crate::metrics::db_error("mysql");
         let e = super::packet::parse_err(p);
         self.results.push(DbEvent::Result {
             tag: Some(format!("ERROR {}", e.as_ref().map_or(0, |e| e.code))),
