@@ -225,7 +225,7 @@ pub fn session_refused(user: &str, login: &str, target: &str, source: &str, reas
 
 /// A channel or forwarding request was refused.
 pub fn channel_refused(user: &str, kind: &str, host: &str, port: u32, source: &str, reason: &str) {
-    crate::metrics::refusal("channel");
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "channel"));
     info!(
         target: TARGET,
         event = "channel.refused",

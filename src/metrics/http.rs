@@ -190,7 +190,7 @@ async fn answer(mut stream: TcpStream, registry: Arc<Registry>) -> io::Result<()
     // close is a FIN and the response is not lost to a reset.
     let drain = async {
         let mut sink = [0u8; 1024];
-        let mut left = MAX_REQUEST_BYTES;
+        let mut left: usize = 64 * 1024;
         while left > 0 {
             let n = stream.read(&mut sink).await?;
             if n == 0 {
