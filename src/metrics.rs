@@ -23,10 +23,12 @@ use std::borrow::Cow;
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
+use prometheus_client::encoding::{EncodeMetric, MetricEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
 pub use http::{serve, MAX_REQUEST_BYTES, MAX_SCRAPERS, SCRAPE_DEADLINE};
@@ -102,6 +104,21 @@ const MAX_ANOMALY_RULES: usize = 16;
 const DURATION_BUCKETS: [f64; 12] = [
     1.0, 5.0, 15.0, 60.0, 300.0, 900.0, 1800.0, 3600.0, 7200.0, 14400.0, 28800.0, 86400.0,
 ];
+
+/// A family whose `# HELP`/`# TYPE` lines are written even while it has
+/// no series (the encoder leaves empty families out): a scraper sees that
+/// `gatehouse_live_sessions` exists, and is 0, before the first session.
+#[derive(Debug)]
+struct AlwaysShown<M>(M);
+
+impl<M: EncodeMetric> EncodeMetric for AlwaysShown<M> {
+    fn encode(&self, encoder: MetricEncoder) -> Result<(), std::fmt::Error> {
+        self.0.encode(encoder)
+    }
+    fn metric_type(&self) -> MetricType {
+        self.0.metric_type()
+    }
+}
 
 fn duration_histogram() -> Histogram {
     Histogram::new(DURATION_BUCKETS)
@@ -193,7 +210,7 @@ impl Metrics {
         r.register(
             "auth_attempts",
             "Authentication attempts (every audited auth.attempt) by method and result",
-            auth_attempts.clone(),
+            AlwaysShown(auth_attempts.clone()),
         );
         let lockouts = Counter::default();
         r.register(
@@ -214,7 +231,7 @@ impl Metrics {
         r.register(
             "live_sessions",
             "Live relayed sessions by kind and target, at the time of the scrape",
-            live_sessions.clone(),
+            AlwaysShown(live_sessions.clone()),
         );
         let durations: Histograms = Family::new_with_constructor(duration_histogram);
         for kind in KINDS {
@@ -315,7 +332,7 @@ impl Metrics {
         r.register(
             "anomalies",
             "Anomaly rules that fired, by rule",
-            anomalies.clone(),
+            AlwaysShown(anomalies.clone()),
         );
         Metrics {
             registry: r,
