@@ -52,6 +52,11 @@ pub async fn run(
     let client_key = state.client_key()?;
     let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let live = crate::live::Registry::new();
+    let locks = Arc::new(
+        crate::locks::Locks::open(&settings.gateway.state_dir)
+            .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
+    );
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
@@ -68,6 +73,8 @@ pub async fn run(
         recorder: recorder.clone(),
         state: state.clone(),
         keys: db::cancel::Keys::default(),
+        live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
         greetings: Default::default(),
@@ -98,6 +105,8 @@ pub async fn run(
         jump_config,
         client_config: ssh::client_config(),
         client_key: Arc::new(client_key.private.clone()),
+        live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
         settings: settings.clone(),
@@ -133,8 +142,6 @@ pub async fn run(
     // `[metrics] listen`: off unless configured; bound before anything is
     // served, so a bad or busy address fails the start like the others.
     if let Some(addr) = settings.metrics.listen {
-        // Until the daemon's live-session registry is wired here (lead).
-        let live = crate::live::Registry::new();
         let l = TcpListener::bind(addr)
             .await
             .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))?;
@@ -157,6 +164,20 @@ pub async fn run(
             }
         });
     }
+    // The control socket, bound with the listeners: a start that cannot
+    // be operated (or finds another gatehouse on the socket) fails.
+    let control_socket = crate::control::server::bind(&settings.control)
+        .context("cannot create the control socket")?;
+    tracing::info!(socket = %settings.control.socket.display(), "control socket ready");
+    tokio::spawn(crate::control::server::serve(
+        control_socket,
+        Arc::new(crate::control::server::Control {
+            live: live.clone(),
+            locks: locks.clone(),
+            reload: None,
+        }),
+        stop_rx.clone(),
+    ));
     for l in listeners {
         let addr = l.local_addr().ok();
         tracing::info!(listen = ?addr, host_key = %host_key.fingerprint(), "ssh listener ready");

@@ -55,8 +55,10 @@ const RELOAD_RESULTS: &[&str] = &["ok", "invalid", "restart_required"];
 
 /// Why something was refused: `gatehouse_refusals_total{reason}`.
 pub const REFUSAL_REASONS: &[&str] = &[
-    // Authentication refused while a lockout or lock is in force.
+    // Authentication refused while a lockout (failed attempts) is in force.
     "locked",
+    // Refused by an administrator's lock (`gatehouse lock user/device/target`).
+    "admin_lock",
     // Policy: no such target, no role grants it, login not allowed.
     "unknown_target",
     "no_role",
@@ -426,19 +428,25 @@ pub fn lockout() {
 /// else counts as `other`).
 pub fn refusal(reason: &str) {
     m().refusals
-        .get_or_create(&l1("reason", pick(reason, REFUSAL_REASONS)))
+        .get_or_create(&l1("reason", refusal_reason(reason, "other")))
         .inc();
 }
 
-/// The refusal reason for an audited session or database refusal: the
-/// policy's reasons by name, a recording failure, else `otherwise`.
+/// The refusal reason (one of [`REFUSAL_REASONS`]) for an audited reason:
+/// a reason of the set as it is, the policy's reasons by name, a recording
+/// failure, an administrator's lock, else `otherwise`.
 pub fn refusal_reason(audit_reason: &str, otherwise: &'static str) -> &'static str {
     match audit_reason {
         "unknown target" => "unknown_target",
         "no role grants the target" => "no_role",
         "login not allowed by any role" => "login_not_allowed",
         r if r.starts_with("recording") => "recording",
-        _ => otherwise,
+        r if r.ends_with("locked by an administrator") => "admin_lock",
+        r => REFUSAL_REASONS
+            .iter()
+            .find(|k| **k == r)
+            .copied()
+            .unwrap_or(otherwise),
     }
 }
 

@@ -15,6 +15,11 @@ fn label_values_outside_the_fixed_set_are_other() {
         "recording"
     );
     assert_eq!(refusal_reason("anything a client said", "database"), "database");
+    assert_eq!(
+        refusal_reason("user:alice is locked by an administrator", "other"),
+        "admin_lock"
+    );
+    assert_eq!(refusal_reason("no_descriptors", "other"), "no_descriptors");
 }
 
 #[test]
