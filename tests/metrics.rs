@@ -208,7 +208,9 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
         assert_eq!(f["type"], *kind, "{family}");
     }
 
-    // A wrong code: a failed login.
+    // A wrong code: a failed login. Then three logins (the first by code,
+    // the others by code or MFA lease): one session, one refused target,
+    // one session left open.
     let valid = [
         totp_step(&w.secret, -1),
         totp(&w.secret),
@@ -225,7 +227,7 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     assert!(!out.status.success());
     // A good login with a session to web-1.
     w.client.set_code(&totp(&w.secret));
-    let out = w.client.run_jump(&w.login, "web-1", &["true"]);
+    let out = w.client.run_jump(&w.login, "web-1", &["echo", "metrics-hello"]);
     assert!(out.status.success(), "{}", stderr(&out));
     w.session_end();
     // A target no role grants.
@@ -234,6 +236,24 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     assert!(!out.status.success());
     w.gw.wait_for_event_named("channel.refused", Duration::from_secs(5))
         .expect("channel.refused");
+
+    // A session that stays open: the live gauge shows it (by kind and
+    // target) while it runs.
+    let dest = format!("{}@web-1", w.login);
+    let _open = w.client.spawn(&["-J", "gw", &dest, "sleep", "30"]);
+    let live = |s: &Scrape| {
+        s.value(
+            "gatehouse_live_sessions",
+            "gatehouse_live_sessions",
+            &[("kind", "ssh"), ("target", "web-1")],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || live(&scrape(port)) == 1.0),
+        "no live session in:\n{}",
+        scrape(port).text
+    );
+    assert_eq!(live(&before), 0.0);
 
     let after = scrape(port);
     let delta = |family: &str, name: &str, labels: &[(&str, &str)]| {
@@ -250,7 +270,7 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     assert_eq!(
         delta(logins, total, &[("result", "ok"), ("admitted_by", "code")])
             + delta(logins, total, &[("result", "ok"), ("admitted_by", "lease")]),
-        2.0,
+        3.0,
         "{}",
         after.text
     );
@@ -287,6 +307,16 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
             "gatehouse_recording_segments_sealed_total",
             &[]
         ) >= 1.0
+    );
+    // "metrics-hello\n" came down from web-1.
+    assert!(
+        delta(
+            "gatehouse_bytes_relayed",
+            "gatehouse_bytes_relayed_total",
+            &[("direction", "down")]
+        ) >= 14.0,
+        "{}",
+        after.text
     );
     // Nothing a client chose became a label: no user, no code, no source.
     for needle in ["alice", "127.0.0.1"] {
