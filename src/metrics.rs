@@ -44,7 +44,12 @@ const LOGIN_RESULTS: &[&str] = &["ok", "failed", "refused"];
 /// How a login was admitted (`none` for failed and refused ones).
 const ADMITTED_BY: &[&str] = &["code", "lease", "none"];
 /// Authentication methods named by `audit::auth_attempt`.
-const AUTH_METHODS: &[&str] = &["publickey", "keyboard-interactive", "db-code", "jump-publickey"];
+const AUTH_METHODS: &[&str] = &[
+    "publickey",
+    "keyboard-interactive",
+    "db-code",
+    "jump-publickey",
+];
 const AUTH_RESULTS: &[&str] = &["success", "partial", "failure"];
 /// Second-factor methods: their failure is a failed login.
 const SECOND_FACTOR: &[&str] = &["keyboard-interactive", "db-code"];
@@ -283,7 +288,8 @@ impl Metrics {
             wg_handshakes.clone(),
         );
         let dropped = Family::<L1, Counter>::default();
-        let wg_dropped = WG_DROP_REASONS.map(|reason| dropped.get_or_create_owned(&l1("reason", reason)));
+        let wg_dropped =
+            WG_DROP_REASONS.map(|reason| dropped.get_or_create_owned(&l1("reason", reason)));
         r.register(
             "wireguard_dropped",
             "WireGuard datagrams and tunnelled packets dropped, by reason (updated every 2 s)",

@@ -82,9 +82,13 @@ fn require_parser() -> bool {
         return true;
     }
     if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("python3-prometheus-client is missing under CI=true (run scripts/install-test-deps.sh)");
+        panic!(
+            "python3-prometheus-client is missing under CI=true (run scripts/install-test-deps.sh)"
+        );
     }
-    eprintln!("skipping: {PYTHON} cannot import prometheus_client (install python3-prometheus-client)");
+    eprintln!(
+        "skipping: {PYTHON} cannot import prometheus_client (install python3-prometheus-client)"
+    );
     false
 }
 
@@ -111,7 +115,9 @@ impl Scrape {
                 let l = s[1].as_object().unwrap();
                 s[0] == name
                     && l.len() == labels.len()
-                    && labels.iter().all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(*v))
+                    && labels
+                        .iter()
+                        .all(|(k, v)| l.get(*k).and_then(Value::as_str) == Some(*v))
             })
             .map(|s| s[2].as_f64().unwrap())
             .unwrap_or(0.0)
@@ -153,7 +159,10 @@ fn scrape(port: u16) -> Scrape {
 /// from /proc).
 fn listening_ports(pid: u32) -> Vec<u16> {
     let mut inodes = Vec::new();
-    for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+    for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+    {
         if let Ok(link) = std::fs::read_link(fd.path()) {
             let l = link.display().to_string();
             if let Some(i) = l.strip_prefix("socket:[").and_then(|r| r.strip_suffix(']')) {
@@ -194,9 +203,7 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     assert!(wait_for_port(port, Duration::from_secs(10)));
     let before = scrape(port);
     assert!(
-        before
-            .content_type
-            .starts_with("text/plain; version=0.0.4"),
+        before.content_type.starts_with("text/plain; version=0.0.4"),
         "{}",
         before.content_type
     );
@@ -227,7 +234,9 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     assert!(!out.status.success());
     // A good login with a session to web-1.
     w.client.set_code(&totp(&w.secret));
-    let out = w.client.run_jump(&w.login, "web-1", &["echo", "metrics-hello"]);
+    let out = w
+        .client
+        .run_jump(&w.login, "web-1", &["echo", "metrics-hello"]);
     assert!(out.status.success(), "{}", stderr(&out));
     w.session_end();
     // A target no role grants.
@@ -262,7 +271,11 @@ fn metrics_count_the_logins_and_refusals_a_real_client_causes() {
     let logins = "gatehouse_logins";
     let total = "gatehouse_logins_total";
     assert_eq!(
-        delta(logins, total, &[("result", "failed"), ("admitted_by", "none")]),
+        delta(
+            logins,
+            total,
+            &[("result", "failed"), ("admitted_by", "none")]
+        ),
         1.0,
         "{}",
         after.text
@@ -382,7 +395,8 @@ fn bad_requests_get_an_error_and_idle_scrapers_never_hold_up_logins() {
     std::thread::sleep(Duration::from_millis(500));
     let (mut held, mut closed) = (0, 0);
     for s in &mut idle {
-        s.set_read_timeout(Some(Duration::from_millis(500))).unwrap();
+        s.set_read_timeout(Some(Duration::from_millis(500)))
+            .unwrap();
         let mut b = [0u8; 64];
         match s.read(&mut b) {
             Ok(0) => closed += 1,
@@ -401,7 +415,9 @@ fn bad_requests_get_an_error_and_idle_scrapers_never_hold_up_logins() {
     assert!(held <= 4 && closed >= 4, "held {held}, closed {closed}");
     // ... and a login goes through meanwhile.
     let t = Instant::now();
-    let out = w.client.run(&["-o", "NumberOfPasswordPrompts=1", "gw", "targets"]);
+    let out = w
+        .client
+        .run(&["-o", "NumberOfPasswordPrompts=1", "gw", "targets"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(t.elapsed() < Duration::from_secs(10));
     drop(idle);

@@ -77,7 +77,7 @@ pub(super) enum Request {
     Metrics,
     NotFound,
     MethodNotAllowed,
-    BadRequest,
+    Malformed,
     TooLarge,
 }
 
@@ -99,7 +99,7 @@ async fn read_request(stream: &mut TcpStream) -> io::Result<Request> {
         };
         let n = stream.read(window).await?;
         if n == 0 {
-            return Ok(Request::BadRequest);
+            return Ok(Request::Malformed);
         }
         buf.extend_from_slice(window.get(..n).unwrap_or_default());
     }
@@ -113,19 +113,19 @@ fn head_complete(buf: &[u8]) -> bool {
 pub(super) fn classify(head: &[u8]) -> Request {
     let line_end = head.iter().position(|b| *b == b'\n').unwrap_or(head.len());
     let Some(line) = head.get(..line_end) else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let Ok(line) = std::str::from_utf8(line) else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     let mut parts = line.trim_end_matches('\r').split(' ');
     let (Some(method), Some(target), Some(version), None) =
         (parts.next(), parts.next(), parts.next(), parts.next())
     else {
-        return Request::BadRequest;
+        return Request::Malformed;
     };
     if !version.starts_with("HTTP/1.") || method.is_empty() || !target.starts_with('/') {
-        return Request::BadRequest;
+        return Request::Malformed;
     }
     if method != "GET" {
         return Request::MethodNotAllowed;
@@ -176,7 +176,7 @@ async fn answer(mut stream: TcpStream, registry: Arc<Registry>) -> io::Result<()
             "Allow: GET\r\n",
             "method not allowed: use GET /metrics\n",
         ),
-        Request::BadRequest => respond("400 Bad Request", TEXT, "", "bad request\n"),
+        Request::Malformed => respond("400 Bad Request", TEXT, "", "bad request\n"),
         Request::TooLarge => respond(
             "431 Request Header Fields Too Large",
             TEXT,

@@ -9,12 +9,18 @@ fn label_values_outside_the_fixed_set_are_other() {
     assert_eq!(pick("ok", LOGIN_RESULTS), "ok");
     assert_eq!(pick("alice", LOGIN_RESULTS), "other");
     assert_eq!(pick("'; DROP TABLE x", REFUSAL_REASONS), "other");
-    assert_eq!(refusal_reason("no role grants the target", "other"), "no_role");
+    assert_eq!(
+        refusal_reason("no role grants the target", "other"),
+        "no_role"
+    );
     assert_eq!(
         refusal_reason("recording: disk full at /var/x", "other"),
         "recording"
     );
-    assert_eq!(refusal_reason("anything a client said", "database"), "database");
+    assert_eq!(
+        refusal_reason("anything a client said", "database"),
+        "database"
+    );
     assert_eq!(
         refusal_reason("user:alice is locked by an administrator", "other"),
         "admin_lock"
@@ -24,18 +30,33 @@ fn label_values_outside_the_fixed_set_are_other() {
 
 #[test]
 fn request_line_is_classified_strictly() {
-    assert_eq!(classify(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"), Request::Metrics);
-    assert_eq!(classify(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"), Request::Metrics);
+    assert_eq!(
+        classify(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n"),
+        Request::Metrics
+    );
+    assert_eq!(
+        classify(b"GET /metrics?x=1 HTTP/1.0\r\n\r\n"),
+        Request::Metrics
+    );
     assert_eq!(classify(b"GET / HTTP/1.1\r\n\r\n"), Request::NotFound);
-    assert_eq!(classify(b"GET /metricsx HTTP/1.1\r\n\r\n"), Request::NotFound);
+    assert_eq!(
+        classify(b"GET /metricsx HTTP/1.1\r\n\r\n"),
+        Request::NotFound
+    );
     assert_eq!(
         classify(b"POST /metrics HTTP/1.1\r\n\r\n"),
         Request::MethodNotAllowed
     );
-    assert_eq!(classify(b"GET /metrics\r\n\r\n"), Request::BadRequest);
-    assert_eq!(classify(b"GET /metrics SSH-2.0\r\n\r\n"), Request::BadRequest);
-    assert_eq!(classify(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"), Request::BadRequest);
-    assert_eq!(classify(b""), Request::BadRequest);
+    assert_eq!(classify(b"GET /metrics\r\n\r\n"), Request::Malformed);
+    assert_eq!(
+        classify(b"GET /metrics SSH-2.0\r\n\r\n"),
+        Request::Malformed
+    );
+    assert_eq!(
+        classify(b"\xff\xfe /metrics HTTP/1.1\r\n\r\n"),
+        Request::Malformed
+    );
+    assert_eq!(classify(b""), Request::Malformed);
 }
 
 #[test]
