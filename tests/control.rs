@@ -597,3 +597,88 @@ fn malformed_requests_close_that_connection_and_are_audited() {
         .iter()
         .any(|e| e["command"] == "invalid"));
 }
+
+/// Waits until a live session of `kind` is listed; returns it.
+fn session_of_kind(w: &World, kind: &str) -> Value {
+    let mut found = None;
+    let ok = wait_until(Duration::from_secs(30), || {
+        let out = w.gw.setup().cli(&["sessions", "--json"]);
+        let list: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        found = list.into_iter().find(|s| s["kind"] == kind);
+        found.is_some()
+    });
+    assert!(ok, "no live {kind} session listed");
+    found.unwrap()
+}
+
+#[test]
+fn a_postgres_session_is_listed_and_a_kill_ends_it_with_a_fatal_naming_the_reason() {
+    if !common::pgworld::tools() {
+        return;
+    }
+    let db = common::pgworld::start("pg-secret-1", |b, _| b);
+    let mut cmd = db.psql_cmd("app_ro", "", "select pg_sleep(60)");
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut psql = ChildGuard::spawn(&mut cmd);
+    let s = session_of_kind(&db.w, "postgres");
+    assert_eq!(s["user"], "alice");
+    assert_eq!(s["target"], "db-1");
+    assert_eq!(s["login"], "app_ro");
+    let id = s["id"].as_str().unwrap().to_string();
+    let out = cli(
+        &db.w,
+        &["sessions", "kill", &id, "--reason", "runaway query"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        psql.wait_timeout(Duration::from_secs(3)).is_some(),
+        "psql still running"
+    );
+    let o = psql.wait_output(Duration::from_secs(5)).unwrap();
+    assert!(
+        text(&o.stderr).contains("session ended by an administrator: runaway query"),
+        "psql: {}",
+        text(&o.stderr)
+    );
+}
+
+#[test]
+fn a_target_lock_ends_a_live_mysql_session_and_refuses_new_ones_before_the_greeting() {
+    if !common::myworld::tools() {
+        return;
+    }
+    let my = common::myworld::start("my-secret-1", |b, _| b);
+    let mut cmd = my.mariadb_cmd("app");
+    cmd.args(["-e", "SELECT SLEEP(60)"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut client = ChildGuard::spawn(&mut cmd);
+    let s = session_of_kind(&my.w, "mysql");
+    assert_eq!(s["target"], "db-my");
+    let out = cli(
+        &my.w,
+        &["lock", "target", "db-my", "--reason", "audit hold"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        client.wait_timeout(Duration::from_secs(3)).is_some(),
+        "mariadb still running"
+    );
+    let o = client.wait_output(Duration::from_secs(5)).unwrap();
+    assert!(
+        text(&o.stderr).contains("db-my is locked by an administrator"),
+        "mariadb: {}",
+        text(&o.stderr)
+    );
+    // A new connection is refused with the reason, before any login.
+    let o = my.mariadb("app", "SELECT 1");
+    assert!(!o.status.success());
+    assert!(
+        text(&o.stderr).contains("locked by an administrator: audit hold"),
+        "mariadb: {}",
+        text(&o.stderr)
+    );
+    // Unlocked, it works again through the same forward.
+    assert!(cli(&my.w, &["unlock", "target", "db-my"]).status.success());
+    assert_eq!(my.sql("SELECT 41+1").trim(), "42");
+}
