@@ -429,3 +429,54 @@ fn bad_requests_get_an_error_and_idle_scrapers_never_hold_up_logins() {
     let s = scrape(port);
     assert!(s.families.contains_key("gatehouse_logins"));
 }
+
+#[test]
+fn database_statements_errors_and_session_lengths_are_counted() {
+    if !common::pgworld::tools() || !require_parser() {
+        return;
+    }
+    let port = free_port();
+    let db = common::pgworld::start("Pw-metrics-app_ro-3b1d", |b, _| {
+        b.raw(&format!("[metrics]\nlisten = \"127.0.0.1:{port}\""))
+    });
+    assert!(wait_for_port(port, Duration::from_secs(10)));
+    let before = scrape(port);
+    let ok = db.psql("app_ro", "select 6*7");
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    let bad = db.psql("app_ro", "select * from no_such_table_here");
+    assert!(!bad.status.success());
+    let ended = |s: &Scrape| {
+        s.value(
+            "gatehouse_session_duration_seconds",
+            "gatehouse_session_duration_seconds_count",
+            &[("kind", "postgres")],
+        )
+    };
+    assert!(
+        wait_until(Duration::from_secs(15), || ended(&scrape(port))
+            - ended(&before)
+            == 2.0),
+        "{}",
+        scrape(port).text
+    );
+    let after = scrape(port);
+    let delta = |family: &str, name: &str| {
+        let l = [("kind", "postgres")];
+        after.value(family, name, &l) - before.value(family, name, &l)
+    };
+    assert_eq!(
+        delta("gatehouse_db_statements", "gatehouse_db_statements_total"),
+        2.0,
+        "{}",
+        after.text
+    );
+    assert_eq!(
+        delta("gatehouse_db_errors", "gatehouse_db_errors_total"),
+        1.0,
+        "{}",
+        after.text
+    );
+    // No SQL text and no database login name in the page.
+    assert!(!after.text.contains("no_such_table_here"));
+    assert!(!after.text.contains("app_ro"));
+}
