@@ -788,3 +788,127 @@ pub fn lock_lifted(subject: &str, by: &str) {
         "{by} unlocked {subject}"
     );
 }
+
+// Unusual-activity events (src/anomaly): one MESSAGE_ID per rule, so a SIEM
+// can route `anomaly.*` with `journalctl MESSAGE_ID=...`. Evidence only:
+// names, addresses, networks, counts; never a code, key or password.
+const ID_ANOMALY_NEW_NETWORK: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f01";
+const ID_ANOMALY_UNUSUAL_HOUR: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f02";
+const ID_ANOMALY_TARGET_SPREAD: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f03";
+const ID_ANOMALY_BULK_TRANSFER: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f04";
+const ID_ANOMALY_FAILED_LOGINS: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f05";
+
+/// A user logged in from a network never seen for them. `network` is the
+/// /24 or /48 (for a WireGuard device: of its UDP endpoint, `via` says
+/// which); `known` is how many networks were learned for the user before.
+pub fn anomaly_new_network(user: &str, source: &str, network: &str, via: &str, known: usize) {
+    info!(
+        target: TARGET,
+        event = "anomaly.new_network",
+        message_id = ID_ANOMALY_NEW_NETWORK,
+        user,
+        source,
+        network,
+        via,
+        known_networks = known,
+        "anomaly: {user} logged in from a new network {network} ({known} known)"
+    );
+}
+
+/// A user logged in at an hour of the week (UTC; 0 = Monday 00:00) at which
+/// they had not logged in during the last 30 days. `active_hours` is how
+/// many hours of the week they did log in at in that time.
+pub fn anomaly_unusual_hour(
+    user: &str,
+    source: &str,
+    hour_of_week: u32,
+    when: &str,
+    active_hours: usize,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.unusual_hour",
+        message_id = ID_ANOMALY_UNUSUAL_HOUR,
+        user,
+        source,
+        hour_of_week,
+        when,
+        active_hours,
+        "anomaly: {user} logged in at an unusual hour ({when})"
+    );
+}
+
+/// A user opened sessions to more than `limit` distinct targets within
+/// `window_s` seconds; `targets` lists them (comma-separated).
+pub fn anomaly_target_spread(
+    user: &str,
+    targets: &str,
+    distinct: usize,
+    limit: usize,
+    window_s: u64,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.target_spread",
+        message_id = ID_ANOMALY_TARGET_SPREAD,
+        user,
+        targets,
+        distinct,
+        limit,
+        window_s,
+        "anomaly: {user} opened sessions to {distinct} targets within {window_s}s (limit {limit})"
+    );
+}
+
+/// One session moved more than `limit` bytes towards the user.
+pub fn anomaly_bulk_transfer(
+    session_id: &str,
+    user: &str,
+    target: &str,
+    source: &str,
+    bytes_down: u64,
+    limit: u64,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.bulk_transfer",
+        message_id = ID_ANOMALY_BULK_TRANSFER,
+        session_id,
+        user,
+        target,
+        source,
+        bytes_down,
+        limit,
+        "anomaly: session {session_id} of {user} to {target} moved {bytes_down} bytes to the user (limit {limit})"
+    );
+}
+
+/// A burst of failed logins: `pattern` is `one_user_many_sources` (then
+/// `user` is the name attacked, `source` "-") or `one_source_many_users`
+/// (then `source` is the attacker, `user` "-"); `sample` lists up to a few
+/// of the sources or (bounded) user names, comma-separated.
+pub fn anomaly_failed_logins(
+    pattern: &str,
+    user: &str,
+    source: &str,
+    distinct: usize,
+    limit: usize,
+    window_s: u64,
+    sample: &str,
+) {
+    let user = client_name(user);
+    let user = user.as_ref();
+    info!(
+        target: TARGET,
+        event = "anomaly.failed_logins",
+        message_id = ID_ANOMALY_FAILED_LOGINS,
+        pattern,
+        user,
+        source,
+        distinct,
+        limit,
+        window_s,
+        sample,
+        "anomaly: failed logins {pattern}: {distinct} distinct within {window_s}s (limit {limit})"
+    );
+}

@@ -53,6 +53,12 @@ pub async fn run(
     let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = crate::live::Registry::new();
+    // [anomaly]: the login hooks find the rules once installed; the session
+    // rules watch the live registry.
+    if let Some(a) = &settings.anomaly {
+        crate::anomaly::install(a, state.root())?;
+        crate::anomaly::watch_sessions(live.clone(), stop_rx.clone());
+    }
     let locks = Arc::new(
         crate::locks::Locks::open(&settings.gateway.state_dir)
             .map_err(|e| anyhow::anyhow!("locks: {e}"))?,

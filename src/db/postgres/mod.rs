@@ -325,6 +325,10 @@ async fn code_login(
         CodeOutcome::NotEnrolled => ("failure", "not enrolled", None),
     };
     audit::auth_attempt(person, "db-code", "-", &label, result, reason);
+    crate::anomaly::auth_attempt(person, source, result);
+    if let CodeOutcome::Accepted(u) = &outcome {
+        crate::anomaly::login(u.name(), u.origin());
+    }
     if let Some(l) = lock {
         audit::lockout(&l.subject, l.until, &label);
     }
