@@ -85,6 +85,7 @@ pub fn auth_attempt(
     result: &str,
     reason: &str,
 ) {
+    crate::metrics::auth_attempt(method, result);
     let user = client_name(user);
     let user = user.as_ref();
     info!(
@@ -125,6 +126,7 @@ pub fn locked_refusals(user: &str, source: &str, subject: &str, count: u64) {
 
 /// A user or source was locked out (`user:NAME`, `source:ADDR`).
 pub fn lockout(subject: &str, until_unix: u64, source: &str) {
+    crate::metrics::lockout();
     info!(
         target: TARGET,
         event = "auth.lockout",
@@ -138,6 +140,7 @@ pub fn lockout(subject: &str, until_unix: u64, source: &str) {
 
 /// A completed two-factor login to the gateway.
 pub fn login(user: &str, key_fp: &str, source: &str, admitted_by: &str) {
+    crate::metrics::login("ok", admitted_by);
     info!(
         target: TARGET,
         event = "login",
@@ -185,6 +188,7 @@ pub struct SessionSummary {
 
 /// A relayed session ended.
 pub fn session_end(session_id: &str, user: &str, login: &str, target: &str, s: &SessionSummary) {
+    crate::metrics::session_ended("ssh", std::time::Duration::from_millis(s.duration_ms));
     let exit_status = s.exit_status.map(i64::from).unwrap_or(-1);
     info!(
         target: TARGET,
@@ -205,6 +209,7 @@ pub fn session_end(session_id: &str, user: &str, login: &str, target: &str, s: &
 
 /// A session to a target was refused.
 pub fn session_refused(user: &str, login: &str, target: &str, source: &str, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "upstream"));
     info!(
         target: TARGET,
         event = "session.refused",
@@ -220,6 +225,7 @@ pub fn session_refused(user: &str, login: &str, target: &str, source: &str, reas
 
 /// A channel or forwarding request was refused.
 pub fn channel_refused(user: &str, kind: &str, host: &str, port: u32, source: &str, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "channel"));
     info!(
         target: TARGET,
         event = "channel.refused",
@@ -258,6 +264,7 @@ pub fn connection_refused(source: &str, reason: &str, count: u64) {
 /// login): it reached `auth.max_connection_age`, or a re-check on a new
 /// channel found the user gone, the key withdrawn or the user locked.
 pub fn connection_closed(user: &str, source: &str, reason: &str) {
+    crate::metrics::refusal("connection_closed");
     info!(
         target: TARGET,
         event = "connection.closed",
@@ -282,6 +289,7 @@ const ID_WG_UNKNOWN_PEER: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a77";
 /// A WireGuard handshake with a configured device completed; `initiator`
 /// is `peer` or `gateway` (gatehouse re-initiates after a restart).
 pub fn wg_handshake(user: &str, public_key: &str, address: &str, endpoint: &str, initiator: &str) {
+    crate::metrics::wg_handshake();
     info!(
         target: TARGET,
         event = "wg.handshake",
@@ -472,6 +480,7 @@ pub fn recording_segment(
     sha256: &str,
     chain: &str,
 ) {
+    crate::metrics::segment_sealed();
     info!(
         target: TARGET,
         event = "recording.segment",
@@ -514,6 +523,7 @@ pub fn recording_failed(
     target: &str,
     reason: &str,
 ) {
+    crate::metrics::recording_failed();
     info!(
         target: TARGET,
         event = "recording.failed",
@@ -628,6 +638,7 @@ pub fn db_session_end(session_id: &str, who: DbWho<'_>, s: &DbSummary) {
 
 /// A database connection was refused (login, policy, upstream, recorder).
 pub fn db_session_refused(who: DbWho<'_>, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "database"));
     let user = client_name(who.user);
     let login = client_name(who.login);
     let database = client_name(who.database);
@@ -672,6 +683,7 @@ pub fn db_cancel(user: &str, target: &str, source: &str, session_id: &str, outco
 /// replication command, a KILL of someone else's session). `command` names
 /// the command (`COM_CHANGE_USER`, `LOAD DATA LOCAL`), never SQL text.
 pub fn db_command_refused(session_id: &str, who: DbWho<'_>, command: &str, reason: &str) {
+    crate::metrics::refusal("db_command");
     let user = client_name(who.user);
     let login = client_name(who.login);
     let target = who.target;

@@ -682,6 +682,7 @@ async fn session(
     let _ = recording
         .finish(None, &summary.reason, summary.bytes_up, summary.bytes_down)
         .await;
+    crate::metrics::session_ended("mysql", began.elapsed());
     audit::db_session_end(
         &ctx.session_id,
         who(

@@ -604,6 +604,7 @@ async fn session(
     let _ = recording
         .finish(None, &summary.reason, summary.bytes_up, summary.bytes_down)
         .await;
+    crate::metrics::session_ended("postgres", began.elapsed());
     audit::db_session_end(
         &session_id,
         w,
