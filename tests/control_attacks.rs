@@ -292,3 +292,47 @@ fn the_daemon_refuses_a_socket_directory_anyone_could_replace_the_socket_in() {
     );
     assert!(!open.join("control.sock").exists());
 }
+
+/// Alice's key is proven and she is typing her code when the
+/// administrator locks her: the code must not log her in.
+#[test]
+fn a_lock_set_while_the_user_types_her_code_refuses_that_login() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b);
+    w.client.set_code(&w.next_code());
+    w.client.set_option("LogLevel", "INFO");
+    // The code is typed slowly: askpass logs the prompt, then waits 4 s.
+    let askpass = w.client.dir().join("askpass.sh");
+    let script = std::fs::read_to_string(&askpass).unwrap();
+    let slow = script.replacen("code=$(", "sleep 4\ncode=$(", 1);
+    assert_ne!(slow, script);
+    std::fs::write(&askpass, slow).unwrap();
+    let mut s = jump(&w, "echo in-anyway");
+    assert!(
+        wait_until(Duration::from_secs(20), || w
+            .client
+            .askpass_prompts()
+            .iter()
+            .any(|p| p.contains("Verification code"))),
+        "no code was asked"
+    );
+    let out =
+        w.gw.setup()
+            .cli(&["lock", "user", "alice", "--reason", "mid-login"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        s.wait_timeout(Duration::from_secs(30)).is_some(),
+        "ssh still running"
+    );
+    let logins: Vec<Value> =
+        w.gw.audit_events()
+            .into_iter()
+            .filter(|e| e["event"] == "login")
+            .collect();
+    assert!(
+        logins.is_empty(),
+        "a user locked at the code prompt was logged in: {logins:?}"
+    );
+}

@@ -138,6 +138,21 @@ impl Outer {
         self.user.as_ref().map(|u| u.name()).unwrap_or("-")
     }
 
+    /// ctlattack: an administrator's lock set while the code was being
+    /// typed (the key was proven before it): refused like one found at the
+    /// key, with the lock's message. True if locked.
+    fn locked_meanwhile(&mut self, user: &str, fp: &str) -> bool {
+        let device = self.source.device().map(|d| d.public_key_b64());
+        let Some(lock) = self.gw.locks.login(user, device.as_deref()) else {
+            return false;
+        };
+        let reason = format!("{} is locked by an administrator", lock.subject());
+        self.attempt(user, "keyboard-interactive", fp, "failure", &reason);
+        crate::metrics::refusal("locked by an administrator");
+        self.tunnel_only_notice = Some(format!("gatehouse: {}", lock.message()));
+        true
+    }
+
     fn admitted(&mut self, user: AuthenticatedUser) {
         audit::login(
             user.name(),
@@ -600,6 +615,12 @@ impl Handler for Outer {
             };
         let reused = matches!(outcome, CodeOutcome::Reused { .. });
         match outcome {
+            CodeOutcome::Accepted(_) if self.locked_meanwhile(user, kv.fingerprint()) => {
+                Ok(Auth::Reject {
+                    proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+                    partial_success: false,
+                })
+            }
             CodeOutcome::Accepted(u) => {
                 self.attempt(
                     user,
