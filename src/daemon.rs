@@ -21,10 +21,9 @@ use tracing::Instrument;
 
 use crate::audit;
 use crate::auth::Authenticator;
-use crate::config::{DbTls, Settings};
+use crate::config::{Current, DbTls, Settings};
 use crate::db::{self, DbGateway, DbService};
 use crate::dispatch::{Connection, Dispatch, Service, Serving};
-use crate::policy::Policy;
 use crate::recording::Recorder;
 use crate::source::Source;
 use crate::ssh::server::Outer;
@@ -50,7 +49,10 @@ pub async fn run(
     let state = Arc::new(StateDir::open(&settings.gateway.state_dir)?);
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
-    let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
+    // The configuration in force: a reload (SIGHUP, `gatehouse reload`)
+    // swaps it; every login and channel reads it once.
+    let config = Current::new(settings.clone());
+    let auth = Arc::new(Authenticator::new(config.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
@@ -62,8 +64,7 @@ pub async fn run(
     // The database proxies, one per database target, by tunnel_port: the
     // same services inside the tunnel and behind SSH direct-tcpip.
     let db_gw = Arc::new(DbGateway {
-        settings: settings.clone(),
-        policy: Policy::new(settings.clone()),
+        config: config.clone(),
         auth: auth.clone(),
         recorder: recorder.clone(),
         state: state.clone(),
@@ -91,7 +92,6 @@ pub async fn run(
     let databases = Arc::new(databases);
     let gw = Arc::new(Gateway {
         recorder: recorder.clone(),
-        policy: Policy::new(settings.clone()),
         auth,
         databases: databases.clone(),
         server_config,
@@ -100,7 +100,7 @@ pub async fn run(
         client_key: Arc::new(client_key.private.clone()),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
-        settings: settings.clone(),
+        config: config.clone(),
     });
 
     let ssh_service: Arc<dyn Service> = Arc::new(SshService(gw.clone()));
@@ -345,7 +345,8 @@ async fn serve(gw: Arc<Gateway>, conn: Connection) {
         authenticated.clone(),
     );
     let source = source.to_string();
-    let deadline = gw.settings.gateway.auth_timeout;
+    let settings = gw.settings();
+    let deadline = settings.gateway.auth_timeout;
     let started = tokio::time::timeout(
         deadline,
         russh::server::run_stream(gw.server_config.clone(), stream, handler),
@@ -367,7 +368,7 @@ async fn serve(gw: Arc<Gateway>, conn: Connection) {
     let timer = {
         let handle = handle.clone();
         let authenticated = authenticated.clone();
-        let max_age = gw.settings.auth.max_connection_age;
+        let max_age = settings.auth.max_connection_age;
         tokio::spawn(async move {
             let mut pre_auth = pre_auth;
             // Until login: poll the flag, give the pre-auth slot back the

@@ -389,8 +389,11 @@ pub struct MetricsSettings {
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct AnomalySettings {}
 
+mod current;
 mod raw;
 mod validate;
+
+pub use current::Current;
 
 pub use validate::{
     in_range, load, load_str, parse_cidr, parse_duration, parse_recipient, parse_size, ConfigError,

@@ -150,7 +150,7 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
             return;
         }
     };
-    let Some(ep) = gw.policy.target(&target).and_then(Endpoint::from_target) else {
+    let Some(ep) = gw.policy().target(&target).and_then(Endpoint::from_target) else {
         return;
     };
     let hello = match server_hello(&gw, &target, &ep).await {
@@ -228,7 +228,7 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .unwrap_or_default();
     let w = who(user.name(), &login_name, &target, &database, &source_label);
-    let authorized = match gw.policy.authorize(&user, &target, &login_name) {
+    let authorized = match gw.policy().authorize(&user, &target, &login_name) {
         Ok(a) => a,
         Err(d) => {
             let reason = d.reason();
