@@ -9,6 +9,7 @@
 
 mod fdlimit;
 mod preauth;
+pub mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -46,6 +47,8 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Before anything opens a descriptor: soft limit up to the hard one.
     fdlimit::check(&settings);
+    // From here on SIGHUP waits for the reload instead of ending us.
+    let hangups = reload::hangups().context("cannot handle SIGHUP")?;
     let state = Arc::new(StateDir::open(&settings.gateway.state_dir)?);
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
@@ -128,8 +131,18 @@ pub async fn run(
             .clone()
             .route(tunnel::SSH_PORT, ssh_service),
     );
-    let _tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
+    let tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
+    // Reload: SIGHUP here, `gatehouse reload` through the control socket
+    // (give it `reloader` as its `control::Reload`).
+    let live = crate::live::Registry::new();
+    let reloader = reload::Reloader::new(
+        config.clone(),
+        state.clone(),
+        live,
+        tunnel.as_ref().map(|t| t.control()),
+    );
+    reloader.serve_hangups(hangups, stop_rx.clone());
     let max = settings.gateway.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let pre_auth = preauth::PreAuth::new(settings.gateway.pre_auth.clone());

@@ -158,6 +158,23 @@ impl Policy {
             .filter(move |r| names.contains(&r.name))
     }
 
+    /// Whether the user named `user` (as this configuration names her)
+    /// may reach `target` as `login`: what a reload asks of every live
+    /// session. A user who is not configured may reach nothing.
+    pub fn allows(&self, user: &str, target: &str, login: &str) -> bool {
+        let Some(u) = self.settings.users.iter().find(|u| u.name == user) else {
+            return false;
+        };
+        let Some(t) = self.target(target) else {
+            return false;
+        };
+        self.settings
+            .roles
+            .iter()
+            .filter(|r| u.roles.contains(&r.name))
+            .any(|r| selects(r, t) && r.logins.iter().any(|l| l == login))
+    }
+
     /// Every target the user may reach, with the logins, sorted by name.
     pub fn grants(&self, user: &AuthenticatedUser) -> Vec<Grant> {
         let mut out: Vec<Grant> = Vec::new();
@@ -444,6 +461,17 @@ mod tests {
         let p = policy_for(&now);
         assert!(p.authorize(&u, "db-1", "postgres").is_ok());
         assert!(p.authorize(&u, "web-1", "deploy").is_err());
+    }
+
+    #[test]
+    fn allows_follows_the_configured_roles() {
+        let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
+        let p = policy_for(&u);
+        assert!(p.allows("alice", "web-1", "deploy"));
+        assert!(!p.allows("alice", "web-1", "root"));
+        assert!(!p.allows("alice", "web-2", "deploy"));
+        assert!(!p.allows("bob", "web-1", "deploy"));
+        assert!(!p.allows("alice", "nope", "deploy"));
     }
 
     #[test]
