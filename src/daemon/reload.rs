@@ -398,9 +398,11 @@ mod tests {
     use super::*;
     use std::path::Path;
 
+    /// alice holds k1 and k2; bob holds k3.
     struct Keys {
         k1: String,
         k2: String,
+        k3: String,
     }
 
     fn keys() -> Keys {
@@ -411,22 +413,26 @@ mod tests {
                 .to_openssh()
                 .unwrap()
         };
-        Keys { k1: k(), k2: k() }
+        Keys {
+            k1: k(),
+            k2: k(),
+            k3: k(),
+        }
     }
 
     fn settings(k: &Keys, extra_gateway: &str, alice_keys: &[&str], alice_roles: &str) -> Arc<Settings> {
         let alice_keys: Vec<String> = alice_keys.iter().map(|s| format!("\"{s}\"")).collect();
         let text = format!(
             "[gateway]\nstate_dir = \"/tmp/gh-reload-test\"\nssh_listen = [\"127.0.0.1:2222\"]\n{extra_gateway}\n\
-             [[targets]]\nname = \"web-1\"\naddress = \"127.0.0.1:22\"\nhost_keys = [\"{k1}\"]\n\n\
+             [[targets]]\nname = \"web-1\"\nkind = \"ssh\"\naddress = \"127.0.0.1:22\"\nhost_keys = [\"{k1}\"]\n\n\
              [[roles]]\nname = \"deploy\"\ntargets = {{ names = [\"web-1\"] }}\nlogins = [\"deploy\"]\n\n\
              [[roles]]\nname = \"other\"\ntargets = {{ names = [\"web-1\"] }}\nlogins = [\"www\"]\n\n\
              [[users]]\nname = \"alice\"\nroles = {alice_roles}\nssh_keys = [{}]\n\n\
-             [[users]]\nname = \"bob\"\nroles = [\"deploy\"]\nssh_keys = [\"{k2}\"]\n\n\
+             [[users]]\nname = \"bob\"\nroles = [\"deploy\"]\nssh_keys = [\"{k3}\"]\n\n\
              [recordings]\nrecipients = [\"age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj\"]\n",
             alice_keys.join(", "),
             k1 = k.k1,
-            k2 = k.k2,
+            k3 = k.k3,
         );
         Arc::new(config::load_str(&text, Path::new("g.toml")).unwrap())
     }
@@ -475,7 +481,7 @@ mod tests {
         let k = keys();
         let old_ok = session("alice", &k.k1, "deploy");
         assert_eq!(why_end(&old_ok, &base(&k)), None);
-        assert_eq!(why_end(&session("bob", &k.k2, "deploy"), &base(&k)), None);
+        assert_eq!(why_end(&session("bob", &k.k3, "deploy"), &base(&k)), None);
 
         // alice's second key removed: her session with it ends, not the other.
         let one_key = settings(&k, "", &[&k.k1], "[\"deploy\"]");
