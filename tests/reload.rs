@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use common::netns;
 use common::world::{stderr, stdout, World};
 use common::*;
 
@@ -374,4 +375,131 @@ fn a_one_gib_transfer_survives_a_reload_midway_with_every_byte() {
 
 fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// `ssh -J alice@10.77.0.1 LOGIN@web-1 TICKING` through device `i`, stdout
+/// and stderr piped.
+fn ticking_through_device(w: &netns::WgWorld, i: usize) -> ChildGuard {
+    let mut cmd = w.jump(
+        i,
+        &["sh -c 'i=0; while [ $i -lt 900 ]; do echo tick-$i; i=$((i+1)); sleep 0.1; done'"],
+    );
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    ChildGuard::spawn(&mut cmd)
+}
+
+/// Reads `child`'s stdout in the background; the returned counter is the
+/// number of bytes seen so far.
+fn count_output(child: &mut ChildGuard) -> std::sync::Arc<std::sync::atomic::AtomicU64> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let seen = std::sync::Arc::new(AtomicU64::new(0));
+    let mut out = child.child().stdout.take().expect("stdout");
+    let s = seen.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                return;
+            }
+            s.fetch_add(n as u64, Ordering::SeqCst);
+        }
+    });
+    seen
+}
+
+#[test]
+fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handshake() {
+    use std::sync::atomic::Ordering;
+    let Some(lab) = netns::enter(
+        "wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handshake",
+        3,
+    ) else {
+        return;
+    };
+    let w = netns::WgWorld::start(lab, 2, |b| b);
+    let (d0, d1) = (w.devices[0].clone(), w.devices[1].clone());
+    let c0 = w.connect(0);
+    let c1 = w.connect(1);
+    // A live session through each device (device 1's login spends the
+    // next code step: a code is accepted once).
+    let mut s0 = ticking_through_device(&w, 0);
+    let seen0 = count_output(&mut s0);
+    assert!(
+        wait_until(Duration::from_secs(60), || seen0.load(Ordering::SeqCst) > 20),
+        "no session through device 0"
+    );
+    w.client.set_code(&w.next_code());
+    let mut s1 = ticking_through_device(&w, 1);
+    let seen1 = count_output(&mut s1);
+    assert!(
+        wait_until(Duration::from_secs(60), || seen1.load(Ordering::SeqCst) > 20),
+        "no session through device 1"
+    );
+    let hs0 = c0.latest_handshake();
+    assert!(hs0 > 0, "device 0 has no handshake");
+    assert!(c1.latest_handshake() > 0);
+
+    // A third device made while gatehouse runs; the file swaps device 1
+    // for it.
+    let d2 = netns::peer_add(w.gw.setup(), "alice", 2, &w.lab.gateway_ip(2), w.keys.path());
+    let entry = |d: &netns::Device| {
+        format!(
+            "{{ public_key = \"{}\", address = \"{}\" }}",
+            d.public_key, d.address
+        )
+    };
+    let text = w.gw.setup().config_text();
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("wireguard = ["))
+        .expect("alice's devices")
+        .to_string();
+    let text = text.replace(
+        &line,
+        &format!("wireguard = [{}, {}]", entry(&d0), entry(&d2)),
+    );
+    w.gw.setup().write_config(&text);
+    let ev = hup_gw(&w.gw);
+    assert_eq!(ev["event"], "config.reload", "{ev}");
+    assert_eq!(ev["devices_added"], d2.public_key.as_str(), "{ev}");
+    assert_eq!(ev["devices_removed"], d1.public_key.as_str(), "{ev}");
+
+    // Device 1 stopped: its session is cut, nothing answers it any more.
+    assert!(
+        s1.wait_timeout(Duration::from_secs(10)).is_some(),
+        "device 1's session outlived its removal"
+    );
+    assert_eq!(
+        netns::tcp_probe(w.lab.client(1), netns::TUNNEL_GATEWAY, 22, Duration::from_secs(5)),
+        Err(()),
+        "the removed device still reaches gatehouse"
+    );
+    // Device 2 works, without a restart.
+    let c2 = netns::WgClient::start(w.lab.client(2), &d2.conf, None, &[]);
+    assert_eq!(
+        netns::tcp_probe(w.lab.client(2), netns::TUNNEL_GATEWAY, 22, Duration::from_secs(20)),
+        Ok(true),
+        "the added device does not reach gatehouse"
+    );
+    assert!(c2.latest_handshake() > 0);
+    // Device 0 never noticed: same session (no new handshake), its
+    // connection still carrying output.
+    let before = seen0.load(Ordering::SeqCst);
+    assert!(
+        wait_until(Duration::from_secs(5), || seen0.load(Ordering::SeqCst) > before + 20),
+        "device 0's session stalled"
+    );
+    assert!(
+        s0.child().try_wait().ok().flatten().is_none(),
+        "device 0's session ended"
+    );
+    assert_eq!(c0.latest_handshake(), hs0, "device 0 handshook again");
+    let handshakes0 = w
+        .gw
+        .events("wg.handshake")
+        .into_iter()
+        .filter(|e| e["public_key"] == d0.public_key.as_str())
+        .count();
+    assert_eq!(handshakes0, 1, "device 0 handshook again");
+    let _ = &c1;
 }

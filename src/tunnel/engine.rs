@@ -760,7 +760,7 @@ impl Engine {
 
     /// Encrypts queued packets into GSO batches and sends them. Returns true
     /// when the socket is full (the rest waits for it to drain).
-    fn transmit(&mut self) -> bool {
+    pub(super) fn transmit(&mut self) -> bool {
         let max_segments = self.udp.max_gso_segments().max(1);
         let now = Instant::now();
         while let Some(pkt) = self.device.pop_tx() {

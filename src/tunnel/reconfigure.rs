@@ -5,9 +5,10 @@
 //! the tunnel thread compares it with the running one between two turns of
 //! its loop:
 //! - a device that is no longer wanted (or whose user, address or
-//!   preshared key changed) is removed: no lookup finds it again, so its
-//!   handshakes go unanswered and its packets are dropped, and its TCP
-//!   connections are aborted (their services read end-of-stream);
+//!   preshared key changed) is removed: its TCP connections are aborted
+//!   (their services read end-of-stream, the resets are sent to the device
+//!   while it still has a session), then no lookup finds it again, so its
+//!   handshakes go unanswered and its packets are dropped;
 //! - a wanted device that is not running gets a new slot and answers its
 //!   first handshake;
 //! - every other device keeps its slot, its session keys and its
@@ -96,11 +97,26 @@ impl Engine {
             .filter(|p| !wanted.iter().any(|w| same(w, &p.cfg)))
             .map(|p| p.cfg.public_key)
             .collect();
-        for key in gone {
-            let Some(slot) = self.peers.remove(&key) else {
+        // Abort their connections while the devices still have a session,
+        // and send the resets out: their clients learn at once that the
+        // connection is gone instead of waiting for a timeout.
+        let mut slots = Vec::new();
+        {
+            let mut st = self.shared.lock();
+            for key in &gone {
+                if let Some(slot) = self.peers.by_key(key) {
+                    slots.push((*key, slot, st.abort_peer(slot)));
+                }
+            }
+            st.egress(&mut self.device);
+        }
+        if !slots.is_empty() {
+            let _ = self.transmit();
+        }
+        for (key, slot, closed) in slots {
+            if self.peers.remove(&key).is_none() {
                 continue;
-            };
-            let closed = self.shared.lock().abort_peer(slot);
+            }
             if let Some(p) = self.peers.get(slot) {
                 tracing::info!(
                     user = %p.cfg.user,
