@@ -752,3 +752,89 @@ pub fn config_reload_failed(file: &str, by: &str, reason: &str, errors: &str, fi
         "configuration reload from {file} (asked by {by}) refused ({reason}); still running on the previous configuration"
     );
 }
+
+// Operations (src/control, src/locks): one MESSAGE_ID per type.
+const ID_CONTROL_COMMAND: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d01";
+const ID_SESSION_WATCH: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d02";
+const ID_LOCK_SET: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d03";
+const ID_LOCK_LIFTED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d04";
+
+/// A command on the control socket: `by` is the local user who ran it
+/// (from SO_PEERCRED: `name (uid N)`), `subject` what it named (a session
+/// id, a lock's subject, `-`), `result` `ok` or `refused`/`failed` with
+/// `detail`.
+pub fn control_command(
+    command: &str,
+    by: &str,
+    pid: i32,
+    subject: &str,
+    result: &str,
+    detail: &str,
+) {
+    let subject = client_name(subject);
+    let subject = subject.as_ref();
+    info!(
+        target: TARGET,
+        event = "control.command",
+        message_id = ID_CONTROL_COMMAND,
+        command,
+        by,
+        pid,
+        subject,
+        result,
+        detail,
+        "control: {by} ran `{command}` on {subject}: {result}"
+    );
+}
+
+/// An administrator started (`action = "start"`) or stopped (`"end"`)
+/// watching a live session.
+pub fn session_watch(
+    action: &str,
+    session_id: &str,
+    by: &str,
+    user: &str,
+    target: &str,
+    announced: bool,
+) {
+    info!(
+        target: TARGET,
+        event = "session.watch",
+        message_id = ID_SESSION_WATCH,
+        action,
+        session_id,
+        by,
+        user,
+        target,
+        announced,
+        "{by} {action}s watching session {session_id} of {user} on {target}"
+    );
+}
+
+/// An administrator locked a user, device or target (`until` 0: until
+/// unlocked); `ended` live sessions were ended.
+pub fn lock_set(subject: &str, reason: &str, until_unix: u64, by: &str, ended: usize) {
+    info!(
+        target: TARGET,
+        event = "lock.set",
+        message_id = ID_LOCK_SET,
+        subject,
+        reason,
+        until = until_unix,
+        by,
+        ended,
+        "{by} locked {subject}: {reason} ({ended} live sessions ended)"
+    );
+}
+
+/// An administrator lifted a lock.
+pub fn lock_lifted(subject: &str, by: &str) {
+    info!(
+        target: TARGET,
+        event = "lock.lifted",
+        message_id = ID_LOCK_LIFTED,
+        subject,
+        by,
+        "{by} unlocked {subject}"
+    );
+}

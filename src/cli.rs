@@ -1,5 +1,7 @@
 //! Command line: `run`, `check`, `pubkey`, `hostkey`, `user enroll`,
-//! `target keyscan`, `target credential`, `quickstart`.
+//! `target keyscan`, `target credential`, `quickstart`, and the commands for
+//! the running daemon (`sessions`, `lock`, `unlock`, `locks`, `reload`, in
+//! `control::cli`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -62,6 +64,47 @@ pub enum Command {
     Peer(crate::tunnel::cli::PeerCommand),
     /// List WireGuard peers with last handshake, endpoint and bytes (asks the running daemon).
     Peers,
+    /// Live sessions of the running daemon: id, user, source, target,
+    /// login, kind, started, idle, bytes, recording. `kill` and `watch` act
+    /// on one.
+    Sessions {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+        #[command(subcommand)]
+        action: Option<crate::control::cli::SessionsCommand>,
+    },
+    /// Lock a user, WireGuard device or target out now: their live sessions
+    /// end within a second, new logins and sessions are refused with the
+    /// reason until the lock expires or `gatehouse unlock`. Survives restarts.
+    Lock {
+        /// What to lock.
+        #[arg(value_enum)]
+        what: crate::control::cli::LockWhat,
+        /// The user or target name, or the device's public key.
+        name: String,
+        /// Why: shown to the person refused and written to the audit log.
+        #[arg(long)]
+        reason: String,
+        /// Lift the lock by itself after this long (e.g. `2h`, `30m`).
+        #[arg(long = "for", value_parser = config::parse_duration)]
+        duration: Option<Duration>,
+    },
+    /// Lift a lock set by `gatehouse lock`.
+    Unlock {
+        #[arg(value_enum)]
+        what: crate::control::cli::LockWhat,
+        name: String,
+    },
+    /// The locks in force.
+    Locks {
+        /// JSON for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Make the running daemon re-read its configuration (as SIGHUP does).
+    /// An invalid file changes nothing: the errors are printed, exit 64.
+    Reload,
     /// Start a working demo gateway in DIR with generated keys, a first user
     /// and printed connection instructions. Needs no config file.
     Quickstart {
@@ -274,6 +317,24 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::tunnel::cli::run_peers(&s)
         }
         Command::Quickstart { dir, port } => crate::cli_quickstart::quickstart(&dir, port),
+        Command::Sessions { json, action } => {
+            Ok(crate::control::cli::sessions(&cli.config, json, action))
+        }
+        Command::Lock {
+            what,
+            name,
+            reason,
+            duration,
+        } => Ok(crate::control::cli::lock(
+            &cli.config,
+            what,
+            name,
+            reason,
+            duration,
+        )),
+        Command::Unlock { what, name } => Ok(crate::control::cli::unlock(&cli.config, what, name)),
+        Command::Locks { json } => Ok(crate::control::cli::locks(&cli.config, json)),
+        Command::Reload => Ok(crate::control::cli::reload(&cli.config)),
     }
 }
 

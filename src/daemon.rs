@@ -57,6 +57,11 @@ pub async fn run(
     let config = Current::new(settings.clone());
     let auth = Arc::new(Authenticator::new(config.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
+    let live = crate::live::Registry::new();
+    let locks = Arc::new(
+        crate::locks::Locks::open(&settings.gateway.state_dir)
+            .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
+    );
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
@@ -72,6 +77,8 @@ pub async fn run(
         recorder: recorder.clone(),
         state: state.clone(),
         keys: db::cancel::Keys::default(),
+        live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         statement_budget: Arc::new(Semaphore::new(db::postgres::relay::BUDGET_KIB)),
         greetings: Default::default(),
@@ -101,6 +108,8 @@ pub async fn run(
         jump_config,
         client_config: ssh::client_config(),
         client_key: Arc::new(client_key.private.clone()),
+        live: live.clone(),
+        locks: locks.clone(),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
         config: config.clone(),
@@ -133,13 +142,11 @@ pub async fn run(
     );
     let tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
-    // Reload: SIGHUP here, `gatehouse reload` through the control socket
-    // (give it `reloader` as its `control::Reload`).
-    let live = crate::live::Registry::new();
+    // Reload: SIGHUP here, `gatehouse reload` through the control socket.
     let reloader = reload::Reloader::new(
         config.clone(),
         state.clone(),
-        live,
+        live.clone(),
         tunnel.as_ref().map(|t| t.control()),
     );
     reloader.serve_hangups(hangups, stop_rx.clone());
@@ -159,6 +166,20 @@ pub async fn run(
             }
         });
     }
+    // The control socket, bound with the listeners: a start that cannot
+    // be operated (or finds another gatehouse on the socket) fails.
+    let control_socket = crate::control::server::bind(&settings.control)
+        .context("cannot create the control socket")?;
+    tracing::info!(socket = %settings.control.socket.display(), "control socket ready");
+    tokio::spawn(crate::control::server::serve(
+        control_socket,
+        Arc::new(crate::control::server::Control {
+            live: live.clone(),
+            locks: locks.clone(),
+            reload: Some(Arc::new(reloader.clone())),
+        }),
+        stop_rx.clone(),
+    ));
     for l in listeners {
         let addr = l.local_addr().ok();
         tracing::info!(listen = ?addr, host_key = %host_key.fingerprint(), "ssh listener ready");

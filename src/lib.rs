@@ -18,6 +18,7 @@ pub mod daemon;
 pub mod db;
 pub mod dispatch;
 pub mod live;
+pub mod locks;
 pub mod metrics;
 pub mod policy;
 pub mod recording;

@@ -48,6 +48,8 @@ pub struct Authorized {
     record_input: RecordInput,
     /// Whether a granting role lets the database client pass `options`.
     allow_options: bool,
+    /// Whether a granting role asks that the user be told of watchers.
+    announce_watch: bool,
 }
 
 impl Authorized {
@@ -56,6 +58,12 @@ impl Authorized {
     /// change server settings for the session, so it is off by default).
     pub fn allow_options(&self) -> bool {
         self.allow_options
+    }
+
+    /// Whether the user is told when an administrator watches the session
+    /// live: true when any granting role says `announce_watch = true`.
+    pub fn announce_watch(&self) -> bool {
+        self.announce_watch
     }
 
     /// Which input is recorded: the most-recording `record_input` among the
@@ -106,6 +114,7 @@ impl Authorized {
             allow_env: Vec::new(),
             record_input: RecordInput::default(),
             allow_options: false,
+            announce_watch: false,
         }
     }
 }
@@ -263,6 +272,7 @@ impl Policy {
                 .unwrap_or_default(),
             // Strictest wins, like the limits: every granting role must allow it.
             allow_options: granting.iter().all(|r| r.allow_options),
+            announce_watch: granting.iter().any(|r| r.announce_watch),
         })
     }
 }

@@ -29,7 +29,8 @@ use super::raw::{
     RawTarget, RawUser, StringMap,
 };
 use super::{
-    AuthSettings, ControlSettings, Gateway, MetricsSettings, RecordInput, Role, Settings, Target, TargetKind, TargetSelector, User,
+    AuthSettings, ControlSettings, Gateway, MetricsSettings, RecordInput, Role, Settings, Target,
+    TargetKind, TargetSelector, User,
 };
 
 mod anomaly;

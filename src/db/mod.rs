@@ -38,6 +38,10 @@ pub struct DbGateway {
     pub state: Arc<StateDir>,
     pub keys: cancel::Keys,
     /// Fires when the daemon shuts down.
+    /// Every live session (listing, kill, locks, reload).
+    pub live: Arc<crate::live::Registry>,
+    /// Administrators' locks (`gatehouse lock`).
+    pub locks: Arc<crate::locks::Locks>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Gateway-wide budget (KiB) for large statements read whole to be
     /// recorded: see [`postgres::relay`].
@@ -111,6 +115,26 @@ pub(crate) fn who<'a>(
         target,
         database,
         source,
+    }
+}
+
+/// The live-registry entry of a database session that is starting.
+pub fn live_info(
+    session_id: &str,
+    kind: crate::live::SessionKind,
+    authorized: &crate::policy::Authorized,
+) -> crate::live::SessionInfo {
+    let user = authorized.user();
+    crate::live::SessionInfo {
+        id: session_id.to_string(),
+        kind,
+        user: user.name().to_string(),
+        source: user.origin().ip().to_string(),
+        device: user.origin().device().map(|d| d.public_key_b64()),
+        key_fingerprint: user.key().map(|_| user.fingerprint().to_string()),
+        target: authorized.target().name.clone(),
+        login: authorized.login().to_string(),
+        announce_watch: authorized.announce_watch(),
     }
 }
 

@@ -869,6 +869,12 @@ pub(crate) async fn begin_session(
 ) -> Result<(Upstream, SessionGuard), String> {
     let user = auth.user();
     let target = &auth.target().name;
+    let device = user.origin().device().map(|d| d.public_key_b64());
+    if let Some(lock) = gw.locks.session(user.name(), device.as_deref(), target) {
+        let reason = format!("{} is locked by an administrator", lock.subject());
+        audit::session_refused(user.name(), auth.login(), target, user.source(), &reason);
+        return Err(format!("gatehouse: {}", lock.message()));
+    }
     match upstream::connect(gw, auth, &stats.ending).await {
         Ok(up) => {
             let id = relay::new_session_id();
@@ -880,12 +886,25 @@ pub(crate) async fn begin_session(
                 user.source(),
                 user.admitted_by().as_str(),
             );
+            let registration = gw.live.register(crate::live::SessionInfo {
+                id: id.clone(),
+                kind: crate::live::SessionKind::Ssh,
+                user: user.name().to_string(),
+                source: user.origin().ip().to_string(),
+                device: user.origin().device().map(|d| d.public_key_b64()),
+                key_fingerprint: Some(user.fingerprint().to_string()),
+                target: target.clone(),
+                login: auth.login().to_string(),
+                announce_watch: auth.announce_watch(),
+            });
+            stats.set_live(registration.live().clone());
             let guard = SessionGuard {
                 id,
                 user: user.name().to_string(),
                 login: auth.login().to_string(),
                 target: target.clone(),
                 stats: stats.clone(),
+                registration: Some(registration),
             };
             relay::spawn_limits(
                 stats,

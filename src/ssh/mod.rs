@@ -89,6 +89,10 @@ pub struct Gateway {
     /// Seals every session's recording; sessions do not run without it.
     pub recorder: Arc<crate::recording::Recorder>,
     /// Fires when the daemon shuts down.
+    /// Every live session (listing, kill, locks, reload, watch).
+    pub live: Arc<crate::live::Registry>,
+    /// Administrators' locks (`gatehouse lock`).
+    pub locks: Arc<crate::locks::Locks>,
     pub shutdown: tokio::sync::watch::Receiver<bool>,
     /// Live jumps and channels per connection and per user, under their caps.
     pub caps: Arc<caps::Caps>,

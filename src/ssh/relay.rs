@@ -25,6 +25,7 @@ use tokio::sync::mpsc;
 
 use super::ending::Ending;
 use crate::audit;
+use crate::live::{Live, Registration};
 use crate::recording::{Recorder, Recording, RecordingError, RecordingMeta};
 
 /// How long to wait for a target to answer a channel request.
@@ -46,6 +47,8 @@ pub struct Stats {
     channels: Mutex<Vec<ChannelId>>,
     /// Ends the session at once (limits, shutdown); see [`Ending`].
     pub ending: Ending,
+    /// The session's entry in the live registry (set when it starts).
+    live: std::sync::OnceLock<Arc<Live>>,
 }
 
 impl Default for Stats {
@@ -59,6 +62,7 @@ impl Default for Stats {
             end_reason: Mutex::new(None),
             channels: Mutex::new(Vec::new()),
             ending: Ending::new(),
+            live: std::sync::OnceLock::new(),
         }
     }
 }
@@ -73,6 +77,15 @@ impl Stats {
         }
     }
 
+    /// Output of a terminal channel, for live watchers.
+    fn tap(&self, tapped: &std::sync::atomic::AtomicBool, data: &[u8]) {
+        if tapped.load(Ordering::Relaxed) {
+            if let Some(l) = self.live.get() {
+                l.tap(data);
+            }
+        }
+    }
+
     fn touch(&self) {
         let ms = self.start.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
@@ -80,10 +93,24 @@ impl Stats {
     pub fn add_up(&self, n: usize) {
         self.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
         self.touch();
+        if let Some(l) = self.live.get() {
+            l.add_up(n);
+        }
     }
     pub fn add_down(&self, n: usize) {
         self.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
         self.touch();
+        if let Some(l) = self.live.get() {
+            l.add_down(n);
+        }
+    }
+    /// Links these counters to the session's live entry.
+    pub fn set_live(&self, live: Arc<Live>) {
+        let _ = self.live.set(live);
+    }
+    /// The session's live entry, once it started.
+    pub fn live(&self) -> Option<&Arc<Live>> {
+        self.live.get()
     }
     fn last_activity(&self) -> Instant {
         self.start + Duration::from_millis(self.last_activity_ms.load(Ordering::Relaxed))
@@ -146,6 +173,9 @@ pub struct Bridge {
     /// channel was closed (russh calls no handler when the client then
     /// confirms the close, so this is how the channel is known to be over).
     finished: Arc<std::sync::atomic::AtomicBool>,
+    /// Whether this channel's output goes to live watchers: terminal
+    /// channels (shell, exec), never sftp's binary packets.
+    tapped: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Tells the user the recording failed and ends their channel: a session
@@ -178,6 +208,8 @@ impl Bridge {
         let (pump_rec, pump_up) = (rec.clone(), up_bytes.clone());
         let finished = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let pump_finished = finished.clone();
+        let tapped = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let pump_tapped = tapped.clone();
         let bridge_user = user.clone();
         tokio::spawn(async move {
             let mut read = read;
@@ -201,6 +233,7 @@ impl Bridge {
                                 reason = "recording failed";
                                 break;
                             }
+                            pump_stats.tap(&pump_tapped, &data);
                         }
                         user.data(id, data).await.is_ok()
                     }
@@ -213,6 +246,7 @@ impl Bridge {
                                 reason = "recording failed";
                                 break;
                             }
+                            pump_stats.tap(&pump_tapped, &data);
                         }
                         user.extended_data(id, ext, data).await.is_ok()
                     }
@@ -270,6 +304,7 @@ impl Bridge {
             pty: None,
             up_bytes,
             finished,
+            tapped,
         }
     }
 
@@ -291,8 +326,17 @@ impl Bridge {
             // second run request before it gets here; fail closed if one does.
             return Err(RecordingError::Closed);
         }
+        let terminal = matches!(
+            meta.kind,
+            crate::recording::RecordingKind::Shell { .. }
+                | crate::recording::RecordingKind::Exec { .. }
+        );
         let rec = recorder.start(meta).await?;
+        if let Some(l) = self.stats.live() {
+            l.set_recording(rec.id());
+        }
         let _ = self.rec.set(rec);
+        self.tapped.store(terminal, Ordering::SeqCst);
         Ok(())
     }
 
@@ -434,6 +478,10 @@ pub fn spawn_limits(
 ) {
     tokio::spawn(async move {
         let deadline = (!max_session.is_zero()).then(|| stats.start + max_session);
+        // An administrator, a lock or a reload may end the session, and
+        // tell the user things (a watcher started) on the way.
+        let live = stats.live().cloned();
+        let mut notices = live.as_ref().and_then(|l| l.take_notices());
         loop {
             let idle_at = (!idle_timeout.is_zero()).then(|| stats.last_activity() + idle_timeout);
             let next = match (deadline, idle_at) {
@@ -448,6 +496,24 @@ pub fn spawn_limits(
                 _ = shutdown.changed() => {
                     end(&stats, &user, "gatehouse is shutting down").await;
                     return;
+                }
+                reason = async {
+                    match &live {
+                        Some(l) => l.ended().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    end(&stats, &user, &reason).await;
+                    return;
+                }
+                Some(text) = async {
+                    match notices.as_mut() {
+                        Some(n) => n.recv().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    notice(&stats, &user, &text).await;
+                    continue;
                 }
             }
             let now = Instant::now();
@@ -469,6 +535,20 @@ pub fn spawn_limits(
             }
         }
     });
+}
+
+/// Tells the user something on every channel of the session (stderr),
+/// best-effort: a client that does not read does not hold the limits up.
+async fn notice(stats: &Stats, user: &Handle, text: &str) {
+    let text = format!("\r\ngatehouse: {text}\r\n");
+    let send = async {
+        for id in stats.channels() {
+            let _ = user
+                .extended_data(id, 1, Bytes::from(text.clone().into_bytes()))
+                .await;
+        }
+    };
+    let _ = tokio::time::timeout(GOODBYE_TIMEOUT, send).await;
 }
 
 async fn end(stats: &Stats, user: &Handle, reason: &str) {
@@ -510,11 +590,14 @@ pub struct SessionGuard {
     pub login: String,
     pub target: String,
     pub stats: Arc<Stats>,
+    /// Keeps the session listed in `gatehouse sessions` until it ends.
+    pub registration: Option<Registration>,
 }
 
 impl Drop for SessionGuard {
     fn drop(&mut self) {
         self.stats.ending.set_finished();
+
         audit::session_end(
             &self.id,
             &self.user,

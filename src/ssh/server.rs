@@ -470,6 +470,25 @@ impl Handler for Outer {
             }
         };
         self.key_proven = true;
+        // An administrator's lock, checked once the key is proven (only
+        // its holder learns of the lock and its reason) and before any
+        // lease or code: a locked person gets no session at all.
+        let device = self.source.device().map(|d| d.public_key_b64());
+        if let Some(lock) = self.gw.locks.login(user, device.as_deref()) {
+            self.attempt(
+                user,
+                "publickey",
+                &fp,
+                "failure",
+                &format!("{} is locked by an administrator", lock.subject()),
+            );
+            crate::metrics::refusal("locked by an administrator");
+            self.tunnel_only_notice = Some(format!("gatehouse: {}", lock.message()));
+            return Ok(Auth::Reject {
+                proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+                partial_success: false,
+            });
+        }
         if let Some(u) = self.gw.auth.lease(&kv) {
             self.attempt(
                 user,
@@ -1163,8 +1182,11 @@ impl Outer {
         let holds_key = user
             .key()
             .is_some_and(|key| self.gw.auth.key_is_authorized(user.name(), key));
+        let device = self.source.device().map(|d| d.public_key_b64());
         let reason = if !holds_key {
             Some("the user or their key is no longer in the configuration".to_string())
+        } else if let Some(lock) = self.gw.locks.login(user.name(), device.as_deref()) {
+            Some(lock.message())
         } else {
             self.gw
                 .auth

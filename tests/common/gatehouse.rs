@@ -251,11 +251,17 @@ impl GatehouseBuilder {
         line("");
         line("[control]");
         // Next to state/, in the test's own directory (not /run).
-        let socket = state_dir
-            .parent()
-            .unwrap_or(state_dir)
-            .join("control.sock");
-        line(&format!("socket = {}", toml_str(&socket.display().to_string())));
+        let socket = state_dir.parent().unwrap_or(state_dir).join("control.sock");
+        if !self
+            .control
+            .iter()
+            .any(|l| l.trim_start().starts_with("socket"))
+        {
+            line(&format!(
+                "socket = {}",
+                toml_str(&socket.display().to_string())
+            ));
+        }
         self.control.iter().for_each(|l| line(l));
         for u in &self.users {
             line("");
@@ -336,7 +342,7 @@ impl GatehouseSetup {
         self.inner.dir.path()
     }
 
-    /// The daemon's control socket.
+    /// The daemon's control socket (unless a `control_line` moved it).
     pub fn control_socket(&self) -> PathBuf {
         self.dir().join("control.sock")
     }

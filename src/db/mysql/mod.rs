@@ -150,6 +150,21 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
             return;
         }
     };
+    // An administrator's lock refuses before the greeting: no code is
+    // asked for (an ERR instead of a greeting, as a server that refuses a
+    // host does).
+    let device = source.device().map(|d| d.public_key_b64());
+    if let Some(lock) = gw.locks.session(&person, device.as_deref(), &target) {
+        let r = Refusal::new(
+            3118,
+            "HY000",
+            format!("gatehouse: {}", lock.message()),
+            "locked by an administrator".to_string(),
+        );
+        audit::db_session_refused(who(&person, "-", &target, "-", &source_label), &r.reason);
+        goodbye(&mut stream, 0, &r).await;
+        return;
+    }
     let Some(ep) = gw.policy().target(&target).and_then(Endpoint::from_target) else {
         return;
     };
@@ -635,7 +650,14 @@ async fn session(
         user.admitted_by().as_str(),
         recording.id(),
     );
+    let registration = gw.live.register(crate::db::live_info(
+        &ctx.session_id,
+        crate::live::SessionKind::Mysql,
+        &authorized,
+    ));
+    registration.set_recording(recording.id());
     let limits = relay::Limits {
+        live: Some(registration.live().clone()),
         max_session: authorized.max_session(),
         idle_timeout: authorized.idle_timeout(),
         shutdown: gw.shutdown.clone(),

@@ -19,6 +19,7 @@
 //! ends it when the client sends nothing, or stops reading what it asked
 //! for, for that long.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
@@ -107,6 +108,7 @@ impl End {
 /// The relay's state between commands.
 struct Relay<'a, CR, CW, SR, SW> {
     ctx: &'a Session,
+    live: Option<Arc<crate::live::Live>>,
     client_r: BufReader<CR>,
     client_w: CW,
     server_r: SR,
@@ -136,8 +138,10 @@ pub async fn run(
 ) -> Summary {
     let (cr, cw) = tokio::io::split(client);
     let (sr, sw) = tokio::io::split(server);
+    let live = limits.live.clone();
     let mut relay = Relay {
         ctx,
+        live: limits.live.clone(),
         client_r: BufReader::with_capacity(BUF, cr),
         client_w: cw,
         server_r: sr,
@@ -166,6 +170,12 @@ pub async fn run(
                 _ = wait_shutdown(&mut shutdown) => break End::tell(
                     "gateway shutting down", 1927, "70100",
                     "gatehouse: session ended: the gateway is shutting down".into()),
+                reason = async {
+                    match &live {
+                        Some(l) => l.ended().await,
+                        None => std::future::pending().await,
+                    }
+                } => break End::tell(reason.clone(), 1927, "70100", format!("gatehouse: {reason}")),
                 Some(forwarded) = cancels.recv() => {
                     if rec.db(DbEvent::Cancel { forwarded }).await.is_err() {
                         break End::quiet("recording failed");
@@ -339,6 +349,9 @@ where
             }
         }
         self.summary.bytes_up += 4 + len as u64;
+        if let Some(l) = &self.live {
+            l.add_up(4 + len);
+        }
         len = len.min(payload.len());
         payload.truncate(len);
         Ok((payload, 1, share))
@@ -395,6 +408,9 @@ where
 
     async fn send_client(&mut self, bytes: &[u8]) -> Result<(), End> {
         self.summary.bytes_down += bytes.len() as u64;
+        if let Some(l) = &self.live {
+            l.add_down(bytes.len());
+        }
         let w = async {
             self.client_w.write_all(bytes).await?;
             self.client_w.flush().await

@@ -98,6 +98,18 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
             return;
         }
     };
+    // An administrator's lock refuses before any code is asked for.
+    let device = source.device().map(|d| d.public_key_b64());
+    if let Some(lock) = gw.locks.session(&person, device.as_deref(), &target) {
+        let r = Refusal::new(
+            "28000",
+            format!("gatehouse: {}", lock.message()),
+            "locked by an administrator",
+        );
+        audit::db_session_refused(who(&person, "-", &target, "-", &source_label), &r.reason);
+        goodbye(&mut stream, &r).await;
+        return;
+    }
     let started = tokio::time::timeout(
         STARTUP_DEADLINE,
         login(&gw, &target, &source, &person, admitted, &mut stream),
@@ -570,7 +582,14 @@ async fn session(
         return;
     }
     audit::db_session_start(&session_id, w, user.admitted_by().as_str(), recording.id());
+    let registration = gw.live.register(crate::db::live_info(
+        &session_id,
+        crate::live::SessionKind::Postgres,
+        &authorized,
+    ));
+    registration.set_recording(recording.id());
     let limits = relay::Limits {
+        live: Some(registration.live().clone()),
         max_session: authorized.max_session(),
         idle_timeout: authorized.idle_timeout(),
         shutdown: gw.shutdown.clone(),

@@ -71,6 +71,9 @@ pub struct Limits {
     /// message over [`SMALL`] bytes waits for its share, so many sessions
     /// sending 16 MiB statements at once cannot multiply the bound.
     pub budget: Arc<Semaphore>,
+    /// The session's entry in the live registry: its byte counters, and
+    /// the end an administrator, a lock or a reload may request.
+    pub live: Option<Arc<crate::live::Live>>,
 }
 
 /// Recorded messages up to this size need no share of the budget.
@@ -156,6 +159,7 @@ struct Shared {
     start: Instant,
     up: AtomicU64,
     down: AtomicU64,
+    live: Option<Arc<crate::live::Live>>,
 }
 
 impl Shared {
@@ -249,6 +253,7 @@ where
         start: Instant::now(),
         up: AtomicU64::new(0),
         down: AtomicU64::new(0),
+        live: limits.live.clone(),
     });
     let out: Out<_> = Arc::new(tokio::sync::Mutex::new(ClientOut {
         w: Lossy {
@@ -318,6 +323,14 @@ where
                     break Err(("57P01", "gatehouse is shutting down".to_string(),
                         "gateway shutdown".to_string()));
                 }
+            }
+            reason = async {
+                match &limits.live {
+                    Some(l) => l.ended().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                break Err(("57P01", format!("gatehouse: {reason}"), reason));
             }
             c = cancels.recv(), if cancels_open => {
                 match c {
@@ -478,6 +491,9 @@ where
         shared
             .up
             .fetch_add(h.body_len as u64 + 5, Ordering::Relaxed);
+        if let Some(l) = &shared.live {
+            l.add_up(h.body_len + 5);
+        }
         match h.tag {
             b'Q' | b'P' | b'B' | b'F' => {
                 if h.body_len > MAX_RECORDED {
@@ -671,6 +687,9 @@ where
         shared
             .down
             .fetch_add(h.body_len as u64 + 5, Ordering::Relaxed);
+        if let Some(l) = &shared.live {
+            l.add_down(h.body_len + 5);
+        }
         let status = matches!(h.tag, b'C' | b'E' | b'N');
         let body = if status {
             if h.body_len > MAX_STATUS {
