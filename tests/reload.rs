@@ -503,3 +503,37 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
     assert_eq!(handshakes0, 1, "device 0 handshook again");
     let _ = &c1;
 }
+
+#[test]
+fn gatehouse_reload_prints_the_errors_and_exits_64_then_applies_a_good_file() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b);
+    let setup = w.gw.setup();
+    let good = setup.config_text();
+    let bad = good.clone() + "\n[[roles]]\nname = \"x\"\nlogins = 5\n";
+    setup.write_config(&bad);
+    let out = setup.cli(&["reload"]);
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    let line = bad.lines().position(|l| l.starts_with("logins = 5")).unwrap() + 1;
+    let file = setup.config_path().display().to_string();
+    assert!(
+        stderr(&out).contains(&format!("{file}:{line}:")),
+        "{}",
+        stderr(&out)
+    );
+    let ev = w.gw.wait_for_event_named("config.reload_failed", Duration::from_secs(5));
+    let ev = ev.expect("a config.reload_failed event");
+    assert!(ev["by"].as_str().unwrap_or_default().contains("uid"), "{ev}");
+    // A good file: applied, summarised, audited with who asked.
+    let bob = add_bob(&w, bob_key(&w));
+    let out = setup.cli(&["reload"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("2 users"), "{}", stdout(&out));
+    let ev = w.gw.wait_for_event_named("config.reload", Duration::from_secs(5));
+    let ev = ev.expect("a config.reload event");
+    assert!(ev["by"].as_str().unwrap_or_default().contains("uid"), "{ev}");
+    let out = bob.client.run_jump(&w.login, "web-1", &["echo", "bob-in"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+}
