@@ -498,7 +498,9 @@ mod tests {
     #[test]
     fn the_most_recording_record_input_of_granting_roles_applies() {
         let quiet = AuthenticatedUser::for_tests("alice", &["web-quiet"]);
-        let a = policy_for(&quiet).authorize(&quiet, "web-1", "deploy").unwrap();
+        let a = policy_for(&quiet)
+            .authorize(&quiet, "web-1", "deploy")
+            .unwrap();
         assert_eq!(a.record_input(), RecordInput::None);
         // web-deploy (default "exec") and web-quiet ("none"): "exec".
         let two = AuthenticatedUser::for_tests("alice", &["web-deploy", "web-quiet"]);

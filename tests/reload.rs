@@ -134,10 +134,7 @@ fn a_restart_only_change_is_refused_naming_the_fields_and_changes_nothing() {
     let other = free_port();
     // A new listen address and recordings directory, and alice removed.
     let text = without_user(&good, "alice")
-        .replace(
-            &format!("127.0.0.1:{port}"),
-            &format!("127.0.0.1:{other}"),
-        )
+        .replace(&format!("127.0.0.1:{port}"), &format!("127.0.0.1:{other}"))
         .replace(
             "[recordings]\n",
             &format!(
@@ -425,14 +422,16 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
     let mut s0 = ticking_through_device(&w, 0);
     let seen0 = count_output(&mut s0);
     assert!(
-        wait_until(Duration::from_secs(60), || seen0.load(Ordering::SeqCst) > 20),
+        wait_until(Duration::from_secs(60), || seen0.load(Ordering::SeqCst)
+            > 20),
         "no session through device 0"
     );
     w.client.set_code(&w.next_code());
     let mut s1 = ticking_through_device(&w, 1);
     let seen1 = count_output(&mut s1);
     assert!(
-        wait_until(Duration::from_secs(60), || seen1.load(Ordering::SeqCst) > 20),
+        wait_until(Duration::from_secs(60), || seen1.load(Ordering::SeqCst)
+            > 20),
         "no session through device 1"
     );
     let hs0 = c0.latest_handshake();
@@ -441,7 +440,13 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
 
     // A third device made while gatehouse runs; the file swaps device 1
     // for it.
-    let d2 = netns::peer_add(w.gw.setup(), "alice", 2, &w.lab.gateway_ip(2), w.keys.path());
+    let d2 = netns::peer_add(
+        w.gw.setup(),
+        "alice",
+        2,
+        &w.lab.gateway_ip(2),
+        w.keys.path(),
+    );
     let entry = |d: &netns::Device| {
         format!(
             "{{ public_key = \"{}\", address = \"{}\" }}",
@@ -470,14 +475,24 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
         "device 1's session outlived its removal"
     );
     assert_eq!(
-        netns::tcp_probe(w.lab.client(1), netns::TUNNEL_GATEWAY, 22, Duration::from_secs(5)),
+        netns::tcp_probe(
+            w.lab.client(1),
+            netns::TUNNEL_GATEWAY,
+            22,
+            Duration::from_secs(5)
+        ),
         Err(()),
         "the removed device still reaches gatehouse"
     );
     // Device 2 works, without a restart.
     let c2 = netns::WgClient::start(w.lab.client(2), &d2.conf, None, &[]);
     assert_eq!(
-        netns::tcp_probe(w.lab.client(2), netns::TUNNEL_GATEWAY, 22, Duration::from_secs(20)),
+        netns::tcp_probe(
+            w.lab.client(2),
+            netns::TUNNEL_GATEWAY,
+            22,
+            Duration::from_secs(20)
+        ),
         Ok(true),
         "the added device does not reach gatehouse"
     );
@@ -486,7 +501,8 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
     // connection still carrying output.
     let before = seen0.load(Ordering::SeqCst);
     assert!(
-        wait_until(Duration::from_secs(5), || seen0.load(Ordering::SeqCst) > before + 20),
+        wait_until(Duration::from_secs(5), || seen0.load(Ordering::SeqCst)
+            > before + 20),
         "device 0's session stalled"
     );
     assert!(
@@ -494,12 +510,11 @@ fn wireguard_devices_are_added_and_removed_live_and_the_others_see_no_new_handsh
         "device 0's session ended"
     );
     assert_eq!(c0.latest_handshake(), hs0, "device 0 handshook again");
-    let handshakes0 = w
-        .gw
-        .events("wg.handshake")
-        .into_iter()
-        .filter(|e| e["public_key"] == d0.public_key.as_str())
-        .count();
+    let handshakes0 =
+        w.gw.events("wg.handshake")
+            .into_iter()
+            .filter(|e| e["public_key"] == d0.public_key.as_str())
+            .count();
     assert_eq!(handshakes0, 1, "device 0 handshook again");
     let _ = &c1;
 }
@@ -516,24 +531,36 @@ fn gatehouse_reload_prints_the_errors_and_exits_64_then_applies_a_good_file() {
     setup.write_config(&bad);
     let out = setup.cli(&["reload"]);
     assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
-    let line = bad.lines().position(|l| l.starts_with("logins = 5")).unwrap() + 1;
+    let line = bad
+        .lines()
+        .position(|l| l.starts_with("logins = 5"))
+        .unwrap()
+        + 1;
     let file = setup.config_path().display().to_string();
     assert!(
         stderr(&out).contains(&format!("{file}:{line}:")),
         "{}",
         stderr(&out)
     );
-    let ev = w.gw.wait_for_event_named("config.reload_failed", Duration::from_secs(5));
+    let ev =
+        w.gw.wait_for_event_named("config.reload_failed", Duration::from_secs(5));
     let ev = ev.expect("a config.reload_failed event");
-    assert!(ev["by"].as_str().unwrap_or_default().contains("uid"), "{ev}");
+    assert!(
+        ev["by"].as_str().unwrap_or_default().contains("uid"),
+        "{ev}"
+    );
     // A good file: applied, summarised, audited with who asked.
     let bob = add_bob(&w, bob_key(&w));
     let out = setup.cli(&["reload"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stdout(&out).contains("2 users"), "{}", stdout(&out));
-    let ev = w.gw.wait_for_event_named("config.reload", Duration::from_secs(5));
+    let ev =
+        w.gw.wait_for_event_named("config.reload", Duration::from_secs(5));
     let ev = ev.expect("a config.reload event");
-    assert!(ev["by"].as_str().unwrap_or_default().contains("uid"), "{ev}");
+    assert!(
+        ev["by"].as_str().unwrap_or_default().contains("uid"),
+        "{ev}"
+    );
     let out = bob.client.run_jump(&w.login, "web-1", &["echo", "bob-in"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }

@@ -31,9 +31,7 @@ impl Authenticator {
     /// covered: the device is the first factor here.
     pub fn device_lease(&self, source: &Source) -> Option<AuthenticatedUser> {
         let device = source.device()?;
-        if !self.device_is_configured(device)
-            || self.locked(&device.user, source.ip()).is_some()
-        {
+        if !self.device_is_configured(device) || self.locked(&device.user, source.ip()).is_some() {
             return None;
         }
         let held = lock(&self.leases).held_from(&device.user, &source.to_string(), Instant::now());

@@ -308,11 +308,7 @@ impl Authenticator {
     ) {
         let key = lockout::source_key(source);
         // Names that are not configured are not kept, not even here.
-        let user = if self.is_user(user) {
-            user
-        } else {
-            "-"
-        };
+        let user = if self.is_user(user) { user } else { "-" };
         let report = lock(&self.refusals).refused(key, source_label, user, subject, Instant::now());
         if let Some(rep) = report {
             audit::locked_refusals(&rep.user, &rep.source, &rep.subject, rep.count);

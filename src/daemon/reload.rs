@@ -102,8 +102,14 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
     let checks: [(&'static str, bool); 26] = [
         ("gateway.state_dir", og.state_dir != ng.state_dir),
         ("gateway.ssh_listen", og.ssh_listen != ng.ssh_listen),
-        ("gateway.max_connections", og.max_connections != ng.max_connections),
-        ("gateway.max_startups", og.pre_auth.total != ng.pre_auth.total),
+        (
+            "gateway.max_connections",
+            og.max_connections != ng.max_connections,
+        ),
+        (
+            "gateway.max_startups",
+            og.pre_auth.total != ng.pre_auth.total,
+        ),
         (
             "gateway.max_startups_per_source",
             og.pre_auth.per_source != ng.pre_auth.per_source,
@@ -121,13 +127,19 @@ pub fn restart_required(old: &Settings, new: &Settings) -> Vec<&'static str> {
             og.max_channels_per_connection != ng.max_channels_per_connection,
         ),
         ("auth.max_failures", oa.max_failures != na.max_failures),
-        ("auth.failure_window", oa.failure_window != na.failure_window),
+        (
+            "auth.failure_window",
+            oa.failure_window != na.failure_window,
+        ),
         ("auth.lockout", oa.lockout != na.lockout),
         ("auth.mfa_lease", oa.mfa_lease != na.mfa_lease),
         ("recordings.dir", or.dir != nr.dir),
         ("recordings.recipients", or.recipients != nr.recipients),
         ("recordings.retention", or.retention != nr.retention),
-        ("recordings.min_free", or.min_free_bytes != nr.min_free_bytes),
+        (
+            "recordings.min_free",
+            or.min_free_bytes != nr.min_free_bytes,
+        ),
         ("wireguard", ow.is_some() != nw.is_some()),
         (
             "wireguard.listen",
@@ -420,7 +432,12 @@ mod tests {
         }
     }
 
-    fn settings(k: &Keys, extra_gateway: &str, alice_keys: &[&str], alice_roles: &str) -> Arc<Settings> {
+    fn settings(
+        k: &Keys,
+        extra_gateway: &str,
+        alice_keys: &[&str],
+        alice_roles: &str,
+    ) -> Arc<Settings> {
         let alice_keys: Vec<String> = alice_keys.iter().map(|s| format!("\"{s}\"")).collect();
         let text = format!(
             "[gateway]\nstate_dir = \"/tmp/gh-reload-test\"\nssh_listen = [\"127.0.0.1:2222\"]\n{extra_gateway}\n\

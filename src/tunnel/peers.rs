@@ -167,10 +167,7 @@ impl Peers {
     pub fn by_index(&self, receiver_idx: u32) -> Option<usize> {
         let i = (receiver_idx >> 8).checked_sub(self.index_base)?;
         let i = usize::try_from(i).ok()?;
-        self.list
-            .get(i)
-            .is_some_and(|p| !p.removed)
-            .then_some(i)
+        self.list.get(i).is_some_and(|p| !p.removed).then_some(i)
     }
 
     /// The peer in slot `i`, removed ones included (their connections are

@@ -356,7 +356,8 @@ fn authorize(
     startup: &proto::Startup,
 ) -> Result<Authorized, Refusal> {
     let login_name = startup.get("user").unwrap_or_default();
-    let authorized = gw.policy().authorize(user, target, login_name).map_err(|d| {
+    let policy = gw.policy();
+    let authorized = policy.authorize(user, target, login_name).map_err(|d| {
         let reason = d.reason();
         match d {
             Denied::Login { allowed } => Refusal::new(
