@@ -564,3 +564,41 @@ fn gatehouse_reload_prints_the_errors_and_exits_64_then_applies_a_good_file() {
     let out = bob.client.run_jump(&w.login, "web-1", &["echo", "bob-in"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+#[test]
+fn a_role_that_no_longer_grants_the_login_ends_that_session_with_the_reason() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b);
+    let mut s = ticking_session(&w.client, &w.login);
+    let err = s.child().stderr.take().expect("stderr");
+    let said = std::thread::spawn(move || {
+        let mut t = String::new();
+        let mut r = err;
+        let _ = r.read_to_string(&mut t);
+        t
+    });
+    assert!(read_until(&mut s, "tick-3", Duration::from_secs(30)));
+    // Role `web` now grants another login on web-1: alice stays a user
+    // with the same key, only this login is gone.
+    let text = w.gw.setup().config_text().replace(
+        &format!("logins = [{}]", toml_str(&w.login)),
+        "logins = [\"nobody-else\"]",
+    );
+    assert_ne!(text, w.gw.setup().config_text());
+    w.gw.setup().write_config(&text);
+    let ev = hup(&w);
+    assert_eq!(ev["event"], "config.reload", "{ev}");
+    assert_eq!(ev["sessions_ended"], 1, "{ev}");
+    assert!(
+        s.wait_timeout(Duration::from_secs(5)).is_some(),
+        "the session outlived the reload"
+    );
+    let said = said.join().unwrap_or_default();
+    let want = format!(
+        "your access to web-1 as {} was removed by a configuration reload",
+        w.login
+    );
+    assert!(said.contains(&want), "not told why: {said:?}");
+}
