@@ -183,7 +183,7 @@ impl Outer {
     /// The kind of a database target; None for an SSH target.
     fn db_kind(&self, target: &str) -> Option<crate::config::TargetKind> {
         self.gw
-            .policy
+            .policy()
             .target(target)
             .map(|t| t.kind)
             .filter(|k| k.is_database())
@@ -194,7 +194,7 @@ impl Outer {
         let Some(user) = &self.user else {
             return String::new();
         };
-        let grants = self.gw.policy.grants(user);
+        let grants = self.gw.policy().grants(user);
         let mut s = format!(
             "gatehouse is a gateway: it runs no commands itself.\r\n\
              Reach a target with:  ssh -J {}@{} LOGIN@TARGET\r\n\r\n",
@@ -283,7 +283,7 @@ impl Outer {
             channel,
             format!("\r\nConnecting to {login}@{target} ...\r\n").into_bytes(),
         )?;
-        let auth = match self.gw.policy.authorize(&user, &target, &login) {
+        let auth = match self.gw.policy().authorize(&user, &target, &login) {
             Ok(a) => a,
             Err(d) => {
                 audit::session_refused(user.name(), &login, &target, user.source(), d.reason());
@@ -739,7 +739,7 @@ impl Handler for Outer {
                 .await;
             return Ok(());
         };
-        let decision = match self.gw.policy.may_reach(&user, host) {
+        let decision = match self.gw.policy().may_reach(&user, host) {
             Ok(t)
                 if t.kind == crate::config::TargetKind::Ssh
                     && (port == 22 || port == u32::from(t.port)) =>
@@ -967,7 +967,7 @@ impl Handler for Outer {
         let choices: Vec<(String, String)> = match &self.user {
             Some(u) => self
                 .gw
-                .policy
+                .policy()
                 .grants(u)
                 .into_iter()
                 // The menu opens SSH sessions; databases are reached with
@@ -1152,7 +1152,7 @@ impl Outer {
         }
         let required = self
             .gw
-            .settings
+            .settings()
             .users
             .iter()
             .any(|u| u.name == user && u.require_wireguard);
