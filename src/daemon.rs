@@ -109,7 +109,7 @@ pub async fn run(
     let databases = Arc::new(databases);
     let gw = Arc::new(Gateway {
         recorder: recorder.clone(),
-        auth,
+        auth: auth.clone(),
         databases: databases.clone(),
         server_config,
         jump_config,
@@ -193,6 +193,7 @@ pub async fn run(
             live: live.clone(),
             locks: locks.clone(),
             reload: Some(Arc::new(reloader.clone())),
+            auth: Some(auth.clone()),
         }),
         stop_rx.clone(),
     ));

@@ -406,12 +406,36 @@ fn the_watch_stream_ignores_what_the_watcher_sends() {
         frames.push_str(&line);
     }
     assert!(frames.contains("\"t\":\"output\""), "{frames}");
+    // What the session's terminal shows, read as it comes: the user's
+    // line echoed back, never the watcher's.
+    let mut out = s.child().stdout.take().unwrap();
+    let shown = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = shown.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = out.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    assert!(
+        wait_until(Duration::from_secs(10), || shown
+            .lock()
+            .unwrap()
+            .contains("typed-by-user")),
+        "the user's own input was not echoed: {}",
+        shown.lock().unwrap()
+    );
+    // Give anything injected the same time to show up.
+    std::thread::sleep(Duration::from_millis(500));
     drop(stdin);
     s.kill();
-    let o = s.wait_output(Duration::from_secs(5)).unwrap();
-    assert!(text(&o.stdout).contains("typed-by-user"));
     assert!(
-        !text(&o.stdout).contains("injected-by-watcher"),
+        !shown.lock().unwrap().contains("injected-by-watcher"),
         "the watcher's bytes reached the session"
     );
 }
@@ -681,4 +705,40 @@ fn a_target_lock_ends_a_live_mysql_session_and_refuses_new_ones_before_the_greet
     // Unlocked, it works again through the same forward.
     assert!(cli(&my.w, &["unlock", "target", "db-my"]).status.success());
     assert_eq!(my.sql("SELECT 41+1").trim(), "42");
+}
+
+#[test]
+fn a_lock_drops_the_users_mfa_lease_so_after_an_unlock_the_code_is_asked_again() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let w = World::start(|b| b);
+    let o = w.client.run_jump(&w.login, "web-1", &["echo", "first"]);
+    assert!(text(&o.stdout).contains("first"), "{}", text(&o.stderr));
+    // Within mfa_lease the next login needs no code...
+    let before = w.client.askpass_prompts().len();
+    let o = w.client.run_jump(&w.login, "web-1", &["echo", "leased"]);
+    assert!(text(&o.stdout).contains("leased"), "{}", text(&o.stderr));
+    assert_eq!(
+        w.client.askpass_prompts().len(),
+        before,
+        "the lease did not hold"
+    );
+    // ...until a lock: after the unlock a code is asked again.
+    assert!(cli(&w, &["lock", "user", "alice", "--reason", "check"])
+        .status
+        .success());
+    assert!(cli(&w, &["unlock", "user", "alice"]).status.success());
+    w.client.set_code(&w.next_code());
+    let o = w.client.run_jump(&w.login, "web-1", &["echo", "after"]);
+    assert!(text(&o.stdout).contains("after"), "{}", text(&o.stderr));
+    assert!(
+        w.client
+            .askpass_prompts()
+            .iter()
+            .skip(before)
+            .any(|p| p.contains("Verification code")),
+        "the lease from before the lock skipped the code: {:?}",
+        w.client.askpass_prompts()
+    );
 }

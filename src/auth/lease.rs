@@ -48,6 +48,15 @@ impl Leases {
                 .is_some_and(|&t| now.duration_since(t) < self.lifetime)
     }
 
+    /// Forgets every lease `pred` selects (an administrator's lock: a lease
+    /// from before it must not skip the code after an unlock). Returns how
+    /// many were dropped.
+    pub fn revoke(&mut self, pred: impl Fn(&LeaseKey) -> bool) -> usize {
+        let before = self.leases.len();
+        self.leases.retain(|k, _| !pred(k));
+        before - self.leases.len()
+    }
+
     /// True when a live lease of `user` from `source` exists, whatever key
     /// it was granted for: a WireGuard device is its own first factor.
     pub fn held_from(&self, user: &str, source: &str, now: Instant) -> bool {
@@ -69,6 +78,19 @@ mod tests {
             key_fingerprint: "SHA256:x".into(),
             source: src.into(),
         }
+    }
+
+    #[test]
+    fn revoked_leases_no_longer_cover_anything() {
+        let mut l = Leases::new(Duration::from_secs(60));
+        let now = Instant::now();
+        l.grant(key("1.2.3.4"), now);
+        l.grant(key("wg:KEY@10.0.0.2"), now);
+        assert_eq!(l.revoke(|k| k.source.starts_with("wg:KEY@")), 1);
+        assert!(!l.is_valid(&key("wg:KEY@10.0.0.2"), now));
+        assert!(l.is_valid(&key("1.2.3.4"), now));
+        assert_eq!(l.revoke(|k| k.user == "alice"), 1);
+        assert!(!l.is_valid(&key("1.2.3.4"), now));
     }
 
     #[test]

@@ -373,6 +373,20 @@ impl Authenticator {
     }
 
     /// Second factor by lease: a recent code from the same user, key and source.
+    /// Drops the MFA leases of `user` (all of them), or of one WireGuard
+    /// device (`device`: its public key, base64): set with an
+    /// administrator's lock, so that after an unlock the next login asks
+    /// for a code again. Returns how many were dropped.
+    pub fn revoke_leases(&self, user: Option<&str>, device: Option<&str>) -> usize {
+        let device_prefix = device.map(|d| format!("wg:{d}@"));
+        lock(&self.leases).revoke(|k| {
+            user.is_some_and(|u| k.user == u)
+                || device_prefix
+                    .as_deref()
+                    .is_some_and(|p| k.source.starts_with(p))
+        })
+    }
+
     pub fn lease(&self, kv: &KeyVerified) -> Option<AuthenticatedUser> {
         let key = lease_key(kv);
         if lock(&self.leases).is_valid(&key, Instant::now()) {

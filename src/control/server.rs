@@ -42,6 +42,8 @@ pub struct Control {
     pub locks: Arc<Locks>,
     /// The daemon's reload (none: `reload` is refused).
     pub reload: Option<Arc<dyn Reload>>,
+    /// Whose MFA leases a lock drops.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
 }
 
 /// The bound control socket; the file is removed when this drops.
@@ -364,6 +366,19 @@ async fn run(control: &Control, req: &Request, by: &str) -> (Reply, String) {
                     Reply::error(format!("the lock could not be saved, nothing changed: {e}")),
                     subject,
                 );
+            }
+            // A lease from before the lock must not skip the code after an
+            // unlock.
+            if let Some(auth) = &control.auth {
+                match lock.kind {
+                    LockKind::User => {
+                        auth.revoke_leases(Some(&lock.name), None);
+                    }
+                    LockKind::Device => {
+                        auth.revoke_leases(None, Some(&lock.name));
+                    }
+                    LockKind::Target => {}
+                }
             }
             let ended = control.live.end_matching(
                 |s| lock.covers(s),
