@@ -65,7 +65,8 @@ fn main() {
                 }
             }
             if let Some(r) = git(&["-C", manifest.to_str()?, "symbolic-ref", "-q", "HEAD"]) {
-                if let Some(path) = git(&["-C", manifest.to_str()?, "rev-parse", "--git-path", &r]) {
+                if let Some(path) = git(&["-C", manifest.to_str()?, "rev-parse", "--git-path", &r])
+                {
                     println!("cargo:rerun-if-changed={}", manifest.join(path).display());
                 }
             }

@@ -228,7 +228,6 @@ fn no_watchdog_pings_when_watchdog_pid_names_another_process() {
         running.iter().all(|m| !m.has("WATCHDOG=1")),
         "pinged a watchdog that belongs to PID 1"
     );
-
 }
 
 #[test]
@@ -295,10 +294,7 @@ fn unit_verifies_and_tells_systemd_the_truth() {
         "LogRateLimitIntervalSec=0",
         "CapabilityBoundingSet=",
     ] {
-        assert!(
-            unit.lines().any(|l| l == line),
-            "the unit lacks `{line}`"
-        );
+        assert!(unit.lines().any(|l| l == line), "the unit lacks `{line}`");
     }
     assert!(
         unit.contains("systemd-creds encrypt --name=gatehouse-master-key")
@@ -367,7 +363,13 @@ fn version_names_the_commit_and_the_security_crates() {
         .and_then(|l| l.strip_prefix("commit: "))
         .unwrap_or_else(|| panic!("no `commit:` line second:\n{text}"));
     let head = Command::new("git")
-        .args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "--short", "HEAD"])
+        .args([
+            "-C",
+            env!("CARGO_MANIFEST_DIR"),
+            "rev-parse",
+            "--short",
+            "HEAD",
+        ])
         .output()
         .ok()
         .filter(|o| o.status.success())
@@ -417,7 +419,10 @@ fn reload_guard_sends_reloading_with_monotonic_usec_then_ready() {
         stamps.push(usec);
         // Nothing more until the reload is over ...
         sock.set_nonblocking(true).unwrap();
-        assert!(sock.recv(&mut buf).is_err(), "READY=1 before the reload ended");
+        assert!(
+            sock.recv(&mut buf).is_err(),
+            "READY=1 before the reload ended"
+        );
         sock.set_nonblocking(false).unwrap();
         std::thread::sleep(Duration::from_millis(20));
         // ... then READY=1.

@@ -89,10 +89,7 @@ pub fn serving<F>(
 where
     F: std::future::Future<Output = ()>,
 {
-    send(&[
-        NotifyState::Ready,
-        NotifyState::Status(&status_line(&live)),
-    ]);
+    send(&[NotifyState::Ready, NotifyState::Status(&status_line(&live))]);
     // WATCHDOG_USEC, honoured only when WATCHDOG_PID is unset or ours.
     let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
     if let Some(d) = watchdog {
