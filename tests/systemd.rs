@@ -38,16 +38,20 @@ struct Notified {
 
 impl Notified {
     fn start(env: &[(&str, &str)]) -> Notified {
-        Self::spawn(env, false)
+        Self::spawn(GatehouseBuilder::new(), env, false)
+    }
+
+    fn start_with(builder: GatehouseBuilder, env: &[(&str, &str)]) -> Notified {
+        Self::spawn(builder, env, false)
     }
 
     /// Through `sh -c 'WATCHDOG_PID=$$ exec gatehouse ...'`.
     fn start_via_shell(env: &[(&str, &str)]) -> Notified {
-        Self::spawn(env, true)
+        Self::spawn(GatehouseBuilder::new(), env, true)
     }
 
-    fn spawn(env: &[(&str, &str)], shell: bool) -> Notified {
-        let setup = GatehouseBuilder::new().build();
+    fn spawn(builder: GatehouseBuilder, env: &[(&str, &str)], shell: bool) -> Notified {
+        let setup = builder.build();
         let path = setup.dir().join("notify.sock");
         let sock = UnixDatagram::bind(&path).expect("bind the notify socket");
         let stderr = std::fs::File::create(setup.dir().join("gatehouse.stderr")).unwrap();
@@ -213,6 +217,31 @@ fn ready_comes_only_once_the_ports_accept_then_status_watchdog_and_stopping_in_o
         after.iter().all(|t| !t.contains("READY=1")),
         "READY=1 after STOPPING=1: {after:?}"
     );
+}
+
+#[test]
+fn ready_comes_only_once_the_wireguard_udp_port_is_bound() {
+    let udp = free_port();
+    let g = Notified::start_with(
+        GatehouseBuilder::new().raw(&format!(
+            "[wireguard]\nlisten = \"127.0.0.1:{udp}\"\naddress = \"10.213.7.1/24\""
+        )),
+        &[],
+    );
+    let first = g
+        .recv(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no notification within 30 s; stderr:\n{}", g.stderr()));
+    assert!(first.has("READY=1"), "{:?}", first.text);
+    // At READY=1 the WireGuard port is taken (by gatehouse) ...
+    let taken = std::net::UdpSocket::bind(("127.0.0.1", udp));
+    assert!(
+        taken
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::AddrInUse),
+        "READY=1 but UDP {udp} is not bound: {taken:?}"
+    );
+    // ... and so is the SSH port.
+    assert!(TcpStream::connect(("127.0.0.1", g.setup.port())).is_ok());
 }
 
 #[test]
