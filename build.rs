@@ -61,13 +61,13 @@ fn main() {
             // Rebuild when HEAD moves (a commit, a checkout).
             for p in ["HEAD", "packed-refs"] {
                 if let Some(path) = git(&["-C", manifest.to_str()?, "rev-parse", "--git-path", p]) {
-                    println!("cargo:rerun-if-changed={}", manifest.join(path).display());
+                    watch(&manifest.join(path));
                 }
             }
             if let Some(r) = git(&["-C", manifest.to_str()?, "symbolic-ref", "-q", "HEAD"]) {
                 if let Some(path) = git(&["-C", manifest.to_str()?, "rev-parse", "--git-path", &r])
                 {
-                    println!("cargo:rerun-if-changed={}", manifest.join(path).display());
+                    watch(&manifest.join(path));
                 }
             }
             Some(c)
@@ -93,6 +93,14 @@ fn main() {
          pub const LONG: &str = {long:?};\n"
     );
     write_if_changed(&out, &code);
+}
+
+/// Rebuilds when `path` changes; only for files that exist (cargo reruns
+/// the script on every build for a missing one, e.g. no packed-refs yet).
+fn watch(path: &Path) {
+    if path.exists() {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
 }
 
 fn write_if_changed(path: &Path, contents: &str) {
