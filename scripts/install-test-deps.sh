@@ -3,7 +3,8 @@
 # sshd, ssh/scp/sftp, oathtool, rsync, ssh-audit, age, asciinema, WireGuard,
 # PostgreSQL, MariaDB, sysbench), the MySQL drivers the tests speak through
 # (mysql-connector-python and PyMySQL from PyPI, mysql2 from npm, MariaDB
-# Connector/J from Debian with a JDK to compile the test's Java client).
+# Connector/J from Debian with a JDK to compile the test's Java client),
+# and the Prometheus text parser (python3-prometheus-client, tests/metrics.rs).
 # Idempotent: apt is only touched when something is missing, and then
 # `apt-get update` runs once. Debian/Ubuntu only.
 set -euo pipefail
@@ -31,6 +32,7 @@ DEPS=(
   "coreutils:sha256sum,timeout"
   "iputils-ping:ping"
   "python3-paramiko:/usr/bin/python3,/usr/lib/python3/dist-packages/paramiko/__init__.py"
+  "python3-prometheus-client:/usr/lib/python3/dist-packages/prometheus_client/parser.py"
   "postgresql:/usr/lib/postgresql/*/bin/postgres,/usr/lib/postgresql/*/bin/initdb,/usr/lib/postgresql/*/bin/pg_ctl"
   "postgresql-client:psql"
   "postgresql-contrib:/usr/lib/postgresql/*/bin/pgbench"

@@ -85,6 +85,7 @@ pub fn auth_attempt(
     result: &str,
     reason: &str,
 ) {
+    crate::metrics::auth_attempt(method, result);
     let user = client_name(user);
     let user = user.as_ref();
     info!(
@@ -125,6 +126,7 @@ pub fn locked_refusals(user: &str, source: &str, subject: &str, count: u64) {
 
 /// A user or source was locked out (`user:NAME`, `source:ADDR`).
 pub fn lockout(subject: &str, until_unix: u64, source: &str) {
+    crate::metrics::lockout();
     info!(
         target: TARGET,
         event = "auth.lockout",
@@ -138,6 +140,7 @@ pub fn lockout(subject: &str, until_unix: u64, source: &str) {
 
 /// A completed two-factor login to the gateway.
 pub fn login(user: &str, key_fp: &str, source: &str, admitted_by: &str) {
+    crate::metrics::login("ok", admitted_by);
     info!(
         target: TARGET,
         event = "login",
@@ -185,6 +188,7 @@ pub struct SessionSummary {
 
 /// A relayed session ended.
 pub fn session_end(session_id: &str, user: &str, login: &str, target: &str, s: &SessionSummary) {
+    crate::metrics::session_ended("ssh", std::time::Duration::from_millis(s.duration_ms));
     let exit_status = s.exit_status.map(i64::from).unwrap_or(-1);
     info!(
         target: TARGET,
@@ -205,6 +209,7 @@ pub fn session_end(session_id: &str, user: &str, login: &str, target: &str, s: &
 
 /// A session to a target was refused.
 pub fn session_refused(user: &str, login: &str, target: &str, source: &str, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "upstream"));
     info!(
         target: TARGET,
         event = "session.refused",
@@ -220,6 +225,7 @@ pub fn session_refused(user: &str, login: &str, target: &str, source: &str, reas
 
 /// A channel or forwarding request was refused.
 pub fn channel_refused(user: &str, kind: &str, host: &str, port: u32, source: &str, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "channel"));
     info!(
         target: TARGET,
         event = "channel.refused",
@@ -258,6 +264,7 @@ pub fn connection_refused(source: &str, reason: &str, count: u64) {
 /// login): it reached `auth.max_connection_age`, or a re-check on a new
 /// channel found the user gone, the key withdrawn or the user locked.
 pub fn connection_closed(user: &str, source: &str, reason: &str) {
+    crate::metrics::refusal("connection_closed");
     info!(
         target: TARGET,
         event = "connection.closed",
@@ -282,6 +289,7 @@ const ID_WG_UNKNOWN_PEER: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5a77";
 /// A WireGuard handshake with a configured device completed; `initiator`
 /// is `peer` or `gateway` (gatehouse re-initiates after a restart).
 pub fn wg_handshake(user: &str, public_key: &str, address: &str, endpoint: &str, initiator: &str) {
+    crate::metrics::wg_handshake();
     info!(
         target: TARGET,
         event = "wg.handshake",
@@ -472,6 +480,7 @@ pub fn recording_segment(
     sha256: &str,
     chain: &str,
 ) {
+    crate::metrics::segment_sealed();
     info!(
         target: TARGET,
         event = "recording.segment",
@@ -514,6 +523,7 @@ pub fn recording_failed(
     target: &str,
     reason: &str,
 ) {
+    crate::metrics::recording_failed();
     info!(
         target: TARGET,
         event = "recording.failed",
@@ -628,6 +638,7 @@ pub fn db_session_end(session_id: &str, who: DbWho<'_>, s: &DbSummary) {
 
 /// A database connection was refused (login, policy, upstream, recorder).
 pub fn db_session_refused(who: DbWho<'_>, reason: &str) {
+    crate::metrics::refusal(crate::metrics::refusal_reason(reason, "database"));
     let user = client_name(who.user);
     let login = client_name(who.login);
     let database = client_name(who.database);
@@ -672,6 +683,7 @@ pub fn db_cancel(user: &str, target: &str, source: &str, session_id: &str, outco
 /// replication command, a KILL of someone else's session). `command` names
 /// the command (`COM_CHANGE_USER`, `LOAD DATA LOCAL`), never SQL text.
 pub fn db_command_refused(session_id: &str, who: DbWho<'_>, command: &str, reason: &str) {
+    crate::metrics::refusal("db_command");
     let user = client_name(who.user);
     let login = client_name(who.login);
     let target = who.target;
@@ -774,5 +786,129 @@ pub fn lock_lifted(subject: &str, by: &str) {
         subject,
         by,
         "{by} unlocked {subject}"
+    );
+}
+
+// Unusual-activity events (src/anomaly): one MESSAGE_ID per rule, so a SIEM
+// can route `anomaly.*` with `journalctl MESSAGE_ID=...`. Evidence only:
+// names, addresses, networks, counts; never a code, key or password.
+const ID_ANOMALY_NEW_NETWORK: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f01";
+const ID_ANOMALY_UNUSUAL_HOUR: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f02";
+const ID_ANOMALY_TARGET_SPREAD: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f03";
+const ID_ANOMALY_BULK_TRANSFER: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f04";
+const ID_ANOMALY_FAILED_LOGINS: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5f05";
+
+/// A user logged in from a network never seen for them. `network` is the
+/// /24 or /48 (for a WireGuard device: of its UDP endpoint, `via` says
+/// which); `known` is how many networks were learned for the user before.
+pub fn anomaly_new_network(user: &str, source: &str, network: &str, via: &str, known: usize) {
+    info!(
+        target: TARGET,
+        event = "anomaly.new_network",
+        message_id = ID_ANOMALY_NEW_NETWORK,
+        user,
+        source,
+        network,
+        via,
+        known_networks = known,
+        "anomaly: {user} logged in from a new network {network} ({known} known)"
+    );
+}
+
+/// A user logged in at an hour of the week (UTC; 0 = Monday 00:00) at which
+/// they had not logged in during the last 30 days. `active_hours` is how
+/// many hours of the week they did log in at in that time.
+pub fn anomaly_unusual_hour(
+    user: &str,
+    source: &str,
+    hour_of_week: u32,
+    when: &str,
+    active_hours: usize,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.unusual_hour",
+        message_id = ID_ANOMALY_UNUSUAL_HOUR,
+        user,
+        source,
+        hour_of_week,
+        when,
+        active_hours,
+        "anomaly: {user} logged in at an unusual hour ({when})"
+    );
+}
+
+/// A user opened sessions to more than `limit` distinct targets within
+/// `window_s` seconds; `targets` lists them (comma-separated).
+pub fn anomaly_target_spread(
+    user: &str,
+    targets: &str,
+    distinct: usize,
+    limit: usize,
+    window_s: u64,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.target_spread",
+        message_id = ID_ANOMALY_TARGET_SPREAD,
+        user,
+        targets,
+        distinct,
+        limit,
+        window_s,
+        "anomaly: {user} opened sessions to {distinct} targets within {window_s}s (limit {limit})"
+    );
+}
+
+/// One session moved more than `limit` bytes towards the user.
+pub fn anomaly_bulk_transfer(
+    session_id: &str,
+    user: &str,
+    target: &str,
+    source: &str,
+    bytes_down: u64,
+    limit: u64,
+) {
+    info!(
+        target: TARGET,
+        event = "anomaly.bulk_transfer",
+        message_id = ID_ANOMALY_BULK_TRANSFER,
+        session_id,
+        user,
+        target,
+        source,
+        bytes_down,
+        limit,
+        "anomaly: session {session_id} of {user} to {target} moved {bytes_down} bytes to the user (limit {limit})"
+    );
+}
+
+/// A burst of failed logins: `pattern` is `one_user_many_sources` (then
+/// `user` is the name attacked, `source` "-") or `one_source_many_users`
+/// (then `source` is the attacker, `user` "-"); `sample` lists up to a few
+/// of the sources or (bounded) user names, comma-separated.
+pub fn anomaly_failed_logins(
+    pattern: &str,
+    user: &str,
+    source: &str,
+    distinct: usize,
+    limit: usize,
+    window_s: u64,
+    sample: &str,
+) {
+    let user = client_name(user);
+    let user = user.as_ref();
+    info!(
+        target: TARGET,
+        event = "anomaly.failed_logins",
+        message_id = ID_ANOMALY_FAILED_LOGINS,
+        pattern,
+        user,
+        source,
+        distinct,
+        limit,
+        window_s,
+        sample,
+        "anomaly: failed logins {pattern}: {distinct} distinct within {window_s}s (limit {limit})"
     );
 }

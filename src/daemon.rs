@@ -54,6 +54,12 @@ pub async fn run(
     let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = crate::live::Registry::new();
+    // [anomaly]: the login hooks find the rules once installed; the session
+    // rules watch the live registry.
+    if let Some(a) = &settings.anomaly {
+        crate::anomaly::install(a, state.root())?;
+        crate::anomaly::watch_sessions(live.clone(), stop_rx.clone());
+    }
     let locks = Arc::new(
         crate::locks::Locks::open(&settings.gateway.state_dir)
             .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
@@ -140,6 +146,15 @@ pub async fn run(
     );
     let _tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
+    // `[metrics] listen`: off unless configured; bound before anything is
+    // served, so a bad or busy address fails the start like the others.
+    if let Some(addr) = settings.metrics.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} ([metrics] listen)"))?;
+        tracing::info!(listen = %addr, "metrics listener ready (GET /metrics)");
+        tokio::spawn(crate::metrics::serve(l, live.clone(), stop_rx.clone()));
+    }
     let max = settings.gateway.max_connections;
     let slots = Arc::new(Semaphore::new(max));
     let pre_auth = preauth::PreAuth::new(settings.gateway.pre_auth.clone());

@@ -90,11 +90,13 @@ impl Live {
     /// Bytes from the user towards the target.
     pub fn add_up(&self, n: usize) {
         self.bytes_up.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::bytes_up(n as u64);
         self.touch();
     }
     /// Bytes from the target towards the user.
     pub fn add_down(&self, n: usize) {
         self.bytes_down.fetch_add(n as u64, Ordering::Relaxed);
+        crate::metrics::bytes_down(n as u64);
         self.touch();
     }
     fn touch(&self) {

@@ -294,6 +294,7 @@ impl Authenticator {
         source_label: &str,
         subject: &str,
     ) {
+        crate::metrics::refused_while_locked();
         let key = lockout::source_key(source);
         // Names that are not configured are not kept, not even here.
         let user = if self.users.contains_key(user) {

@@ -385,9 +385,79 @@ pub struct MetricsSettings {
     pub listen: Option<SocketAddr>,
 }
 
-/// `[anomaly]`: see `validate/anomaly.rs` for the defaults.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct AnomalySettings {}
+/// `[anomaly]`: which unusual-activity rules run (`src/anomaly`). The
+/// section being present turns every rule on with the defaults below; each
+/// rule has its own `false` switch. Every rule emits an `anomaly.*` audit
+/// event, counts in `metrics::anomaly` and, with `webhook`, is POSTed as JSON.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnomalySettings {
+    /// Where each anomaly is POSTed (https; http only to a loopback address).
+    pub webhook: Option<Webhook>,
+    /// A login from a network (/24, /48; a device's endpoint network) never
+    /// seen for the user. Default on.
+    pub new_network: bool,
+    /// A login at an hour of the week (UTC) the user has not logged in at
+    /// during the last 30 days. Default on.
+    pub unusual_hour: bool,
+    /// How long after a user's first seen login `unusual_hour` starts
+    /// judging. Default 14 days.
+    pub learning_period: Duration,
+    /// More than `max_targets` distinct targets within `target_window`.
+    /// Default on, 5 targets in 10 minutes.
+    pub target_spread: bool,
+    pub max_targets: usize,
+    pub target_window: Duration,
+    /// One session moves more than `max_bytes_down` towards the user.
+    /// Default on, 1 GiB.
+    pub bulk_transfer: bool,
+    pub max_bytes_down: u64,
+    /// Failed logins against one user from more than `max_failed_sources`
+    /// sources, or from one source against more than `max_failed_users`
+    /// user names, within `failed_window`. Default on, 10 and 10 in 5
+    /// minutes.
+    pub failed_logins: bool,
+    pub max_failed_sources: usize,
+    pub max_failed_users: usize,
+    pub failed_window: Duration,
+}
+
+/// `anomaly.webhook`: a checked URL.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Webhook {
+    /// The URL as written (https, or http to a loopback address).
+    pub url: String,
+}
+
+impl AnomalySettings {
+    pub const DEFAULT_LEARNING_PERIOD: Duration = Duration::from_secs(14 * 24 * 3600);
+    pub const DEFAULT_MAX_TARGETS: usize = 5;
+    pub const DEFAULT_TARGET_WINDOW: Duration = Duration::from_secs(10 * 60);
+    pub const DEFAULT_MAX_BYTES_DOWN: u64 = 1 << 30;
+    pub const DEFAULT_MAX_FAILED_SOURCES: usize = 10;
+    pub const DEFAULT_MAX_FAILED_USERS: usize = 10;
+    pub const DEFAULT_FAILED_WINDOW: Duration = Duration::from_secs(5 * 60);
+}
+
+impl Default for AnomalySettings {
+    /// What an empty `[anomaly]` section means: every rule on.
+    fn default() -> Self {
+        AnomalySettings {
+            webhook: None,
+            new_network: true,
+            unusual_hour: true,
+            learning_period: Self::DEFAULT_LEARNING_PERIOD,
+            target_spread: true,
+            max_targets: Self::DEFAULT_MAX_TARGETS,
+            target_window: Self::DEFAULT_TARGET_WINDOW,
+            bulk_transfer: true,
+            max_bytes_down: Self::DEFAULT_MAX_BYTES_DOWN,
+            failed_logins: true,
+            max_failed_sources: Self::DEFAULT_MAX_FAILED_SOURCES,
+            max_failed_users: Self::DEFAULT_MAX_FAILED_USERS,
+            failed_window: Self::DEFAULT_FAILED_WINDOW,
+        }
+    }
+}
 
 mod raw;
 mod validate;

@@ -81,6 +81,15 @@ impl Refusal {
         }
     }
 
+    /// The reason label of `gatehouse_refusals_total`.
+    fn metric_reason(self) -> &'static str {
+        match self {
+            Refusal::PerSource => "max_startups_per_source",
+            Refusal::Total => "max_startups",
+            Refusal::NoDescriptors => "no_descriptors",
+        }
+    }
+
     /// What the person sees.
     fn message(self) -> &'static str {
         match self {
@@ -153,6 +162,7 @@ impl PreAuth {
 
     /// Counts a refusal from `ip` and audits it, aggregated per source.
     pub fn refused(&self, ip: IpAddr, why: Refusal) {
+        crate::metrics::refusal(why.metric_reason());
         self.refused_at(SourceKey::of(ip), why, Instant::now());
     }
 

@@ -94,6 +94,15 @@ impl Default for Shared {
     }
 }
 
+impl Drop for Shared {
+    /// Bytes still queued when the last handle and the writer are gone
+    /// (a writer that ended with messages waiting) leave the gauge too.
+    fn drop(&mut self) {
+        let left = self.queued.load(Ordering::SeqCst);
+        crate::metrics::recorder_queue(-i64::try_from(left).unwrap_or(i64::MAX));
+    }
+}
+
 impl Shared {
     fn error(&self) -> Option<RecordingError> {
         self.error.lock().ok().and_then(|e| e.clone())
@@ -157,11 +166,13 @@ impl Recording {
             .queued
             .fetch_add(bytes, Ordering::SeqCst)
             .saturating_add(bytes);
+        crate::metrics::recorder_queue(i64::try_from(bytes).unwrap_or(i64::MAX));
         s.high_water.fetch_max(now, Ordering::SeqCst);
         match self.inner.tx.send(cmd).await {
             Ok(()) => Ok(()),
             Err(_) => {
                 s.queued.fetch_sub(bytes, Ordering::SeqCst);
+                crate::metrics::recorder_queue(-i64::try_from(bytes).unwrap_or(i64::MAX));
                 Err(s.closed_error())
             }
         }
@@ -546,6 +557,7 @@ impl Writer {
                 self.shared
                     .queued
                     .fetch_sub(data.len() as u64, Ordering::SeqCst);
+                crate::metrics::recorder_queue(-i64::try_from(data.len()).unwrap_or(i64::MAX));
                 let t = self.time(t);
                 self.mark_activity();
                 self.encode_data(stream, t, &data)?;
@@ -557,6 +569,7 @@ impl Writer {
                 permits,
             } => {
                 self.shared.queued.fetch_sub(bytes, Ordering::SeqCst);
+                crate::metrics::recorder_queue(-i64::try_from(bytes).unwrap_or(i64::MAX));
                 self.shared.db_budget.add_permits(permits as usize);
                 let t = self.time(t);
                 self.mark_activity();

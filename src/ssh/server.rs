@@ -116,11 +116,13 @@ impl Outer {
     /// Audits one authentication attempt from this connection.
     fn attempt(&self, user: &str, method: &str, key_fp: &str, result: &str, reason: &str) {
         audit::auth_attempt(user, method, key_fp, self.source(), result, reason);
+        crate::anomaly::auth_attempt(user, &self.source, result);
     }
 
     /// Refuses an attempt because of a running lock: audited, aggregated per
     /// source per minute.
     fn refuse_locked(&self, user: &str, subject: &str) -> Auth {
+        crate::anomaly::auth_attempt(user, &self.source, "failure");
         self.gw
             .auth
             .refused_while_locked(user, self.peer.ip(), self.source(), subject);
@@ -143,6 +145,7 @@ impl Outer {
             user.source(),
             user.admitted_by().as_str(),
         );
+        crate::anomaly::login(user.name(), user.origin());
         self.authenticated.store(true, Ordering::SeqCst);
         self.user = Some(user);
     }

@@ -317,6 +317,7 @@ impl Engine {
             }
             if now >= next_status {
                 self.write_status(false);
+                self.publish_metrics();
                 next_status = now + status::STATUS_EVERY;
             }
             if let Some(t) = stopping {
@@ -899,6 +900,27 @@ impl Engine {
                 send_to(&self.sock, &self.udp, ep, None, p);
             }
         }
+    }
+
+    /// Hands the tunnel's counters to the metrics (with the status file).
+    fn publish_metrics(&self) {
+        let c = &self.counters;
+        crate::metrics::wireguard(crate::metrics::WireGuardCounters {
+            peers: self.peers.iter().count() as u64,
+            dropped: [
+                c.invalid,
+                c.unknown_peer,
+                c.handshakes_limited,
+                c.oversized,
+                c.spoofed,
+                c.not_for_gateway,
+                c.protocol,
+                c.malformed,
+                c.misbooked,
+                c.refused,
+            ],
+            resent: self.recovery.stats.resent,
+        });
     }
 
     /// Writes the status file (in the background unless `now`).

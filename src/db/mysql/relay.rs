@@ -455,6 +455,7 @@ where
             COM_QUIT => return Err(End::quiet("client quit")),
             COM_QUERY => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 self.record(DbEvent::Statement {
                     text: body.to_vec(),
                     parse: None,
@@ -480,6 +481,7 @@ where
             }
             COM_STMT_PREPARE => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 self.record(DbEvent::Statement {
                     text: body.to_vec(),
                     parse: Some(String::new()),
@@ -504,6 +506,7 @@ where
             }
             COM_STMT_EXECUTE => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 let (id, params, types) = self.statements.execute(body);
                 self.record(DbEvent::Bind {
                     statement: id.to_string(),
@@ -541,6 +544,7 @@ where
             COM_STMT_FETCH => Answer::Fetch,
             COM_INIT_DB => {
                 self.summary.statements += 1;
+                crate::metrics::db_statement("mysql");
                 let mut text = b"USE `".to_vec();
                 text.extend_from_slice(body);
                 text.push(b'`');
@@ -944,6 +948,7 @@ impl Scan {
     }
 
     fn error(&mut self, p: &[u8]) {
+        crate::metrics::db_error("mysql");
         let e = super::packet::parse_err(p);
         self.results.push(DbEvent::Result {
             tag: Some(format!("ERROR {}", e.as_ref().map_or(0, |e| e.code))),

@@ -325,6 +325,10 @@ async fn code_login(
         CodeOutcome::NotEnrolled => ("failure", "not enrolled", None),
     };
     audit::auth_attempt(person, "db-code", "-", &label, result, reason);
+    crate::anomaly::auth_attempt(person, source, result);
+    if let CodeOutcome::Accepted(u) = &outcome {
+        crate::anomaly::login(u.name(), u.origin());
+    }
     if let Some(l) = lock {
         audit::lockout(&l.subject, l.until, &label);
     }
@@ -600,6 +604,7 @@ async fn session(
     let _ = recording
         .finish(None, &summary.reason, summary.bytes_up, summary.bytes_down)
         .await;
+    crate::metrics::session_ended("postgres", began.elapsed());
     audit::db_session_end(
         &session_id,
         w,

@@ -137,6 +137,7 @@ impl Track {
     fn push(&mut self, p: Pending) {
         if !matches!(p, Pending::Sync) {
             self.statements += 1;
+            crate::metrics::db_statement("postgres");
         }
         if self.pending.len() < MAX_PENDING {
             self.pending.push_back(p);
@@ -718,6 +719,7 @@ where
             }
             (b'E', Some(b)) => {
                 let f = proto::parse_error(b)?;
+                crate::metrics::db_error("postgres");
                 let micros = complete(shared);
                 rec.db(DbEvent::Result {
                     tag: None,
