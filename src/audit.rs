@@ -703,6 +703,68 @@ pub fn db_command_refused(session_id: &str, who: DbWho<'_>, command: &str, reaso
     );
 }
 
+// Configuration reloads (src/daemon/reload.rs).
+const ID_CONFIG_RELOAD: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5e01";
+const ID_CONFIG_RELOAD_FAILED: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5e02";
+
+/// What a reload that was applied changed, for [`config_reload`].
+#[derive(Debug, Default, Clone)]
+pub struct ReloadSummary {
+    pub users: usize,
+    pub roles: usize,
+    pub targets: usize,
+    /// WireGuard devices that started and stopped working (base64 keys).
+    pub devices_added: Vec<String>,
+    pub devices_removed: Vec<String>,
+    /// Live sessions ended because the new file no longer allows them.
+    pub sessions_ended: usize,
+}
+
+/// A reload (SIGHUP or `gatehouse reload`) put a new configuration in
+/// force. `by` is who asked (`SIGHUP`, `uid 1000 (alice)`).
+pub fn config_reload(file: &str, by: &str, s: &ReloadSummary) {
+    let devices_added = s.devices_added.join(",");
+    let devices_removed = s.devices_removed.join(",");
+    info!(
+        target: TARGET,
+        event = "config.reload",
+        message_id = ID_CONFIG_RELOAD,
+        result = "ok",
+        file,
+        by,
+        users = s.users,
+        roles = s.roles,
+        targets = s.targets,
+        devices_added = devices_added.as_str(),
+        devices_removed = devices_removed.as_str(),
+        sessions_ended = s.sessions_ended,
+        "configuration reloaded from {file} (asked by {by}): {} users, {} roles, {} targets; {} sessions ended",
+        s.users,
+        s.roles,
+        s.targets,
+        s.sessions_ended
+    );
+}
+
+/// A reload changed nothing. `reason` is `invalid` (the file has errors:
+/// `errors` holds every one as `file:line:col: path: message`, one per
+/// line) or `restart_required` (`fields` names the settings that changed
+/// and cannot change while running; `errors` says so in words).
+pub fn config_reload_failed(file: &str, by: &str, reason: &str, errors: &str, fields: &str) {
+    info!(
+        target: TARGET,
+        event = "config.reload_failed",
+        message_id = ID_CONFIG_RELOAD_FAILED,
+        result = reason,
+        file,
+        by,
+        reason,
+        errors,
+        fields,
+        "configuration reload from {file} (asked by {by}) refused ({reason}); still running on the previous configuration"
+    );
+}
+
 // Operations (src/control, src/locks): one MESSAGE_ID per type.
 const ID_CONTROL_COMMAND: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d01";
 const ID_SESSION_WATCH: &str = "6a2f8c1e0b7d4e5f9a3c2b1d0e4f5d02";

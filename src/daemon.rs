@@ -10,6 +10,7 @@
 mod fdlimit;
 pub mod notify;
 mod preauth;
+pub mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -22,10 +23,9 @@ use tracing::Instrument;
 
 use crate::audit;
 use crate::auth::Authenticator;
-use crate::config::{DbTls, Settings};
+use crate::config::{Current, DbTls, Settings};
 use crate::db::{self, DbGateway, DbService};
 use crate::dispatch::{Connection, Dispatch, Service, Serving};
-use crate::policy::Policy;
 use crate::recording::Recorder;
 use crate::source::Source;
 use crate::ssh::server::Outer;
@@ -48,10 +48,15 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     // Before anything opens a descriptor: soft limit up to the hard one.
     fdlimit::check(&settings);
+    // From here on SIGHUP waits for the reload instead of ending us.
+    let hangups = reload::hangups().context("cannot handle SIGHUP")?;
     let state = Arc::new(StateDir::open(&settings.gateway.state_dir)?);
     let host_key = state.host_key()?;
     let client_key = state.client_key()?;
-    let auth = Arc::new(Authenticator::new(settings.clone(), state.clone())?);
+    // The configuration in force: a reload (SIGHUP, `gatehouse reload`)
+    // swaps it; every login and channel reads it once.
+    let config = Current::new(settings.clone());
+    let auth = Arc::new(Authenticator::new(config.clone(), state.clone())?);
     let (stop_tx, stop_rx) = watch::channel(false);
     let live = crate::live::Registry::new();
     // [anomaly]: the login hooks find the rules once installed; the session
@@ -64,6 +69,7 @@ pub async fn run(
         crate::locks::Locks::open(&settings.gateway.state_dir)
             .map_err(|e| anyhow::anyhow!("locks: {e}"))?,
     );
+    locks.guard(&live); // ctlattack: a lock set mid-login ends the session once listed
     let (server_config, jump_config) = ssh::server_configs(host_key.private.clone());
     // No recorder, no gateway: there is no unrecorded mode.
     let recorder = Arc::new(
@@ -74,8 +80,7 @@ pub async fn run(
     // The database proxies, one per database target, by tunnel_port: the
     // same services inside the tunnel and behind SSH direct-tcpip.
     let db_gw = Arc::new(DbGateway {
-        settings: settings.clone(),
-        policy: Policy::new(settings.clone()),
+        config: config.clone(),
         auth: auth.clone(),
         recorder: recorder.clone(),
         state: state.clone(),
@@ -105,7 +110,6 @@ pub async fn run(
     let databases = Arc::new(databases);
     let gw = Arc::new(Gateway {
         recorder: recorder.clone(),
-        policy: Policy::new(settings.clone()),
         auth,
         databases: databases.clone(),
         server_config,
@@ -116,7 +120,7 @@ pub async fn run(
         locks: locks.clone(),
         shutdown: stop_rx.clone(),
         caps: ssh::caps::Caps::new(ssh::caps::CapLimits::from_settings(&settings.gateway)),
-        settings: settings.clone(),
+        config: config.clone(),
     });
 
     let ssh_service: Arc<dyn Service> = Arc::new(SshService(gw.clone()));
@@ -144,8 +148,16 @@ pub async fn run(
             .clone()
             .route(tunnel::SSH_PORT, ssh_service),
     );
-    let _tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
+    let tunnel = tunnel::start(tunnelled, &settings, &state, stop_rx.clone())
         .context("cannot start the WireGuard tunnel")?;
+    // Reload: SIGHUP here, `gatehouse reload` through the control socket.
+    let reloader = reload::Reloader::new(
+        config.clone(),
+        state.clone(),
+        live.clone(),
+        tunnel.as_ref().map(|t| t.control()),
+    );
+    reloader.serve_hangups(hangups, stop_rx.clone());
     // `[metrics] listen`: off unless configured; bound before anything is
     // served, so a bad or busy address fails the start like the others.
     if let Some(addr) = settings.metrics.listen {
@@ -181,7 +193,7 @@ pub async fn run(
         Arc::new(crate::control::server::Control {
             live: live.clone(),
             locks: locks.clone(),
-            reload: None,
+            reload: Some(Arc::new(reloader.clone())),
         }),
         stop_rx.clone(),
     ));
@@ -388,7 +400,8 @@ async fn serve(gw: Arc<Gateway>, conn: Connection) {
         authenticated.clone(),
     );
     let source = source.to_string();
-    let deadline = gw.settings.gateway.auth_timeout;
+    let settings = gw.settings();
+    let deadline = settings.gateway.auth_timeout;
     let started = tokio::time::timeout(
         deadline,
         russh::server::run_stream(gw.server_config.clone(), stream, handler),
@@ -410,7 +423,7 @@ async fn serve(gw: Arc<Gateway>, conn: Connection) {
     let timer = {
         let handle = handle.clone();
         let authenticated = authenticated.clone();
-        let max_age = gw.settings.auth.max_connection_age;
+        let max_age = settings.auth.max_connection_age;
         tokio::spawn(async move {
             let mut pre_auth = pre_auth;
             // Until login: poll the flag, give the pre-auth slot back the

@@ -272,11 +272,23 @@ pub struct Snapshot {
 /// Session starts a subscriber may fall behind before it loses some.
 const STARTS_CAPACITY: usize = 1024;
 
+/// Decides, once a session is listed, whether it must end at once (a lock
+/// set while it was being admitted): the reason, or `None`.
+pub type Gate = Arc<dyn Fn(&SessionInfo) -> Option<String> + Send + Sync>;
+
 /// Every live session of the process.
-#[derive(Debug)]
 pub struct Registry {
     sessions: Mutex<HashMap<String, Arc<Live>>>,
     starts: broadcast::Sender<Arc<Live>>,
+    gate: Mutex<Option<Gate>>,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("sessions", &self.len())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Default for Registry {
@@ -284,6 +296,7 @@ impl Default for Registry {
         Registry {
             sessions: Mutex::default(),
             starts: broadcast::channel(STARTS_CAPACITY).0,
+            gate: Mutex::new(None),
         }
     }
 }
@@ -346,12 +359,28 @@ impl Registry {
         if let Ok(mut s) = self.sessions.lock() {
             s.insert(live.info.id.clone(), live.clone());
         }
+        // A session is admitted (locks checked) well before it is listed
+        // here: the TOTP code, the upstream login. A lock set in between
+        // found nothing to end; so look again now that it is listed. Whoever
+        // comes second (the lock's `end_matching` or this check) sees the
+        // other, so no session slips between them.
+        let gate = self.gate.lock().ok().and_then(|g| g.clone());
+        if let Some(reason) = gate.and_then(|g| g(&live.info)) {
+            live.end(&reason);
+        }
         if self.starts.receiver_count() > 0 {
             let _ = self.starts.send(live.clone());
         }
         Registration {
             live,
             registry: Arc::downgrade(self),
+        }
+    }
+
+    /// Sets the check every newly listed session passes (see [`Gate`]).
+    pub fn set_gate(&self, gate: Gate) {
+        if let Ok(mut g) = self.gate.lock() {
+            *g = Some(gate);
         }
     }
 

@@ -110,6 +110,28 @@ pub struct Locks {
     locks: Mutex<Vec<Lock>>,
 }
 
+/// A lock or kill reason fit to show users (on their terminals, in
+/// database errors) and the journal: control characters and the invisible
+/// format characters that reorder or hide text (bidi overrides, zero-width)
+/// become spaces; at most [`MAX_REASON`] characters.
+pub fn clean_reason(text: &str) -> String {
+    text.chars()
+        .map(|c| {
+            let invisible = matches!(c,
+                '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2060}'..='\u{206f}'
+                | '\u{feff}' | '\u{fff9}'..='\u{fffb}' | '\u{061c}');
+            if c.is_control() || invisible {
+                ' '
+            } else {
+                c
+            }
+        })
+        .take(MAX_REASON)
+        .collect::<String>()
+        .trim()
+        .to_string()
+}
+
 /// Longest reason kept (it is shown to users and written to the journal).
 pub const MAX_REASON: usize = 500;
 
@@ -134,7 +156,16 @@ impl Locks {
             }
         };
         let now = unix_now();
-        let locks = locks.into_iter().filter(|l| l.in_force(now)).collect();
+        // A file edited by hand may carry anything: the reason reaches
+        // users' terminals, so it is cleaned like one typed at the socket.
+        let locks = locks
+            .into_iter()
+            .filter(|l| l.in_force(now))
+            .map(|mut l: Lock| {
+                l.reason = clean_reason(&l.reason);
+                l
+            })
+            .collect();
         let l = Locks {
             path,
             locks: Mutex::new(locks),
@@ -223,6 +254,18 @@ impl Locks {
     pub fn login(&self, user: &str, device: Option<&str>) -> Option<Lock> {
         self.user(user)
             .or_else(|| device.and_then(|d| self.device(d)))
+    }
+
+    /// Makes `live` end, at once, every session that gets listed while a
+    /// lock covers it (a lock set during its login), with the same reason
+    /// the lock's `end_matching` gives.
+    pub fn guard(self: &std::sync::Arc<Self>, live: &crate::live::Registry) {
+        let locks = std::sync::Arc::downgrade(self);
+        live.set_gate(std::sync::Arc::new(move |s: &SessionInfo| {
+            let locks = locks.upgrade()?;
+            let lock = locks.session(&s.user, s.device.as_deref(), &s.target)?;
+            Some(format!("session ended: {}", lock.message()))
+        }));
     }
 
     /// The lock, if any, that refuses a session of `user` (through

@@ -150,11 +150,38 @@ impl Policy {
         self.settings.targets.iter().find(|t| t.name == name)
     }
 
+    /// The user's roles as this configuration names them, not as they were
+    /// at login: after a reload, a new channel of an old login gets the new
+    /// roles, and a user no longer configured has none.
     fn roles_of<'a>(&'a self, user: &'a AuthenticatedUser) -> impl Iterator<Item = &'a Role> + 'a {
+        let names: &'a [String] = self
+            .settings
+            .users
+            .iter()
+            .find(|u| u.name == user.name())
+            .map(|u| u.roles.as_slice())
+            .unwrap_or(&[]);
         self.settings
             .roles
             .iter()
-            .filter(move |r| user.roles().contains(&r.name))
+            .filter(move |r| names.contains(&r.name))
+    }
+
+    /// Whether the user named `user` (as this configuration names her)
+    /// may reach `target` as `login`: what a reload asks of every live
+    /// session. A user who is not configured may reach nothing.
+    pub fn allows(&self, user: &str, target: &str, login: &str) -> bool {
+        let Some(u) = self.settings.users.iter().find(|u| u.name == user) else {
+            return false;
+        };
+        let Some(t) = self.target(target) else {
+            return false;
+        };
+        self.settings
+            .roles
+            .iter()
+            .filter(|r| u.roles.contains(&r.name))
+            .any(|r| selects(r, t) && r.logins.iter().any(|l| l == login))
     }
 
     /// Every target the user may reach, with the logins, sorted by name.
@@ -286,6 +313,21 @@ mod tests {
         }
     }
 
+    /// The test policy, with `user` configured with the roles it holds.
+    fn policy_for(user: &AuthenticatedUser) -> Policy {
+        let mut p = policy();
+        let mut settings = (*p.settings).clone();
+        settings.users.push(crate::config::User {
+            name: user.name().to_string(),
+            roles: user.roles().to_vec(),
+            ssh_keys: vec![],
+            wireguard: vec![],
+            require_wireguard: false,
+        });
+        p.settings = Arc::new(settings);
+        p
+    }
+
     fn policy() -> Policy {
         let mut prod = BTreeMap::new();
         prod.insert("env".to_string(), "production".to_string());
@@ -372,7 +414,7 @@ mod tests {
     #[test]
     fn label_role_grants_matching_target_and_login() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
-        let a = policy().authorize(&u, "web-1", "deploy").unwrap();
+        let a = policy_for(&u).authorize(&u, "web-1", "deploy").unwrap();
         assert_eq!(a.target().name, "web-1");
         assert_eq!(a.login(), "deploy");
         assert_eq!(a.max_session(), Duration::from_secs(4 * 3600));
@@ -383,15 +425,15 @@ mod tests {
     fn role_without_the_target_is_refused() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
         assert_eq!(
-            policy().authorize(&u, "web-2", "deploy").unwrap_err(),
+            policy_for(&u).authorize(&u, "web-2", "deploy").unwrap_err(),
             Denied::NoRole
         );
         assert_eq!(
-            policy().authorize(&u, "db-1", "deploy").unwrap_err(),
+            policy_for(&u).authorize(&u, "db-1", "deploy").unwrap_err(),
             Denied::NoRole
         );
         assert_eq!(
-            policy().authorize(&u, "nope", "deploy").unwrap_err(),
+            policy_for(&u).authorize(&u, "nope", "deploy").unwrap_err(),
             Denied::UnknownTarget
         );
     }
@@ -400,7 +442,7 @@ mod tests {
     fn login_the_role_does_not_allow_is_refused_naming_allowed_logins() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
         assert_eq!(
-            policy().authorize(&u, "web-1", "root").unwrap_err(),
+            policy_for(&u).authorize(&u, "web-1", "root").unwrap_err(),
             Denied::Login {
                 allowed: vec!["deploy".into()]
             }
@@ -410,40 +452,70 @@ mod tests {
     #[test]
     fn user_without_roles_reaches_nothing() {
         let u = AuthenticatedUser::for_tests("mallory", &[]);
+        assert!(policy_for(&u).grants(&u).is_empty());
+        assert!(policy_for(&u).authorize(&u, "web-1", "deploy").is_err());
+    }
+
+    #[test]
+    fn roles_come_from_the_configuration_in_force_not_the_login() {
+        // alice logged in holding web-deploy; the configuration in force
+        // (after a reload) no longer names her: she reaches nothing.
+        let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
         assert!(policy().grants(&u).is_empty());
-        assert!(policy().authorize(&u, "web-1", "deploy").is_err());
+        assert_eq!(
+            policy().authorize(&u, "web-1", "deploy").unwrap_err(),
+            Denied::NoRole
+        );
+        // Configured with another role now: that role applies.
+        let now = AuthenticatedUser::for_tests("alice", &["db"]);
+        let p = policy_for(&now);
+        assert!(p.authorize(&u, "db-1", "postgres").is_ok());
+        assert!(p.authorize(&u, "web-1", "deploy").is_err());
+    }
+
+    #[test]
+    fn allows_follows_the_configured_roles() {
+        let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
+        let p = policy_for(&u);
+        assert!(p.allows("alice", "web-1", "deploy"));
+        assert!(!p.allows("alice", "web-1", "root"));
+        assert!(!p.allows("alice", "web-2", "deploy"));
+        assert!(!p.allows("bob", "web-1", "deploy"));
+        assert!(!p.allows("alice", "nope", "deploy"));
     }
 
     #[test]
     fn strictest_limits_of_granting_roles_apply() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy", "web-short"]);
-        let a = policy().authorize(&u, "web-1", "deploy").unwrap();
+        let a = policy_for(&u).authorize(&u, "web-1", "deploy").unwrap();
         assert_eq!(a.max_session(), Duration::from_secs(60));
         assert_eq!(a.idle_timeout(), Duration::from_secs(1800));
         // only web-short grants www, so only its limits apply
-        let b = policy().authorize(&u, "web-1", "www").unwrap();
+        let b = policy_for(&u).authorize(&u, "web-1", "www").unwrap();
         assert_eq!(b.idle_timeout(), Duration::ZERO);
     }
 
     #[test]
     fn the_most_recording_record_input_of_granting_roles_applies() {
         let quiet = AuthenticatedUser::for_tests("alice", &["web-quiet"]);
-        let a = policy().authorize(&quiet, "web-1", "deploy").unwrap();
+        let a = policy_for(&quiet)
+            .authorize(&quiet, "web-1", "deploy")
+            .unwrap();
         assert_eq!(a.record_input(), RecordInput::None);
         // web-deploy (default "exec") and web-quiet ("none"): "exec".
         let two = AuthenticatedUser::for_tests("alice", &["web-deploy", "web-quiet"]);
-        let a = policy().authorize(&two, "web-1", "deploy").unwrap();
+        let a = policy_for(&two).authorize(&two, "web-1", "deploy").unwrap();
         assert_eq!(a.record_input(), RecordInput::Exec);
         // Adding web-short ("all") records keystrokes too.
         let all = AuthenticatedUser::for_tests("alice", &["web-quiet", "web-deploy", "web-short"]);
-        let a = policy().authorize(&all, "web-1", "deploy").unwrap();
+        let a = policy_for(&all).authorize(&all, "web-1", "deploy").unwrap();
         assert_eq!(a.record_input(), RecordInput::All);
     }
 
     #[test]
     fn grants_list_targets_and_logins() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy", "db"]);
-        let g = policy().grants(&u);
+        let g = policy_for(&u).grants(&u);
         assert_eq!(
             g,
             vec![
@@ -462,7 +534,7 @@ mod tests {
     #[test]
     fn env_patterns() {
         let u = AuthenticatedUser::for_tests("alice", &["web-deploy"]);
-        let a = policy().authorize(&u, "web-1", "deploy").unwrap();
+        let a = policy_for(&u).authorize(&u, "web-1", "deploy").unwrap();
         assert!(a.env_allowed("LANG") && a.env_allowed("LC_ALL") && a.env_allowed("TERM"));
         assert!(!a.env_allowed("LD_PRELOAD") && !a.env_allowed("LANGUAGE"));
     }

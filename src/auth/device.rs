@@ -31,9 +31,7 @@ impl Authenticator {
     /// covered: the device is the first factor here.
     pub fn device_lease(&self, source: &Source) -> Option<AuthenticatedUser> {
         let device = source.device()?;
-        if !self.users.contains_key(&device.user)
-            || self.locked(&device.user, source.ip()).is_some()
-        {
+        if !self.device_is_configured(device) || self.locked(&device.user, source.ip()).is_some() {
             return None;
         }
         let held = lock(&self.leases).held_from(&device.user, &source.to_string(), Instant::now());
@@ -97,7 +95,7 @@ impl Authenticator {
             return Ok(CodeOutcome::NotEnrolled);
         };
         let user = device.user.as_str();
-        if !self.users.contains_key(user) {
+        if !self.device_is_configured(device) {
             return Ok(CodeOutcome::NotEnrolled);
         }
         match check(self, user)? {
@@ -117,6 +115,18 @@ impl Authenticator {
                 ))))
             }
         }
+    }
+
+    /// Whether the configuration in force still gives this device (its key
+    /// at its address) to its user: a reload that removed or moved it
+    /// admits nothing through it, even before the tunnel drops it.
+    fn device_is_configured(&self, device: &crate::source::Device) -> bool {
+        self.settings.get().users.iter().any(|u| {
+            u.name == device.user
+                && u.wireguard.iter().any(|d| {
+                    d.public_key == device.public_key && d.address == device.tunnel_address
+                })
+        })
     }
 
     /// A complete device login clears the failure counts of its user and
@@ -175,17 +185,30 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let state_dir = tmp.path().join("state");
         let alice_key = key();
+        // alice's devices are numbers 2, 3 and 4 (see `device`); bob's is 5.
+        let dev = |n: u8| {
+            use base64::Engine as _;
+            format!(
+                "{{ public_key = \"{}\", address = \"10.77.0.{n}\" }}",
+                base64::engine::general_purpose::STANDARD.encode([n; 32])
+            )
+        };
         let text = format!(
             "[gateway]\nstate_dir = \"{}\"\nssh_listen = [\"127.0.0.1:2222\"]\n\n\
+             [wireguard]\nlisten = \"127.0.0.1:51820\"\naddress = \"10.77.0.1/24\"\n\n\
              [auth]\nmax_failures = {max_failures}\nmfa_lease = \"{mfa_lease}\"\n\n\
              [[targets]]\nname = \"db-1\"\nkind = \"postgres\"\naddress = \"127.0.0.1\"\ntunnel_port = 15432\ntls = \"disable\"\n\n\
              [[roles]]\nname = \"dba\"\ntargets = {{ names = [\"db-1\"] }}\nlogins = [\"app_ro\"]\n\n\
-             [[users]]\nname = \"alice\"\nroles = [\"dba\"]\nssh_keys = [\"{}\"]\n\n\
-             [[users]]\nname = \"bob\"\nroles = [\"dba\"]\nssh_keys = [\"{}\"]\n\n\
+             [[users]]\nname = \"alice\"\nroles = [\"dba\"]\nssh_keys = [\"{}\"]\nwireguard = [{}, {}, {}]\n\n\
+             [[users]]\nname = \"bob\"\nroles = [\"dba\"]\nssh_keys = [\"{}\"]\nwireguard = [{}]\n\n\
              [recordings]\nrecipients = [\"age1zvkyg2lqzraa2lnjvqej32nkuu0ues2s82hzrye869xeexvn73equnujwj\"]\n",
             state_dir.display(),
             alice_key.to_openssh().unwrap(),
+            dev(2),
+            dev(3),
+            dev(4),
             key().to_openssh().unwrap(),
+            dev(5),
         );
         let settings = config::load_str(&text, Path::new("g.toml")).unwrap();
         let state = StateDir::open(&state_dir).unwrap();

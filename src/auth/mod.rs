@@ -38,7 +38,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use russh::keys::{HashAlg, PublicKey};
 
 use crate::audit;
-use crate::config::Settings;
+use crate::config::{Current, Settings};
 use crate::source::Source;
 use crate::state::{StateDir, StateError};
 use lease::{LeaseKey, Leases};
@@ -194,14 +194,17 @@ pub enum CodeOutcome {
 /// Shared authentication state for all listeners.
 #[derive(Debug)]
 pub struct Authenticator {
-    settings: Arc<Settings>,
+    /// The configuration in force: users and their keys are read from it
+    /// at each check, so a reload applies to the next login.
+    settings: Current,
     state: Arc<StateDir>,
-    users: HashMap<String, usize>,
     lockouts: Lockouts,
-    /// Per configured user: serialises the check-and-persist of her TOTP
-    /// step, so that two connections cannot both spend one step. Nothing
-    /// else takes these; one user's code check never waits for another's.
-    replay: HashMap<String, Mutex<()>>,
+    /// Per configured user (made at her first code check): serialises the
+    /// check-and-persist of her TOTP step, so that two connections cannot
+    /// both spend one step. Nothing else takes these; one user's code check
+    /// never waits for another's. Only names configured at the time get an
+    /// entry, so the map is bounded by the users ever configured.
+    replay: Mutex<HashMap<String, Arc<Mutex<()>>>>,
     leases: Mutex<Leases>,
     refusals: Arc<Mutex<Refusals>>,
 }
@@ -227,15 +230,15 @@ impl Authenticator {
     /// Loads the lockout records and starts their background writer. Inside
     /// a tokio runtime, also starts the task that reports aggregated
     /// refusals (see [`refusals`]) when their minute ends.
-    pub fn new(settings: Arc<Settings>, state: Arc<StateDir>) -> Result<Self, StateError> {
-        let users: HashMap<String, usize> = settings
-            .users
-            .iter()
-            .enumerate()
-            .map(|(i, u)| (u.name.clone(), i))
-            .collect();
-        let lockouts = Lockouts::open(&settings.auth, state.lockouts_path(), |u| {
-            users.contains_key(u)
+    ///
+    /// `settings` is the configuration in force ([`Current`], or a fixed
+    /// `Arc<Settings>`). `[auth]` limits (failures, window, lockout, MFA
+    /// lease) are taken now: changing them needs a restart.
+    pub fn new(settings: impl Into<Current>, state: Arc<StateDir>) -> Result<Self, StateError> {
+        let settings: Current = settings.into();
+        let first: Arc<Settings> = settings.get();
+        let lockouts = Lockouts::open(&first.auth, state.lockouts_path(), |u| {
+            first.users.iter().any(|c| c.name == u)
         })?;
         let refusals = Arc::new(Mutex::new(Refusals::default()));
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
@@ -254,24 +257,33 @@ impl Authenticator {
         }
         Ok(Authenticator {
             lockouts,
-            replay: settings
-                .users
-                .iter()
-                .map(|u| (u.name.clone(), Mutex::new(())))
-                .collect(),
-            leases: Mutex::new(Leases::new(settings.auth.mfa_lease)),
+            replay: Mutex::new(HashMap::new()),
+            leases: Mutex::new(Leases::new(first.auth.mfa_lease)),
             refusals,
             settings,
             state,
-            users,
         })
+    }
+
+    /// Whether `user` is configured now.
+    fn is_user(&self, user: &str) -> bool {
+        self.settings.get().users.iter().any(|u| u.name == user)
+    }
+
+    /// The replay lock of a configured user; None for any other name.
+    fn replay_lock(&self, user: &str) -> Option<Arc<Mutex<()>>> {
+        if !self.is_user(user) {
+            return None;
+        }
+        let mut map = lock(&self.replay);
+        Some(map.entry(user.to_string()).or_default().clone())
     }
 
     /// The lock, if any, that refuses `user` or `source` right now.
     pub fn locked(&self, user: &str, source: IpAddr) -> Option<KeyRefusal> {
         let now = unix_now();
         let mut subjects = vec![Subject::Source(source)];
-        if self.users.contains_key(user) {
+        if self.is_user(user) {
             subjects.insert(0, Subject::User(user));
         }
         subjects.into_iter().find_map(|s| {
@@ -297,11 +309,7 @@ impl Authenticator {
         crate::metrics::refused_while_locked();
         let key = lockout::source_key(source);
         // Names that are not configured are not kept, not even here.
-        let user = if self.users.contains_key(user) {
-            user
-        } else {
-            "-"
-        };
+        let user = if self.is_user(user) { user } else { "-" };
         let report = lock(&self.refusals).refused(key, source_label, user, subject, Instant::now());
         if let Some(rep) = report {
             audit::locked_refusals(&rep.user, &rep.source, &rep.subject, rep.count);
@@ -310,9 +318,11 @@ impl Authenticator {
 
     /// Would this key be accepted for this user (before signature check)?
     pub fn key_is_authorized(&self, user: &str, key: &PublicKey) -> bool {
-        self.users
-            .get(user)
-            .and_then(|&i| self.settings.users.get(i))
+        self.settings
+            .get()
+            .users
+            .iter()
+            .find(|u| u.name == user)
             .is_some_and(|u| u.ssh_keys.iter().any(|k| k.key_data() == key.key_data()))
     }
 
@@ -421,11 +431,11 @@ impl Authenticator {
             return Ok(CodeCheck::Refused(CodeOutcome::NotEnrolled));
         };
         let now = unix_now();
-        let Some(replay) = self.replay.get(user) else {
+        let Some(replay) = self.replay_lock(user) else {
             return Ok(CodeCheck::Refused(CodeOutcome::NotEnrolled));
         };
         let accepted = {
-            let _replay = lock(replay);
+            let _replay = lock(&replay);
             let last = self.state.last_totp_step(user)?;
             match totp::verify_with(&secret, matches, now, last) {
                 Some(step) => {
@@ -451,9 +461,11 @@ impl Authenticator {
     }
 
     fn roles_of(&self, user: &str) -> Vec<String> {
-        self.users
-            .get(user)
-            .and_then(|&i| self.settings.users.get(i))
+        self.settings
+            .get()
+            .users
+            .iter()
+            .find(|u| u.name == user)
             .map(|u| u.roles.clone())
             .unwrap_or_default()
     }

@@ -459,8 +459,11 @@ impl Default for AnomalySettings {
     }
 }
 
+mod current;
 mod raw;
 mod validate;
+
+pub use current::Current;
 
 pub use validate::{
     in_range, load, load_str, parse_cidr, parse_duration, parse_recipient, parse_size, ConfigError,

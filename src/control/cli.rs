@@ -226,8 +226,10 @@ pub fn sessions(config: &Path, json: bool, cmd: Option<SessionsCommand>) -> Exit
             let mut out = std::io::stdout().lock();
             let mut err = std::io::stderr().lock();
             let ended = conn.follow(&mut out, &mut err);
-            // Whatever the session left the terminal in: plain text again.
-            let _ = out.write_all(b"\x1b[0m");
+            // Whatever the session left the terminal in: plain text again
+            // (attributes, insert mode, cursor, main screen, margins with
+            // the cursor kept, ASCII character set).
+            let _ = out.write_all(b"\x1b[0m\x1b[4l\x1b[?25h\x1b[?1047l\x1b7\x1b[r\x1b8\x0f\x1b(B");
             let _ = out.flush();
             match ended {
                 Ok(true) => {

@@ -23,10 +23,14 @@ use super::{Frame, Reload, Reply, Request, MAX_REQUEST};
 use crate::audit;
 use crate::config::ControlSettings;
 use crate::live::{Registry, Watched};
-use crate::locks::{Lock, LockKind, Locks, MAX_REASON};
+use crate::locks::{Lock, LockKind, Locks};
 
-/// Control clients served at once; more are told the daemon is busy.
+/// Control commands served at once; more are told the daemon is busy.
 const MAX_CLIENTS: usize = 16;
+/// Watches open at once. A watch lasts as long as the session: watches
+/// have their own slots, so open watches never leave an administrator
+/// unable to kill or lock.
+const MAX_WATCHES: usize = 32;
 /// How long a client may take to send its request.
 const REQUEST_DEADLINE: Duration = Duration::from_secs(10);
 /// How long a reply (or a watch frame) may wait on a client that does not read.
@@ -76,6 +80,7 @@ pub fn bind(settings: &ControlSettings) -> anyhow::Result<Bound> {
             .create(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
+    check_directory(parent)?;
     match std::fs::symlink_metadata(&path) {
         Ok(meta) => {
             if !meta.file_type().is_socket() {
@@ -125,9 +130,41 @@ pub fn bind(settings: &ControlSettings) -> anyhow::Result<Bound> {
     Ok(Bound { listener, path })
 }
 
+/// Refuses a socket directory where someone else could replace the socket
+/// after it is created: one owned by another user (not root), or one that
+/// others may write to without the sticky bit. There, anyone could rename
+/// the daemon's socket away and put their own in its place, and the
+/// administrators' `gatehouse lock` would talk to them.
+fn check_directory(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let meta =
+        std::fs::metadata(dir).with_context(|| format!("cannot inspect {}", dir.display()))?;
+    let me = nix::unistd::geteuid().as_raw();
+    if meta.uid() != me && meta.uid() != 0 {
+        bail!(
+            "{} belongs to uid {}: another user could replace the control socket; \
+             use a directory of this user's or root's (e.g. /run/gatehouse)",
+            dir.display(),
+            meta.uid()
+        );
+    }
+    let mode = meta.mode();
+    if mode & 0o002 != 0 && mode & 0o1000 == 0 {
+        bail!(
+            "{} is writable by everyone (mode {:04o}) without the sticky bit: \
+             anyone could replace the control socket; use a private directory \
+             (e.g. /run/gatehouse) or chmod +t",
+            dir.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(())
+}
+
 /// Serves the control socket until shutdown.
 pub async fn serve(bound: Bound, control: Arc<Control>, mut shutdown: watch::Receiver<bool>) {
     let slots = Arc::new(Semaphore::new(MAX_CLIENTS));
+    let watch_slots = Arc::new(Semaphore::new(MAX_WATCHES));
     loop {
         let accepted = tokio::select! {
             a = bound.listener.accept() => a,
@@ -150,9 +187,9 @@ pub async fn serve(bound: Bound, control: Arc<Control>, mut shutdown: watch::Rec
             continue;
         };
         let stop = shutdown.clone();
+        let watch_slots = watch_slots.clone();
         tokio::spawn(async move {
-            handle(stream, control, stop).await;
-            drop(permit);
+            handle(stream, control, stop, permit, watch_slots).await;
         });
     }
     drop(bound);
@@ -202,7 +239,13 @@ async fn read_request<R: AsyncRead + Unpin>(r: &mut BufReader<R>) -> Result<Requ
     serde_json::from_slice(&line).map_err(|e| format!("not a request: {e}"))
 }
 
-async fn handle(stream: UnixStream, control: Arc<Control>, stop: watch::Receiver<bool>) {
+async fn handle(
+    stream: UnixStream,
+    control: Arc<Control>,
+    stop: watch::Receiver<bool>,
+    permit: tokio::sync::OwnedSemaphorePermit,
+    watch_slots: Arc<Semaphore>,
+) {
     let (by, pid) = who(&stream);
     let mut reader = BufReader::new(stream);
     let req = match read_request(&mut reader).await {
@@ -214,6 +257,14 @@ async fn handle(stream: UnixStream, control: Arc<Control>, stop: watch::Receiver
         }
     };
     if let Request::Watch { id } = &req {
+        // The command slot goes back now; the watch holds a watch slot.
+        drop(permit);
+        let Ok(_watching) = watch_slots.try_acquire_owned() else {
+            let e = format!("{MAX_WATCHES} watches are open already; stop one first");
+            audit::control_command("sessions watch", &by, pid, id, "failed", &e);
+            let _ = write_line(reader.get_mut(), &Reply::error(e)).await;
+            return;
+        };
         watch(reader, &control, id, &by, pid, stop).await;
         return;
     }
@@ -232,15 +283,9 @@ fn first_line(s: &str) -> String {
     s.lines().next().unwrap_or("").chars().take(300).collect()
 }
 
-/// A reason an administrator typed, fit to show users and the journal:
-/// controls replaced by spaces, bounded.
+/// A reason an administrator typed, fit to show users and the journal.
 fn clean(text: &str) -> String {
-    text.chars()
-        .map(|c| if c.is_control() { ' ' } else { c })
-        .take(MAX_REASON)
-        .collect::<String>()
-        .trim()
-        .to_string()
+    crate::locks::clean_reason(text)
 }
 
 /// Runs one command; returns the reply and the subject for the audit log.
@@ -267,7 +312,16 @@ async fn run(control: &Control, req: &Request, by: &str) -> (Reply, String) {
                 Some(r) => format!("session ended by an administrator: {r}"),
                 None => "session ended by an administrator".to_string(),
             };
-            s.end(&text);
+            if !s.end(&text) {
+                // A second kill (or a kill racing a lock): the first reason stands.
+                return (
+                    Reply::ok().message(format!(
+                        "session {id} is already ending: {}",
+                        s.end_requested().unwrap_or_default()
+                    )),
+                    id.clone(),
+                );
+            }
             (
                 Reply {
                     ended: Some(vec![id.clone()]),

@@ -20,7 +20,7 @@ mod tls;
 use std::sync::Arc;
 
 use crate::auth::Authenticator;
-use crate::config::{Settings, TargetKind};
+use crate::config::{Current, Settings, TargetKind};
 use crate::dispatch::{Connection, Service, Serving};
 use crate::policy::Policy;
 use crate::recording::Recorder;
@@ -29,8 +29,9 @@ use crate::state::StateDir;
 /// What every database session needs: who may log in, what they may reach,
 /// the recorder, the sealed credentials and the live sessions' cancel keys.
 pub struct DbGateway {
-    pub settings: Arc<Settings>,
-    pub policy: Policy,
+    /// The configuration in force (a reload swaps it): read it once per
+    /// login with [`DbGateway::policy`].
+    pub config: Current,
     /// Shared with the SSH server: one lockout table, one set of MFA leases.
     pub auth: Arc<Authenticator>,
     pub recorder: Arc<Recorder>,
@@ -50,6 +51,18 @@ pub struct DbGateway {
     /// any login (see [`mysql`]).
     pub greetings:
         std::sync::Mutex<std::collections::HashMap<String, mysql::upstream::ServerHello>>,
+}
+
+impl DbGateway {
+    /// A snapshot of the configuration in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.config.get()
+    }
+
+    /// The policy of the configuration in force: take it once per decision.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.config.get())
+    }
 }
 
 impl std::fmt::Debug for DbGateway {

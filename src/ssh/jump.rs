@@ -444,7 +444,7 @@ impl Handler for JumpHandler {
             return Ok(Auth::reject());
         }
         self.login = Some(login.to_string());
-        match self.gw.policy.authorize(&self.user, &self.target, login) {
+        match self.gw.policy().authorize(&self.user, &self.target, login) {
             Ok(a) => self.authorized = Some(a),
             Err(d) => {
                 audit::session_refused(

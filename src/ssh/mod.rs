@@ -26,7 +26,7 @@ use russh::keys::{Algorithm, PrivateKey};
 use russh::{cipher, compression, kex, mac, MethodKind, MethodSet, Preferred};
 
 use crate::auth::Authenticator;
-use crate::config::Settings;
+use crate::config::{Current, Settings};
 use crate::policy::Policy;
 
 /// Who is to blame when an SSH session fails: chooses the audit reason and
@@ -72,8 +72,9 @@ pub fn modern_algorithms() -> Preferred {
 
 /// Everything a connection handler needs, shared by all connections.
 pub struct Gateway {
-    pub settings: Arc<Settings>,
-    pub policy: Policy,
+    /// The configuration in force (a reload swaps it): read it once per
+    /// decision with [`Gateway::settings`] / [`Gateway::policy`].
+    pub config: Current,
     /// Shared with the database proxies: one lockout table, one set of
     /// MFA leases.
     pub auth: Arc<Authenticator>,
@@ -99,6 +100,18 @@ pub struct Gateway {
     /// `direct-tcpip` channel to a database target is answered (never a raw
     /// forward).
     pub databases: Arc<crate::dispatch::Dispatch>,
+}
+
+impl Gateway {
+    /// A snapshot of the configuration in force.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.config.get()
+    }
+
+    /// The policy of the configuration in force: take it once per decision.
+    pub fn policy(&self) -> Policy {
+        Policy::new(self.config.get())
+    }
 }
 
 impl std::fmt::Debug for Gateway {

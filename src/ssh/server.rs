@@ -138,6 +138,21 @@ impl Outer {
         self.user.as_ref().map(|u| u.name()).unwrap_or("-")
     }
 
+    /// ctlattack: an administrator's lock set while the code was being
+    /// typed (the key was proven before it): refused like one found at the
+    /// key, with the lock's message. True if locked.
+    fn locked_meanwhile(&mut self, user: &str, fp: &str) -> bool {
+        let device = self.source.device().map(|d| d.public_key_b64());
+        let Some(lock) = self.gw.locks.login(user, device.as_deref()) else {
+            return false;
+        };
+        let reason = format!("{} is locked by an administrator", lock.subject());
+        self.attempt(user, "keyboard-interactive", fp, "failure", &reason);
+        crate::metrics::refusal("locked by an administrator");
+        self.tunnel_only_notice = Some(format!("gatehouse: {}", lock.message()));
+        true
+    }
+
     fn admitted(&mut self, user: AuthenticatedUser) {
         audit::login(
             user.name(),
@@ -168,7 +183,7 @@ impl Outer {
     /// The kind of a database target; None for an SSH target.
     fn db_kind(&self, target: &str) -> Option<crate::config::TargetKind> {
         self.gw
-            .policy
+            .policy()
             .target(target)
             .map(|t| t.kind)
             .filter(|k| k.is_database())
@@ -179,7 +194,7 @@ impl Outer {
         let Some(user) = &self.user else {
             return String::new();
         };
-        let grants = self.gw.policy.grants(user);
+        let grants = self.gw.policy().grants(user);
         let mut s = format!(
             "gatehouse is a gateway: it runs no commands itself.\r\n\
              Reach a target with:  ssh -J {}@{} LOGIN@TARGET\r\n\r\n",
@@ -268,7 +283,7 @@ impl Outer {
             channel,
             format!("\r\nConnecting to {login}@{target} ...\r\n").into_bytes(),
         )?;
-        let auth = match self.gw.policy.authorize(&user, &target, &login) {
+        let auth = match self.gw.policy().authorize(&user, &target, &login) {
             Ok(a) => a,
             Err(d) => {
                 audit::session_refused(user.name(), &login, &target, user.source(), d.reason());
@@ -600,6 +615,12 @@ impl Handler for Outer {
             };
         let reused = matches!(outcome, CodeOutcome::Reused { .. });
         match outcome {
+            CodeOutcome::Accepted(_) if self.locked_meanwhile(user, kv.fingerprint()) => {
+                Ok(Auth::Reject {
+                    proceed_with_methods: methods(&[MethodKind::KeyboardInteractive]),
+                    partial_success: false,
+                })
+            }
             CodeOutcome::Accepted(u) => {
                 self.attempt(
                     user,
@@ -718,7 +739,7 @@ impl Handler for Outer {
                 .await;
             return Ok(());
         };
-        let decision = match self.gw.policy.may_reach(&user, host) {
+        let decision = match self.gw.policy().may_reach(&user, host) {
             Ok(t)
                 if t.kind == crate::config::TargetKind::Ssh
                     && (port == 22 || port == u32::from(t.port)) =>
@@ -946,7 +967,7 @@ impl Handler for Outer {
         let choices: Vec<(String, String)> = match &self.user {
             Some(u) => self
                 .gw
-                .policy
+                .policy()
                 .grants(u)
                 .into_iter()
                 // The menu opens SSH sessions; databases are reached with
@@ -1131,7 +1152,7 @@ impl Outer {
         }
         let required = self
             .gw
-            .settings
+            .settings()
             .users
             .iter()
             .any(|u| u.name == user && u.require_wireguard);

@@ -146,12 +146,12 @@ pub async fn connect(
                 }
             })
     };
-    let mut handle = tokio::time::timeout(gw.settings.gateway.connect_timeout, connecting)
+    let mut handle = tokio::time::timeout(gw.settings().gateway.connect_timeout, connecting)
         .await
         .map_err(|_| UpstreamError::Timeout)??;
     let key = PrivateKeyWithHashAlg::new(gw.client_key.clone(), None);
     let res = tokio::time::timeout(
-        gw.settings.gateway.connect_timeout,
+        gw.settings().gateway.connect_timeout,
         handle.authenticate_publickey(auth.login(), key),
     )
     .await

@@ -33,13 +33,14 @@ use boringtun::x25519::{PublicKey, StaticSecret};
 use quinn_udp::{RecvMeta, Transmit, UdpSocketState};
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use super::budget::HandshakeBudget;
 use super::device::{Device, BUF_SIZE};
 use super::keys::b64;
 use super::packet::{self, Verdict};
 use super::peers::{Peers, SPOOF_REPORT_EVERY};
+use super::reconfigure::PeerUpdate;
 use super::recovery::Recovery;
 use super::stack::{Accepted, Closed, Refusal, Shared};
 use super::status::{self, Counters, PeerStatus, Status};
@@ -88,6 +89,8 @@ pub struct Engine {
     pub listen: SocketAddr,
     pub counters: Counters,
     pub shutdown: watch::Receiver<bool>,
+    /// Device lists sent by a reload ([`super::PeerControl`]).
+    updates: mpsc::Receiver<PeerUpdate>,
     slots: Vec<Vec<u8>>,
     meta: Vec<RecvMeta>,
     out: Batch,
@@ -246,6 +249,7 @@ impl Engine {
         service: Service,
         status_path: Option<PathBuf>,
         shutdown: watch::Receiver<bool>,
+        updates: mpsc::Receiver<PeerUpdate>,
     ) -> io::Result<Engine> {
         let listen = sock.local_addr()?;
         Ok(Engine {
@@ -264,6 +268,7 @@ impl Engine {
             listen,
             counters: Counters::default(),
             shutdown,
+            updates,
             slots: (0..RX_BATCH).map(|_| vec![0u8; RX_SLOT]).collect(),
             meta: (0..RX_BATCH).map(|_| RecvMeta::default()).collect(),
             out: Batch::new(),
@@ -291,6 +296,10 @@ impl Engine {
         let mut stopping: Option<Instant> = None;
         let mut blocked = false;
         loop {
+            // A reload's device list, between two turns (never mid-batch).
+            while let Ok(update) = self.updates.try_recv() {
+                self.reconfigure(update);
+            }
             let received = if blocked { 0 } else { self.receive() };
             let (accepted, closed, refused, delay) = {
                 let mut st = self.shared.lock();
@@ -344,8 +353,10 @@ impl Engine {
                 }
                 let _ = shutdown.changed().await;
             };
-            let (sock, shared) = (&self.sock, &self.shared);
+            let (sock, shared, updates) = (&self.sock, &self.shared, &mut self.updates);
+            let mut update = None;
             tokio::select! {
+                u = updates.recv() => update = u,
                 r = sock.readable(), if !blocked => { let _ = r; }
                 r = sock.writable(), if blocked => { let _ = r; blocked = false; }
                 _ = shared.wake.notified() => {}
@@ -359,6 +370,9 @@ impl Engine {
                         stopping = Some(Instant::now());
                     }
                 }
+            }
+            if let Some(u) = update {
+                self.reconfigure(u);
             }
             if self.shutdown.has_changed().is_err() && stopping.is_none() {
                 // The sender is gone: the daemon is exiting.
@@ -646,6 +660,11 @@ impl Engine {
         refused: Vec<(usize, SocketAddr, u16, Refusal)>,
     ) {
         for a in accepted {
+            // A device removed by a reload while this one was connecting.
+            if self.peers.get(a.peer).is_none_or(|p| p.removed) {
+                drop(TunnelStream::new(self.shared.clone(), a.handle));
+                continue;
+            }
             // The device whose key authenticated the connection's packets
             // is the one whose tunnel address is its source: anything else
             // is a connection booked to the wrong device, never handed on.
@@ -742,7 +761,7 @@ impl Engine {
 
     /// Encrypts queued packets into GSO batches and sends them. Returns true
     /// when the socket is full (the rest waits for it to drain).
-    fn transmit(&mut self) -> bool {
+    pub(super) fn transmit(&mut self) -> bool {
         let max_segments = self.udp.max_gso_segments().max(1);
         let now = Instant::now();
         while let Some(pkt) = self.device.pop_tx() {
@@ -924,7 +943,7 @@ impl Engine {
     }
 
     /// Writes the status file (in the background unless `now`).
-    fn write_status(&mut self, now: bool) {
+    pub(super) fn write_status(&mut self, now: bool) {
         let Some(path) = self.status_path.clone() else {
             return;
         };
@@ -932,8 +951,9 @@ impl Engine {
             let st = self.shared.lock();
             (
                 st.connections(),
-                (0..self.peers.iter().count())
-                    .map(|i| st.peer_connections(i))
+                self.peers
+                    .iter_indexed()
+                    .map(|(i, _)| st.peer_connections(i))
                     .collect(),
                 st.mismatched(),
             )

@@ -41,6 +41,7 @@ mod engine;
 pub mod keys;
 pub mod packet;
 mod peers;
+mod reconfigure;
 mod recovery;
 mod stack;
 pub mod status;
@@ -63,6 +64,7 @@ use crate::state::{StateDir, StateError};
 
 pub use engine::HANDSHAKE_RATE_LIMIT;
 pub use keys::PrivateKey;
+pub use reconfigure::{NotRunning, PeerChanges, PeerControl};
 pub use stream::TunnelStream;
 
 /// The port gatehouse's SSH server listens on at the gateway's tunnel
@@ -155,6 +157,7 @@ pub type Service = Arc<dyn Fn(TunnelStream, Peer) + Send + Sync>;
 pub struct Tunnel {
     local_addr: SocketAddr,
     public_key: [u8; 32],
+    control: PeerControl,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -180,6 +183,7 @@ impl Tunnel {
         let seed = u64::from_le_bytes([a, b, c, d, e, f, g, h]);
         let index_random = u32::from_le_bytes([i, j, k, l]);
         let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (control, updates) = PeerControl::channel();
         let thread = std::thread::Builder::new()
             .name("gatehouse-wg".into())
             .spawn(move || {
@@ -230,6 +234,7 @@ impl Tunnel {
                         service,
                         cfg.status_file,
                         shutdown,
+                        updates,
                     ) {
                         Ok(e) => e,
                         Err(e) => {
@@ -254,6 +259,7 @@ impl Tunnel {
         Ok(Tunnel {
             local_addr,
             public_key: public.to_bytes(),
+            control,
             thread: Some(thread),
         })
     }
@@ -268,12 +274,40 @@ impl Tunnel {
         self.public_key
     }
 
+    /// A handle that adds and removes devices while the tunnel runs.
+    pub fn control(&self) -> PeerControl {
+        self.control.clone()
+    }
+
     /// Waits for the tunnel thread to end (after shutdown).
     pub fn join(mut self) {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
+}
+
+/// The devices of `settings`' users, with the preshared keys `gatehouse
+/// peer add` left in the state directory: what the tunnel starts with, and
+/// what a reload hands to [`PeerControl::set_peers`].
+pub fn peer_configs(settings: &Settings, state: &StateDir) -> Result<Vec<PeerConfig>, StateError> {
+    let psk = |key: &[u8; 32]| -> Result<Option<keys::PresharedKey>, StateError> {
+        Ok(state
+            .wireguard_psk(key)?
+            .map(|mut raw| keys::PresharedKey::from_bytes(&mut raw)))
+    };
+    let mut peers = Vec::new();
+    for u in &settings.users {
+        for d in &u.wireguard {
+            peers.push(PeerConfig {
+                user: u.name.clone(),
+                public_key: d.public_key,
+                address: d.address,
+                preshared_key: psk(&d.public_key)?,
+            });
+        }
+    }
+    Ok(peers)
 }
 
 /// Starts the tunnel of `settings` (if `[wireguard]` is configured) with
@@ -291,22 +325,7 @@ pub fn start(
         return Ok(None);
     };
     let private_key = PrivateKey::from_bytes(state.wireguard_private_key()?);
-    let psk = |key: &[u8; 32]| -> Result<Option<keys::PresharedKey>, StateError> {
-        Ok(state
-            .wireguard_psk(key)?
-            .map(|mut raw| keys::PresharedKey::from_bytes(&mut raw)))
-    };
-    let mut peers = Vec::new();
-    for u in &settings.users {
-        for d in &u.wireguard {
-            peers.push(PeerConfig {
-                user: u.name.clone(),
-                public_key: d.public_key,
-                address: d.address,
-                preshared_key: psk(&d.public_key)?,
-            });
-        }
-    }
+    let peers = peer_configs(settings, state)?;
     let devices = peers.len();
     let rt = tokio::runtime::Handle::try_current()
         .map_err(|e| TunnelError::Start(std::io::Error::other(e.to_string())))?;

@@ -5,6 +5,12 @@
 //! Security behaviour: a peer's tunnel address comes only from the
 //! configuration and is bound to its key; the UDP endpoint is learnt only
 //! from packets that authenticated as that peer.
+//!
+//! A reload adds and removes peers while the tunnel runs ([`Peers::add`],
+//! [`Peers::remove`]). A peer's slot, and so its session indices, never
+//! moves: the other devices' sessions go on untouched. A removed peer
+//! stays as a tombstone that no lookup (key, index, address) finds and no
+//! timer runs, so nothing it sends is accepted and nothing is sent to it.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -39,6 +45,8 @@ pub struct PeerState {
     /// Sessions opened by an initiation of the device and answered, not
     /// yet confirmed by a data packet: the gateway's session indices.
     pub unconfirmed: Vec<u32>,
+    /// Removed by a reload: found by no lookup, runs no timer.
+    pub removed: bool,
 }
 
 /// All peers.
@@ -49,6 +57,9 @@ pub struct Peers {
     /// `receiver_index >> 8` of the first peer (random per start, so that
     /// stale indices from before a restart mostly match nobody).
     index_base: u32,
+    /// For the sessions of peers added later.
+    secret: StaticSecret,
+    limiter: Arc<RateLimiter>,
 }
 
 /// Peer indices are 24 bits: boringtun keeps the low 8 bits of a session
@@ -72,38 +83,76 @@ impl Peers {
             by_key: HashMap::new(),
             by_addr: HashMap::new(),
             index_base,
+            secret: secret.clone(),
+            limiter,
         };
-        for (i, cfg) in configs.into_iter().enumerate() {
-            let Ok(i32) = u32::try_from(i) else { break };
-            let index = index_base.saturating_add(i32);
-            if index >= INDEX_SPACE {
+        for cfg in configs {
+            if peers.add(cfg).is_none() {
                 break;
             }
-            let tunn = Tunn::new(
-                secret.clone(),
-                PublicKey::from(cfg.public_key),
-                cfg.preshared_key.as_ref().map(|k| k.expose()),
-                None,
-                index,
-                Some(limiter.clone()),
-            );
-            peers.by_key.insert(cfg.public_key, i);
-            peers.by_addr.insert(cfg.address, i);
-            peers.list.push(PeerState {
-                key_b64: b64(&cfg.public_key),
-                cfg,
-                tunn,
-                endpoint: None,
-                local_ip: None,
-                last_handshake: None,
-                spoofed: 0,
-                spoofed_reported: 0,
-                spoof_reported_at: None,
-                refused_reported_at: None,
-                unconfirmed: Vec::new(),
-            });
         }
         peers
+    }
+
+    /// Adds a device (a new key and address: the caller removed any peer
+    /// holding either). Its slot is the next one; None when the index space
+    /// is used up (then nothing changed).
+    pub fn add(&mut self, cfg: PeerConfig) -> Option<usize> {
+        let i = self.list.len();
+        let index = self.index_base.checked_add(u32::try_from(i).ok()?)?;
+        if index >= INDEX_SPACE
+            || self.by_key.contains_key(&cfg.public_key)
+            || self.by_addr.contains_key(&cfg.address)
+        {
+            return None;
+        }
+        let tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(cfg.public_key),
+            cfg.preshared_key.as_ref().map(|k| k.expose()),
+            None,
+            index,
+            Some(self.limiter.clone()),
+        );
+        self.by_key.insert(cfg.public_key, i);
+        self.by_addr.insert(cfg.address, i);
+        self.list.push(PeerState {
+            key_b64: b64(&cfg.public_key),
+            cfg,
+            tunn,
+            endpoint: None,
+            local_ip: None,
+            last_handshake: None,
+            spoofed: 0,
+            spoofed_reported: 0,
+            spoof_reported_at: None,
+            refused_reported_at: None,
+            unconfirmed: Vec::new(),
+            removed: false,
+        });
+        Some(i)
+    }
+
+    /// Removes the device with this key: no lookup finds it again, no
+    /// timer runs for it, and its session keys are dropped. Returns its
+    /// slot (its connections are the caller's to close).
+    pub fn remove(&mut self, key: &[u8; 32]) -> Option<usize> {
+        let i = self.by_key.remove(key)?;
+        let peer = self.list.get_mut(i)?;
+        self.by_addr.remove(&peer.cfg.address);
+        peer.removed = true;
+        peer.endpoint = None;
+        peer.unconfirmed.clear();
+        // A fresh session state without any keys: nothing old decrypts.
+        peer.tunn = Tunn::new(
+            self.secret.clone(),
+            PublicKey::from(peer.cfg.public_key),
+            None,
+            None,
+            0,
+            Some(self.limiter.clone()),
+        );
+        Some(i)
     }
 
     pub fn by_key(&self, key: &[u8; 32]) -> Option<usize> {
@@ -114,13 +163,15 @@ impl Peers {
         self.by_addr.get(addr).copied()
     }
 
-    /// The peer a receiver index belongs to.
+    /// The peer a receiver index belongs to (never a removed one).
     pub fn by_index(&self, receiver_idx: u32) -> Option<usize> {
         let i = (receiver_idx >> 8).checked_sub(self.index_base)?;
         let i = usize::try_from(i).ok()?;
-        (i < self.list.len()).then_some(i)
+        self.list.get(i).is_some_and(|p| !p.removed).then_some(i)
     }
 
+    /// The peer in slot `i`, removed ones included (their connections are
+    /// still audited when they close).
     pub fn get(&self, i: usize) -> Option<&PeerState> {
         self.list.get(i)
     }
@@ -129,11 +180,17 @@ impl Peers {
         self.list.get_mut(i)
     }
 
+    /// The configured (not removed) peers.
     pub fn iter(&self) -> impl Iterator<Item = &PeerState> {
-        self.list.iter()
+        self.list.iter().filter(|p| !p.removed)
+    }
+
+    /// The configured (not removed) peers, with their slots.
+    pub fn iter_indexed(&self) -> impl Iterator<Item = (usize, &PeerState)> {
+        self.list.iter().enumerate().filter(|(_, p)| !p.removed)
     }
 
     pub fn iter_mut(&mut self) -> impl Iterator<Item = &mut PeerState> {
-        self.list.iter_mut()
+        self.list.iter_mut().filter(|p| !p.removed)
     }
 }

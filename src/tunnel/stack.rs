@@ -325,6 +325,25 @@ impl Stack {
         self.per_peer.get(&peer).copied().unwrap_or(0)
     }
 
+    /// A device was removed (a reload): aborts every connection of `peer`.
+    /// Their streams read end-of-stream and fail writes at once, so the
+    /// services behind them end; each is reaped (and audited) as usual
+    /// when its service lets go. Returns how many were aborted.
+    pub fn abort_peer(&mut self, peer: usize) -> usize {
+        let handles: Vec<SocketHandle> = self
+            .conns
+            .iter()
+            .filter(|(_, c)| c.peer == peer)
+            .map(|(h, _)| *h)
+            .collect();
+        for h in &handles {
+            if let Some(s) = conn_socket(&mut self.sockets, &self.conns, *h) {
+                s.abort();
+            }
+        }
+        handles.len()
+    }
+
     /// Feeds every queued packet to the stack, allocating a socket for each
     /// acceptable SYN first. Returns the refusals (peer, remote, port, why).
     pub fn ingress(&mut self, device: &mut Device) -> Vec<(usize, SocketAddr, u16, Refusal)> {

@@ -165,7 +165,7 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
         goodbye(&mut stream, 0, &r).await;
         return;
     }
-    let Some(ep) = gw.policy.target(&target).and_then(Endpoint::from_target) else {
+    let Some(ep) = gw.policy().target(&target).and_then(Endpoint::from_target) else {
         return;
     };
     let hello = match server_hello(&gw, &target, &ep).await {
@@ -243,7 +243,7 @@ pub async fn serve(gw: Arc<DbGateway>, target: String, conn: Connection) {
         .map(|d| String::from_utf8_lossy(d).into_owned())
         .unwrap_or_default();
     let w = who(user.name(), &login_name, &target, &database, &source_label);
-    let authorized = match gw.policy.authorize(&user, &target, &login_name) {
+    let authorized = match gw.policy().authorize(&user, &target, &login_name) {
         Ok(a) => a,
         Err(d) => {
             let reason = d.reason();

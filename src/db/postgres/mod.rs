@@ -360,7 +360,8 @@ fn authorize(
     startup: &proto::Startup,
 ) -> Result<Authorized, Refusal> {
     let login_name = startup.get("user").unwrap_or_default();
-    let authorized = gw.policy.authorize(user, target, login_name).map_err(|d| {
+    let policy = gw.policy();
+    let authorized = policy.authorize(user, target, login_name).map_err(|d| {
         let reason = d.reason();
         match d {
             Denied::Login { allowed } => Refusal::new(
@@ -644,7 +645,7 @@ async fn cancel_request(
     let label = source.to_string();
     match gw.keys.check(person, target, key) {
         Ok(entry) => {
-            let Some(t) = gw.policy.target(target).cloned() else {
+            let Some(t) = gw.policy().target(target).cloned() else {
                 return;
             };
             let sent = upstream::cancel(&t, entry.server_pid, entry.server_secret)
