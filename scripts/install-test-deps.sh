@@ -39,6 +39,7 @@ DEPS=(
   "pgbouncer:pgbouncer"
   "openssl:openssl"
   "util-linux:runuser,setpriv"
+  "systemd:systemd-analyze"
   "mariadb-server:/usr/sbin/mariadbd,/usr/bin/mariadb-install-db"
   "mariadb-client:mariadb"
   "sysbench:sysbench"

@@ -22,7 +22,7 @@ pub const EXIT_CONFIG: u8 = 64;
 #[derive(Debug, Parser)]
 #[command(
     name = "gatehouse",
-    version,
+    version = crate::version::LONG,
     about = "SSH gateway: personal key + TOTP, role-approved jumps to internal hosts, every decision audited",
     long_about = None
 )]

@@ -8,6 +8,7 @@
 //! of file descriptors ([`fdlimit`]).
 
 mod fdlimit;
+pub mod notify;
 mod preauth;
 pub mod reload;
 
@@ -208,6 +209,10 @@ pub async fn run(
             stop_rx.clone(),
         ));
     }
+    // systemd (Type=notify): READY=1 now that the state directory is open
+    // and every listener above is bound; STATUS=, watchdog pings, and
+    // STOPPING=1 when `shutdown` resolves.
+    let shutdown = notify::serving(live.clone(), stop_rx.clone(), shutdown);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; telling sessions");

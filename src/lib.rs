@@ -26,3 +26,4 @@ pub mod source;
 pub mod ssh;
 pub mod state;
 pub mod tunnel;
+pub mod version;
