@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use common::*;
 
 /// One datagram from gatehouse and when it arrived.
+#[derive(Debug)]
 struct Msg {
     at: Instant,
     text: String,
@@ -464,4 +465,36 @@ fn reload_guard_sends_reloading_with_monotonic_usec_then_ready() {
         stamps[1] >= stamps[0] + 20_000,
         "MONOTONIC_USEC does not follow the clock: {stamps:?}"
     );
+}
+
+#[test]
+fn sighup_sends_reloading_with_monotonic_usec_then_ready_and_a_bad_file_changes_nothing() {
+    let g = Notified::start(&[]);
+    let first = g
+        .recv(Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("no notification within 30 s; stderr:\n{}", g.stderr()));
+    assert!(first.has("READY=1"), "{:?}", first.text);
+    g.signal("HUP");
+    let got = g.recv_until(Duration::from_secs(20), |m| m.has("READY=1"));
+    let reloading = got
+        .iter()
+        .position(|m| m.has("RELOADING=1"))
+        .unwrap_or_else(|| panic!("no RELOADING=1 after SIGHUP: {got:?}\n{}", g.stderr()));
+    assert!(
+        got[reloading].text.lines().any(|l| l
+            .strip_prefix("MONOTONIC_USEC=")
+            .is_some_and(|v| v.parse::<u64>().is_ok())),
+        "{got:?}"
+    );
+    let ready = got
+        .iter()
+        .rposition(|m| m.has("READY=1"))
+        .expect("READY=1 after the reload");
+    assert!(ready > reloading, "{got:?}");
+    // A broken file: still RELOADING then READY (the daemon runs on).
+    g.setup.write_config("[gateway\n");
+    g.signal("HUP");
+    let got = g.recv_until(Duration::from_secs(20), |m| m.has("READY=1"));
+    assert!(got.iter().any(|m| m.has("RELOADING=1")), "{got:?}");
+    assert!(got.last().is_some_and(|m| m.has("READY=1")), "{got:?}");
 }

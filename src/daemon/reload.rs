@@ -293,6 +293,8 @@ impl Reloader {
     pub async fn reload(&self, by: &str) -> Result<String, String> {
         let inner = &self.0;
         let _one = inner.running.lock().await;
+        // systemd (Type=notify) is told: RELOADING=1 now, READY=1 when done.
+        let _notify = super::notify::reloading();
         let file = inner.path.display().to_string();
         let path = inner.path.clone();
         let loaded = tokio::task::spawn_blocking(move || config::load(&path))
