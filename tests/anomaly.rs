@@ -36,6 +36,8 @@ struct AWorld {
     client: SshClient,
     login: String,
     _keys: TempDir,
+    /// Where `[metrics]` serves `/metrics` (each rule also counts there).
+    metrics_port: u16,
 }
 
 impl AWorld {
@@ -60,12 +62,14 @@ impl AWorld {
             section.push_str(l);
             section.push('\n');
         }
+        let metrics_port = free_port();
         let mut builder = GatehouseBuilder::new()
             .user("alice", &["web"], &[&key.public_line])
             .role("web", &["web-1", "web-2"], &[&login])
             .ssh_target("web-1", sshd.port, &[&sshd.host_public_key])
             .ssh_target("web-2", sshd.port, &[&sshd.host_public_key])
-            .raw(&section);
+            .raw(&section)
+            .raw(&format!("[metrics]\nlisten = \"127.0.0.1:{metrics_port}\""));
         for line in auth {
             builder = builder.auth_line(line);
         }
@@ -88,7 +92,35 @@ impl AWorld {
             client,
             login,
             _keys: keys,
+            metrics_port,
         }
+    }
+
+    /// `gatehouse_anomalies_total{rule="RULE"}` from a scrape of /metrics.
+    fn counted(&self, rule: &str) -> u64 {
+        let Ok(mut s) = TcpStream::connect(("127.0.0.1", self.metrics_port)) else {
+            return 0;
+        };
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\nHost: gh\r\nConnection: close\r\n\r\n");
+        let mut text = String::new();
+        let _ = s.read_to_string(&mut text);
+        let needle = format!("gatehouse_anomalies_total{{rule=\"{rule}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(needle.as_str()))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+            .unwrap_or(0)
+    }
+
+    /// The rule's metric counts exactly as many anomalies as were audited.
+    fn assert_counted(&self, rule: &str) {
+        let audited = self.events(&format!("anomaly.{rule}")).len() as u64;
+        assert!(audited > 0);
+        assert!(
+            wait_until(WAIT, || self.counted(rule) == audited),
+            "gatehouse_anomalies_total{{rule={rule:?}}} is {}, {audited} audited",
+            self.counted(rule)
+        );
     }
 
     /// `ssh -J gw LOGIN@TARGET true` from `bind` (a loopback address).
@@ -215,6 +247,7 @@ fn a_login_from_a_network_never_seen_for_the_user_is_an_anomaly_and_is_posted() 
     let ev =
         w.gw.wait_for_event_named("anomaly.new_network", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.new_network:\n{}", w.gw.stderr()));
+    w.assert_counted("new_network");
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["network"], "127.0.1.0/24");
     assert_eq!(ev["source"], "127.0.1.5");
@@ -281,6 +314,7 @@ fn a_login_at_an_hour_not_seen_in_30_days_is_an_anomaly_after_the_learning_perio
     let ev =
         w.gw.wait_for_event_named("anomaly.unusual_hour", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.unusual_hour:\n{}", w.gw.stderr()));
+    w.assert_counted("unusual_hour");
     assert_eq!(ev["user"], "alice");
     let how = ev["hour_of_week"].as_u64().unwrap();
     assert!(how == this || how == next, "{ev}");
@@ -342,6 +376,7 @@ fn failed_logins_from_one_source_against_many_users_are_one_anomaly() {
     let ev =
         w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    w.assert_counted("failed_logins");
     assert_eq!(ev["pattern"], "one_source_many_users");
     assert_eq!(ev["source"], "127.0.0.7");
     assert_eq!(ev["distinct"], 3);
@@ -376,6 +411,7 @@ fn failed_logins_still_count_once_the_source_is_locked_out() {
     let ev =
         w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    w.assert_counted("failed_logins");
     assert_eq!(ev["pattern"], "one_source_many_users");
     assert_eq!(ev["source"], "127.0.0.8");
     assert_eq!(ev["distinct"], 4);
@@ -396,6 +432,7 @@ fn failed_logins_against_one_user_from_many_sources_are_one_anomaly() {
     let ev =
         w.gw.wait_for_event_named("anomaly.failed_logins", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.failed_logins:\n{}", w.gw.stderr()));
+    w.assert_counted("failed_logins");
     assert_eq!(ev["pattern"], "one_user_many_sources");
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["distinct"], 3);
@@ -424,6 +461,7 @@ fn sessions_to_more_targets_than_allowed_within_the_window_are_an_anomaly() {
     let ev =
         w.gw.wait_for_event_named("anomaly.target_spread", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.target_spread:\n{}", w.gw.stderr()));
+    w.assert_counted("target_spread");
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["targets"], "web-1,web-2");
     assert_eq!(ev["distinct"], 2);
@@ -454,6 +492,7 @@ fn a_session_moving_more_bytes_to_the_user_than_allowed_is_one_anomaly() {
     let ev =
         w.gw.wait_for_event_named("anomaly.bulk_transfer", WAIT)
             .unwrap_or_else(|| panic!("no anomaly.bulk_transfer:\n{}", w.gw.stderr()));
+    w.assert_counted("bulk_transfer");
     assert_eq!(ev["user"], "alice");
     assert_eq!(ev["target"], "web-1");
     assert_eq!(ev["limit"], 256 * 1024);
