@@ -23,7 +23,7 @@ pub const EXIT_CONFIG: u8 = 64;
 #[command(
     name = "gatehouse",
     version = crate::version::LONG,
-    about = "SSH gateway: personal key + TOTP, role-approved jumps to internal hosts, every decision audited",
+    about = "The only door into a production network: WireGuard, personal SSH key + TOTP, role-approved SSH, PostgreSQL and MySQL sessions, every session recorded and sealed, every decision audited",
     long_about = None
 )]
 pub struct Cli {
@@ -105,6 +105,21 @@ pub enum Command {
     /// Make the running daemon re-read its configuration (as SIGHUP does).
     /// An invalid file changes nothing: the errors are printed, exit 64.
     Reload,
+    /// Print the manual page gatehouse(8) (roff), generated from this CLI;
+    /// with `--dir`, write it and one page per subcommand
+    /// (gatehouse-sessions(8), ...) there instead.
+    #[command(hide = true)]
+    Manpage {
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
+    /// Print shell completions for SHELL (bash, zsh, fish, elvish,
+    /// powershell), e.g. `gatehouse completions bash > /usr/share/bash-completion/completions/gatehouse`.
+    #[command(hide = true)]
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Start a working demo gateway in DIR with generated keys, a first user
     /// and printed connection instructions. Needs no config file.
     Quickstart {
@@ -317,6 +332,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             crate::tunnel::cli::run_peers(&s)
         }
         Command::Quickstart { dir, port } => crate::cli_quickstart::quickstart(&dir, port),
+        Command::Manpage { dir } => {
+            // The plain version in the title line (the long one with the
+            // commit and crate versions spans lines).
+            let cmd = <Cli as clap::CommandFactory>::command()
+                .version(env!("CARGO_PKG_VERSION"))
+                .long_version(None::<&str>);
+            if let Some(dir) = dir {
+                std::fs::create_dir_all(&dir)
+                    .with_context(|| format!("cannot create {}", dir.display()))?;
+                write_pages(cmd, &dir)
+                    .with_context(|| format!("cannot write the pages to {}", dir.display()))?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            let mut page = Vec::new();
+            clap_mangen::Man::new(cmd)
+                .section("8")
+                .render(&mut page)
+                .context("cannot render the manual page")?;
+            write_stdout(&page)
+        }
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "gatehouse", &mut script);
+            write_stdout(&script)
+        }
         Command::Sessions { json, action } => {
             Ok(crate::control::cli::sessions(&cli.config, json, action))
         }
@@ -335,6 +376,32 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Unlock { what, name } => Ok(crate::control::cli::unlock(&cli.config, what, name)),
         Command::Locks { json } => Ok(crate::control::cli::locks(&cli.config, json)),
         Command::Reload => Ok(crate::control::cli::reload(&cli.config)),
+    }
+}
+
+/// gatehouse.8 and one page per (visible) subcommand, all in section 8 —
+/// as `clap_mangen::generate_to` does for section 1.
+fn write_pages(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+    fn each(cmd: clap::Command, dir: &Path) -> std::io::Result<()> {
+        for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()).cloned() {
+            each(sub, dir)?;
+        }
+        clap_mangen::Man::new(cmd).section("8").generate_to(dir)?;
+        Ok(())
+    }
+    let mut cmd = cmd.disable_help_subcommand(true);
+    cmd.build();
+    each(cmd, dir)
+}
+
+/// Writes generated output; a reader that went away (`| head`) is not an error.
+fn write_stdout(bytes: &[u8]) -> anyhow::Result<ExitCode> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => Ok(ExitCode::SUCCESS),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(ExitCode::SUCCESS),
+        Err(e) => Err(e).context("cannot write to standard output"),
     }
 }
 
