@@ -73,6 +73,25 @@ fn send(config: &Path, req: &Request) -> Result<client::Connection, ExitCode> {
     })
 }
 
+/// Sends `req`; the connection when the daemon did what was asked, else
+/// the exit status (the reason printed).
+fn ask(config: &Path, req: &Request) -> Result<client::Connection, ExitCode> {
+    let conn = send(config, req)?;
+    if conn.reply.ok {
+        Ok(conn)
+    } else {
+        Err(failed(&conn.reply))
+    }
+}
+
+/// `--json`: the list, pretty-printed.
+fn print_json<T: serde::Serialize>(v: &T) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    let _ = serde_json::to_writer_pretty(&mut out, v);
+    let _ = writeln!(out);
+    ExitCode::SUCCESS
+}
+
 /// Prints a failed reply's error; the exit status for it.
 fn failed(reply: &Reply) -> ExitCode {
     eprintln!(
@@ -143,20 +162,15 @@ fn table(out: &mut dyn Write, rows: &[Vec<String>]) -> std::io::Result<()> {
 pub fn sessions(config: &Path, json: bool, cmd: Option<SessionsCommand>) -> ExitCode {
     match cmd {
         None => {
-            let conn = match send(config, &Request::Sessions) {
+            let conn = match ask(config, &Request::Sessions) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if !conn.reply.ok {
-                return failed(&conn.reply);
-            }
             let sessions = conn.reply.sessions.unwrap_or_default();
-            let mut out = std::io::stdout().lock();
             if json {
-                let _ = serde_json::to_writer_pretty(&mut out, &sessions);
-                let _ = writeln!(out);
-                return ExitCode::SUCCESS;
+                return print_json(&sessions);
             }
+            let mut out = std::io::stdout().lock();
             let mut rows = vec![[
                 "ID",
                 "USER",
@@ -199,24 +213,18 @@ pub fn sessions(config: &Path, json: bool, cmd: Option<SessionsCommand>) -> Exit
             ExitCode::SUCCESS
         }
         Some(SessionsCommand::Kill { id, reason }) => {
-            let conn = match send(config, &Request::Kill { id, reason }) {
+            let conn = match ask(config, &Request::Kill { id, reason }) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if !conn.reply.ok {
-                return failed(&conn.reply);
-            }
             println!("{}", conn.reply.message.unwrap_or_default());
             ExitCode::SUCCESS
         }
         Some(SessionsCommand::Watch { id }) => {
-            let conn = match send(config, &Request::Watch { id: id.clone() }) {
+            let conn = match ask(config, &Request::Watch { id: id.clone() }) {
                 Ok(c) => c,
                 Err(code) => return code,
             };
-            if !conn.reply.ok {
-                return failed(&conn.reply);
-            }
             if let Some(s) = conn.reply.sessions.as_ref().and_then(|v| v.first()) {
                 eprintln!(
                     "gatehouse: watching session {} ({} on {} as {}), read-only; Ctrl-C stops watching\r",
@@ -283,33 +291,25 @@ pub fn reload(config: &Path) -> ExitCode {
 }
 
 fn simple(config: &Path, req: &Request) -> ExitCode {
-    let conn = match send(config, req) {
+    let conn = match ask(config, req) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if !conn.reply.ok {
-        return failed(&conn.reply);
-    }
     println!("{}", conn.reply.message.unwrap_or_default());
     ExitCode::SUCCESS
 }
 
 /// `gatehouse locks [--json]`.
 pub fn locks(config: &Path, json: bool) -> ExitCode {
-    let conn = match send(config, &Request::Locks) {
+    let conn = match ask(config, &Request::Locks) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    if !conn.reply.ok {
-        return failed(&conn.reply);
-    }
     let locks = conn.reply.locks.unwrap_or_default();
-    let mut out = std::io::stdout().lock();
     if json {
-        let _ = serde_json::to_writer_pretty(&mut out, &locks);
-        let _ = writeln!(out);
-        return ExitCode::SUCCESS;
+        return print_json(&locks);
     }
+    let mut out = std::io::stdout().lock();
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())
