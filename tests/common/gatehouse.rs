@@ -682,6 +682,23 @@ impl Gatehouse {
                 self.stderr()
             ));
         }
+        // The SSH port is bound before the rest of the start (tunnel,
+        // control socket): a test that talks to the control socket right
+        // away must not find it missing.
+        let socket = self.setup.control_socket();
+        if self
+            .setup
+            .config_text()
+            .contains(&socket.display().to_string())
+        {
+            wait_until(START_TIMEOUT, || {
+                socket.exists()
+                    || self
+                        .child
+                        .as_mut()
+                        .is_some_and(|c| c.try_wait().ok().flatten().is_some())
+            });
+        }
         Ok(())
     }
 }
