@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Builds the Debian package: target/debian/gatehouse_<version>-1_<arch>.deb.
+#
+#   scripts/build-deb.sh                 # release build (what you ship)
+#   scripts/build-deb.sh --profile dev   # the test build's binary (CI: see below)
+#
+# cargo-deb packages what Cargo.toml's [package.metadata.deb] lists; the man
+# pages and completions are generated here from the built binary
+# (`gatehouse manpage --dir`, `gatehouse completions SHELL`: the same CLI
+# definition as --help) into target/deb-assets, then `cargo deb --no-build`.
+# Installs cargo-deb (pinned, from crates.io) when missing.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+
+profile=release
+fast=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --profile) profile="$2"; shift 2 ;;
+    --fast) fast=(--fast); shift ;;
+    *) echo "usage: $0 [--profile release|dev] [--fast]" >&2; exit 64 ;;
+  esac
+done
+
+CARGO_DEB_VERSION=3.8.0
+if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
+  echo "installing cargo-deb $CARGO_DEB_VERSION"
+  cargo install --locked --version "$CARGO_DEB_VERSION" cargo-deb
+fi
+
+cargo build --locked --profile "$profile" --bin gatehouse
+target_dir=$(cargo metadata --format-version 1 --no-deps |
+  python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
+case "$profile" in
+  dev) out=debug ;;
+  *) out="$profile" ;;
+esac
+bin="$target_dir/$out/gatehouse"
+
+assets=target/deb-assets
+rm -rf "$assets"
+mkdir -p "$assets/man" "$assets/completions"
+"$bin" manpage --dir "$assets/man"
+gzip -9n "$assets"/man/*.8
+"$bin" completions bash >"$assets/completions/gatehouse"
+"$bin" completions zsh >"$assets/completions/_gatehouse"
+"$bin" completions fish >"$assets/completions/gatehouse.fish"
+
+if [ "$profile" = release ]; then
+  cargo deb --no-build --locked --dbgsym "${fast[@]}"
+else
+  # cargo-deb packages `target/release/gatehouse` only from a release-like
+  # profile; the dev binary (CI's, already built by `cargo test`) is staged
+  # in a release-shaped directory of its own so nothing is rebuilt.
+  stage="$target_dir/deb-stage"
+  rm -rf "$stage"
+  mkdir -p "$stage/release"
+  cp "$bin" "$stage/release/gatehouse"
+  CARGO_TARGET_DIR="$stage" cargo deb --no-build --locked --strip \
+    --output target/debian "${fast[@]}"
+fi
+ls -1 target/debian/*.deb
