@@ -5,6 +5,7 @@
 #
 #   GATEHOUSE_DEB=path/to/gatehouse.deb scripts/ansible-test.sh
 #   scripts/ansible-test.sh      # builds one: scripts/build-deb.sh --profile dev --fast
+#   ANSIBLE_TEST_LOGS=DIR ...    # keeps the playbook and daemon logs in DIR
 #
 # Steps: the first run installs the package and places the config; with
 # gatehouse running (started here, as the unit would) a second run changes
@@ -29,7 +30,7 @@ fail() { printf 'ansible-test FAILED: %s\n' "$*" >&2; exit 1; }
 for tool in ansible-playbook apt-get dpkg dpkg-query flock python3 ssh ssh-keygen sha256sum; do
   command -v "$tool" >/dev/null || fail "$tool is missing (scripts/install-test-deps.sh installs ansible-core and openssh-client)"
 done
-ansible_version=$(ansible-playbook --version | head -1)
+ansible_version=$(ansible-playbook --version 2>&1 | sed -n 1p)
 echo "ansible-test: $ansible_version"
 
 # The role must not name the state directory (the property the brief asks
@@ -81,6 +82,9 @@ cleanup() {
   if dpkg-query -W gatehouse >/dev/null 2>&1; then
     DEBIAN_FRONTEND=noninteractive apt-get purge -y -q gatehouse >"$tmp/purge.log" 2>&1 ||
       { cat "$tmp/purge.log" >&2; echo "ansible-test: apt-get purge gatehouse failed" >&2; }
+  fi
+  if [ -n "${ANSIBLE_TEST_LOGS:-}" ]; then
+    mkdir -p "$ANSIBLE_TEST_LOGS" && cp "$tmp"/*.log "$ANSIBLE_TEST_LOGS"/ 2>/dev/null
   fi
   rm -rf "$tmp"
   printf -- '---- ansible-test: cleaned up (total %ds)\n' "$((SECONDS - t0))"
@@ -220,6 +224,7 @@ echo "gatehouse runs, pid $daemon_pid"
 [ "$(bob_publickey)" = refused ] || fail "before bob is configured, his key is not refused at publickey: $(bob_publickey)"
 state_listing=$(listing "$state")
 [ -n "$state_listing" ] || fail "the daemon made nothing in its state directory"
+echo "state directory: $(wc -l <<<"$state_listing") paths (compared after every later run)"
 
 step "b. second run with the same config: idempotent"
 play second "$cfg/v1.toml"
@@ -259,7 +264,7 @@ for bad in bad-syntax bad-target; do
   kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone after the $bad run"
   [ "$(reload_events)" = "$events" ] || fail "the $bad run reloaded gatehouse"
   same_listing "$state_listing" "the $bad run"
-  echo "refused at validate: $(grep -m1 -oE '(TOML syntax error|no target named)[^"\\]*' "$tmp/$bad.log" || echo '?')"
+  echo "refused at validate: $(grep -m1 -oE '(TOML syntax error|no target named)[^"\\]*' "$tmp/$bad.log" | head -1)"
 done
 [ "$(bob_publickey)" = partial ] || fail "after the refused runs the config in force changed"
 

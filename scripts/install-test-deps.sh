@@ -4,7 +4,8 @@
 # PostgreSQL, MariaDB, sysbench), the MySQL drivers the tests speak through
 # (mysql-connector-python and PyMySQL from PyPI, mysql2 from npm, MariaDB
 # Connector/J from Debian with a JDK to compile the test's Java client),
-# and the Prometheus text parser (python3-prometheus-client, tests/metrics.rs).
+# the Prometheus text parser (python3-prometheus-client, tests/metrics.rs),
+# and Debian's ansible-core (scripts/ansible-test.sh tests deploy/ansible).
 # Idempotent: apt is only touched when something is missing, and then
 # `apt-get update` runs once. Debian/Ubuntu only.
 set -euo pipefail
@@ -43,6 +44,7 @@ DEPS=(
   "man-db:man"
   "zsh:zsh"
   "fish:fish"
+  "ansible-core:ansible-playbook"
   "mariadb-server:/usr/sbin/mariadbd,/usr/bin/mariadb-install-db"
   "mariadb-client:mariadb"
   "sysbench:sysbench"
