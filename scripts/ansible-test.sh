@@ -20,8 +20,14 @@ repo=$(pwd)
 
 t0=$SECONDS
 tstep=$SECONDS
+step_name=
+# Each step's header; the previous step's time ends it.
 step() {
-  printf -- '---- ansible-test: %s (previous step %ds, total %ds)\n' "$*" "$((SECONDS - tstep))" "$((SECONDS - t0))"
+  if [ -n "$step_name" ]; then
+    printf -- '     (%s: %ds)\n' "${step_name%%:*}" "$((SECONDS - tstep))"
+  fi
+  printf -- '---- ansible-test: %s (at %ds)\n' "$*" "$((SECONDS - t0))"
+  step_name=$*
   tstep=$SECONDS
 }
 fail() { printf 'ansible-test FAILED: %s\n' "$*" >&2; exit 1; }
@@ -88,6 +94,7 @@ cleanup() {
   fi
   rm -rf "$tmp"
   printf -- '---- ansible-test: cleaned up (total %ds)\n' "$((SECONDS - t0))"
+  return "$rc"
 }
 trap cleanup EXIT
 
@@ -130,16 +137,17 @@ run_no=0
 play_rc=0
 play_changed=
 play_failed=
-# play NAME CONFIG: one ansible-playbook run with that config as
+# play NAME CONFIG [ARGS]: one ansible-playbook run with that config as
 # gatehouse_config_src; its log in $tmp/NAME.log; sets play_rc,
 # play_changed and play_failed from PLAY RECAP.
 play() {
   local name=$1 config=$2 recap
+  shift 2
   run_no=$((run_no + 1))
   play_rc=0
   ansible-playbook -c local -i localhost, deploy/ansible/tests/test.yml \
     -e "gatehouse_config_src=$config" -e "gatehouse_deb=$deb" \
-    -e "gatehouse_deb_cache_dir=$tmp/deb-cache" >"$tmp/$name.log" 2>&1 || play_rc=$?
+    -e "gatehouse_deb_cache_dir=$tmp/deb-cache" "$@" >"$tmp/$name.log" 2>&1 || play_rc=$?
   recap=$(grep -E '^localhost +: ok=' "$tmp/$name.log" || true)
   if [ -z "$recap" ]; then
     cat "$tmp/$name.log" >&2
@@ -153,8 +161,20 @@ play() {
 ran_ok() { [ "$play_rc" = 0 ] && [ "$play_failed" = 0 ]; }
 show_log() { echo "---- $1.log:" >&2; cat "$tmp/$1.log" >&2; }
 sha() { sha256sum "$1" | cut -d' ' -f1; }
-# The state directory: every path with its type, mode and owner.
-listing() { find "$1" -printf '%P %y %m %u:%g\n' | sort; }
+# The state directory: every path with its type, mode and owner, once no
+# atomic write (NAME.tmpPID.N, then rename) is under way: two equal reads
+# 0.2 s apart (at most 5 s).
+listing() {
+  local a b
+  a=$(find "$1" -printf '%P %y %m %u:%g\n' | sort)
+  for _ in $(seq 1 25); do
+    sleep 0.2
+    b=$(find "$1" -printf '%P %y %m %u:%g\n' | sort)
+    if [ "$a" = "$b" ] && ! grep -q '\.tmp[0-9]' <<<"$b"; then break; fi
+    a=$b
+  done
+  echo "$b"
+}
 same_listing() {
   local now
   now=$(listing "$state")
@@ -234,6 +254,17 @@ kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone a
 [ "$(reload_events)" = 0 ] || fail "the second run reloaded gatehouse"
 same_listing "$state_listing" "the second run"
 
+# --- --check --diff: how an operator previews a change; it changes nothing
+step "c. --check --diff with one more user: shows the change, makes none"
+play preview "$cfg/v2.toml" --check --diff
+ran_ok || { show_log preview; fail "the --check --diff run failed"; }
+[ "$play_changed" -gt 0 ] || { show_log preview; fail "--check does not report the config change"; }
+grep -q '^+name = "bob"' "$tmp/preview.log" || { show_log preview; fail "--diff does not show the new user"; }
+cmp -s "$cfg/v1.toml" /etc/gatehouse/config.toml || fail "--check changed the config on disk"
+kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone after --check"
+[ "$(reload_events)" = 0 ] || fail "--check reloaded gatehouse"
+same_listing "$state_listing" "the --check run"
+
 # --- c. a changed valid config is reloaded, not restarted
 step "c. run with one more user: the file changes and gatehouse reloads"
 play changed "$cfg/v2.toml"
@@ -268,5 +299,9 @@ for bad in bad-syntax bad-target; do
 done
 [ "$(bob_publickey)" = partial ] || fail "after the refused runs the config in force changed"
 
+step "e. the state directory"
 no_package_state "the role"
+same_listing "$state_listing" "the role"
+echo "its listing ($(wc -l <<<"$state_listing") paths: names, types, modes, owners) was the same after every run;"
+echo "/var/lib/gatehouse and /var/lib/private/gatehouse never appeared; the role names no state path"
 step "ansible role test passed"
