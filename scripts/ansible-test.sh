@@ -10,10 +10,13 @@
 # Steps: the first run installs the package and places the config; with
 # gatehouse running (started here, as the unit would) a second run changes
 # nothing and the daemon keeps its PID; a changed config is reloaded, not
-# restarted; a broken config (TOML syntax, then a role naming a missing
-# target) fails the play, leaves the old file and reloads nothing; the state
-# directory's listing never changes. It refuses to run where gatehouse is
-# installed or has state, and always purges what it installed.
+# restarted (and `--check --diff` shows it first and changes nothing); a
+# broken config (TOML syntax, then a role naming a missing target) fails the
+# play, leaves the old file and reloads nothing; a valid file with a
+# restart-only change is placed but its reload is refused, failing the play
+# without a restart; the state directory's listing never changes. It
+# refuses to run where gatehouse is installed or has state, and always
+# purges what it installed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
@@ -125,6 +128,10 @@ cp "$cfg/v2.toml" "$cfg/bad-syntax.toml"
 printf '\n[[users]]\nname = "carol"\nroles = = ["web-deploy"]\n' >>"$cfg/bad-syntax.toml"
 cp "$cfg/v2.toml" "$cfg/bad-target.toml"
 printf '\n[[roles]]\nname = "ghost"\ntargets = { names = ["no-such-target"] }\nlogins = ["deploy"]\n' >>"$cfg/bad-target.toml"
+# A restart-only field changed (config.example.toml marks them "(restart)"):
+# valid, so it is placed, but the daemon refuses to reload it.
+sed 's/^max_connections = 1024$/max_connections = 1000/' "$cfg/v2.toml" >"$cfg/restart-only.toml"
+cmp -s "$cfg/v2.toml" "$cfg/restart-only.toml" && fail "config.example.toml has no 'max_connections = 1024' line to change"
 # Each good config must pass and each bad one fail `gatehouse check`, or the
 # test below proves nothing: that is checked after the install, with the
 # installed binary.
@@ -220,7 +227,7 @@ grep -q "gatehouse is not running" "$tmp/first.log" ||
   { show_log first; fail "the first run's reload handler did not say that no gatehouse was running"; }
 same_listing "$listing_before" "the first run"
 no_package_state "the first run"
-for good in v1 v2; do
+for good in v1 v2 restart-only; do
   /usr/bin/gatehouse check --config "$cfg/$good.toml" >/dev/null || fail "$good.toml does not pass gatehouse check"
 done
 for bad in bad-syntax bad-target; do
@@ -298,6 +305,22 @@ for bad in bad-syntax bad-target; do
   echo "refused at validate: $(grep -m1 -oE '(TOML syntax error|no target named)[^"\\]*' "$tmp/$bad.log" | head -1)"
 done
 [ "$(bob_publickey)" = partial ] || fail "after the refused runs the config in force changed"
+
+# --- d. a valid file the daemon cannot take without a restart: placed, the
+# reload refused (exit 64), the play fails; no restart, the old config serves
+step "d. run with a restart-only change: placed, reload refused, the play fails, no restart"
+events=$(reload_events)
+play restart-only "$cfg/restart-only.toml"
+if [ "$play_rc" = 0 ] || [ "$play_failed" = 0 ]; then show_log restart-only; fail "the run with a refused reload did not fail"; fi
+grep -q '"rc": 64' "$tmp/restart-only.log" || { show_log restart-only; fail "the reload handler did not fail with gatehouse reload's exit 64"; }
+cmp -s "$cfg/restart-only.toml" /etc/gatehouse/config.toml || fail "the restart-only config was not placed (it is valid)"
+kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone: the role restarted or killed it"
+[ "$(reload_events)" = $((events + 1)) ] || fail "expected one more reload event, found $(reload_events) after $events"
+grep '"event":"config.reload_failed"' "$tmp/daemon.log" | grep -q '"reason":"restart_required"' ||
+  fail "the daemon did not log config.reload_failed restart_required"
+[ "$(grep -c '"message":"control socket ready"' "$tmp/daemon.log")" = 1 ] || fail "the daemon's log shows a second start"
+same_listing "$state_listing" "the restart-only run"
+echo "refused: $(grep -m1 -oE 'max_connections[^"\\]*' "$tmp/restart-only.log" | head -1)"
 
 step "e. the state directory"
 no_package_state "the role"
