@@ -28,11 +28,26 @@ cargo fmt --check
 section "cargo clippy --all-targets -- -D warnings"
 cargo clippy --all-targets -- -D warnings
 
+section "cargo deny check licenses bans sources"
+# The dependency policy in deny.toml (accepted licenses, banned and
+# never-doubled crypto crates, crates.io only). Advisories need the RustSec
+# database, which cannot be fetched here: README "Vulnerability management".
+CARGO_DENY_VERSION=0.20.2
+if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
+  cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny
+fi
+cargo deny --offline check licenses bans sources
+
 section "cargo test --all-targets (CI=${CI:-})"
 # CI passes through to the tests; the timeout keeps a hung test from eating
 # the whole CI budget (everything must finish well under 30 minutes).
 CI="${CI:-}" RUST_BACKTRACE="${RUST_BACKTRACE:-1}" \
   timeout --kill-after=30s 20m \
   cargo test --all-targets --no-fail-fast -- --test-threads=2
+
+section "the Debian package: build, install, check, remove, purge"
+# Packages the binary `cargo test` just built (a release build would add
+# minutes to the CI budget; `scripts/deb-test.sh` alone packages a release).
+scripts/deb-test.sh --profile dev
 
 section "all checks passed"
