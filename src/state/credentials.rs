@@ -13,15 +13,14 @@
 //!   file, never its contents.
 
 use std::fs;
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 
 use zeroize::Zeroizing;
 
-use super::{check_mode, write_secret_file, StateDir, StateError};
+use super::{check_mode, create_private_dir, write_secret_file, StateDir, StateError};
 
 /// The subdirectory of the state directory holding sealed database passwords.
-const DIR: &str = "db-credentials";
+pub(super) const DIR: &str = "db-credentials";
 
 impl StateDir {
     /// Stores (replacing) the password gatehouse uses to log in to database
@@ -64,12 +63,7 @@ impl StateDir {
     /// on first use and refusing it when group or others can reach it.
     fn db_credential_path(&self, target: &str, login: &str) -> Result<PathBuf, StateError> {
         let dir = self.root.join(DIR);
-        if !dir.exists() {
-            fs::create_dir(&dir).map_err(|e| StateError::io(&dir, e))?;
-            fs::set_permissions(&dir, fs::Permissions::from_mode(0o700))
-                .map_err(|e| StateError::io(&dir, e))?;
-        }
-        check_mode(&dir, 0o700)?;
+        create_private_dir(&dir)?;
         Ok(dir.join(format!("{}@{}.pw", escape(target), escape(login))))
     }
 }
@@ -101,6 +95,7 @@ fn escape(name: &str) -> String {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+    use std::os::unix::fs::PermissionsExt;
 
     fn open(root: &std::path::Path) -> StateDir {
         StateDir::open(root).unwrap()

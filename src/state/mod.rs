@@ -14,6 +14,16 @@
 //! then the directory is fsynced so the rename itself survives a crash.
 //! Secrets read from here (TOTP secrets, the master key) are wiped from
 //! memory when dropped.
+//!
+//! Run as root against a directory that belongs to another user (the
+//! packaged service runs as systemd's `DynamicUser`, an administrator runs
+//! `gatehouse user enroll` as root), every file and directory written takes
+//! its parent directory's owner, so the service can read what the
+//! administrator wrote. And a master key is only ever created in a new
+//! state directory: one whose secrets are sealed already, or that belongs
+//! to a service which never made `master.key`, has its key elsewhere (a
+//! systemd credential, a backup) and a new key would seal what the service
+//! cannot open.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -24,7 +34,7 @@ mod seal;
 
 use std::fs;
 use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -52,6 +62,15 @@ pub enum StateError {
     Corrupt { path: PathBuf, message: String },
     #[error("cannot decrypt {path}: the master key does not match or the file was altered")]
     Unseal { path: PathBuf },
+    #[error(
+        "{path} is missing, and {why}: this state directory's master key is \
+         elsewhere, and a new one would seal secrets the service cannot open. \
+         If the service loads it from a systemd credential, run the command \
+         with that credential, e.g. `systemd-run --pipe --wait --collect -p \
+         LoadCredentialEncrypted=gatehouse-master-key:/etc/gatehouse/master-key.cred \
+         gatehouse ...`; otherwise restore master.key from the backup"
+    )]
+    MasterKeyElsewhere { path: PathBuf, why: String },
 }
 
 impl StateError {
@@ -85,21 +104,23 @@ impl StateDir {
                 .map_err(|e| StateError::io(root, e))?;
         }
         check_mode(root, 0o700)?;
-        let p = root.join("totp");
-        if !p.exists() {
-            fs::create_dir(&p).map_err(|e| StateError::io(&p, e))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
-                .map_err(|e| StateError::io(&p, e))?;
-        }
-        check_mode(&p, 0o700)?;
-        check_tree(root)?;
         let master = match std::env::var_os("CREDENTIALS_DIRECTORY") {
             Some(dir) if Path::new(&dir).join("gatehouse-master-key").exists() => {
                 let p = Path::new(&dir).join("gatehouse-master-key");
                 MasterKey::load(&p)?
             }
-            _ => MasterKey::load_or_create(&root.join("master.key"))?,
+            _ => {
+                let path = root.join("master.key");
+                if !path.exists() {
+                    if let Some(why) = master_key_elsewhere(root)? {
+                        return Err(StateError::MasterKeyElsewhere { path, why });
+                    }
+                }
+                MasterKey::load_or_create(&path)?
+            }
         };
+        create_private_dir(&root.join("totp"))?;
+        check_tree(root)?;
         Ok(StateDir {
             root: root.to_path_buf(),
             master,
@@ -193,12 +214,7 @@ impl StateDir {
     /// `gatehouse peer add`.
     pub fn wireguard_dir(&self) -> Result<PathBuf, StateError> {
         let p = self.root.join("wireguard");
-        if !p.exists() {
-            fs::create_dir(&p).map_err(|e| StateError::io(&p, e))?;
-            fs::set_permissions(&p, fs::Permissions::from_mode(0o700))
-                .map_err(|e| StateError::io(&p, e))?;
-        }
-        check_mode(&p, 0o700)?;
+        create_private_dir(&p)?;
         Ok(p)
     }
 
@@ -282,6 +298,85 @@ fn aad_for(user: &str) -> String {
     format!("gatehouse-totp:{user}")
 }
 
+/// Why `master.key`, missing from `root`, must not be created there: the
+/// secrets already sealed in it, or the service that owns it and never
+/// made one (it loads its key from a credential). `None` for a directory
+/// whose key may be created.
+fn master_key_elsewhere(root: &Path) -> Result<Option<String>, StateError> {
+    let mut sealed = Vec::new();
+    for (dir, ext) in [
+        ("totp", "secret"),
+        (credentials::DIR, "pw"),
+        ("wireguard", "key"),
+        ("wireguard", "psk"),
+    ] {
+        let d = root.join(dir);
+        let entries = match fs::read_dir(&d) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(StateError::io(&d, e)),
+        };
+        for entry in entries {
+            let path = entry.map_err(|e| StateError::io(&d, e))?.path();
+            if path.extension().is_some_and(|e| e == ext) {
+                sealed.push(format!(
+                    "{dir}/{}",
+                    path.file_name().unwrap_or_default().to_string_lossy()
+                ));
+            }
+        }
+    }
+    if !sealed.is_empty() {
+        sealed.sort();
+        let n = sealed.len();
+        sealed.truncate(3);
+        return Ok(Some(format!(
+            "{n} secret(s) in it are sealed under a master key ({}{})",
+            sealed.join(", "),
+            if n > 3 { ", ..." } else { "" }
+        )));
+    }
+    let owner = fs::metadata(root)
+        .map_err(|e| StateError::io(root, e))?
+        .uid();
+    if owner != rustix::process::geteuid().as_raw() {
+        return Ok(Some(format!(
+            "the directory belongs to uid {owner} (the service), which never created one"
+        )));
+    }
+    Ok(None)
+}
+
+/// Creates `path` (0700) when missing, owned like its parent (see the
+/// module's header), and refuses it when group or others can reach it.
+pub(crate) fn create_private_dir(path: &Path) -> Result<(), StateError> {
+    if !path.exists() {
+        fs::create_dir(path).map_err(|e| StateError::io(path, e))?;
+        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
+            .map_err(|e| StateError::io(path, e))?;
+        if let Some((uid, gid)) = parent_owner_for_root(path)? {
+            std::os::unix::fs::chown(path, Some(uid), Some(gid))
+                .map_err(|e| StateError::io(path, e))?;
+        }
+    }
+    check_mode(path, 0o700)
+}
+
+/// The owner that something root creates at `path` must take: its parent
+/// directory's, when the process is root and the parent is someone else's
+/// (`None` otherwise: files are the writer's own, as usual).
+fn parent_owner_for_root(path: &Path) -> Result<Option<(u32, u32)>, StateError> {
+    if !rustix::process::geteuid().is_root() {
+        return Ok(None);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let meta = fs::metadata(dir).map_err(|e| StateError::io(dir, e))?;
+    Ok((meta.uid() != 0).then(|| (meta.uid(), meta.gid())))
+}
+
 /// Refuses a path whose mode grants anything to group or others.
 fn check_mode(path: &Path, want: u32) -> Result<(), StateError> {
     let meta = fs::metadata(path).map_err(|e| StateError::io(path, e))?;
@@ -357,6 +452,9 @@ fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(
         .mode(mode)
         .open(tmp)
         .map_err(|e| StateError::io(tmp, e))?;
+    if let Some((uid, gid)) = parent_owner_for_root(tmp)? {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| StateError::io(tmp, e))?;
+    }
     f.write_all(data).map_err(|e| StateError::io(tmp, e))?;
     f.sync_all().map_err(|e| StateError::io(tmp, e))?;
     drop(f);
