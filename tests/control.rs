@@ -542,6 +542,25 @@ fn commands_say_plainly_when_the_daemon_is_not_running() {
 }
 
 #[test]
+fn reload_of_a_file_that_is_not_toml_reports_its_errors_when_no_daemon_answers() {
+    if !require_tools(TOOLS) {
+        return;
+    }
+    let setup = GatehouseBuilder::new().build();
+    // Its [control] socket is unreadable, so only the default path was
+    // asked: the file's own error (line:column, exit 64) is the news.
+    setup.write_config("[gateway\nstate_dir = \"/x\"\n");
+    let o = setup.cli(&["reload"]);
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(64), "{err}");
+    assert!(err.contains("config.toml:1:"), "{err}");
+    assert!(
+        err.contains("no daemon answers at the default one"),
+        "{err}"
+    );
+}
+
+#[test]
 fn a_second_daemon_on_the_same_socket_does_not_start() {
     if !require_tools(TOOLS) {
         return;

@@ -286,8 +286,23 @@ pub fn unlock(config: &Path, what: LockWhat, name: String) -> ExitCode {
 }
 
 /// `gatehouse reload`.
+/// A file that is not TOML names no `[control] socket`, so only the
+/// default one was asked; when no daemon answers there, the file's own
+/// errors (file:line:column, exit 64) say more than "not running" (69).
 pub fn reload(config: &Path) -> ExitCode {
-    simple(config, &Request::Reload)
+    let code = simple(config, &Request::Reload);
+    if code == ExitCode::from(EXIT_UNAVAILABLE) && !client::is_toml(config) {
+        if let Err(errs) = crate::config::load(config) {
+            eprintln!("{errs}");
+            eprintln!(
+                "gatehouse: {} error(s) in {}: its [control] socket is unknown, and no daemon answers at the default one",
+                errs.0.len(),
+                config.display()
+            );
+            return ExitCode::from(crate::cli::EXIT_CONFIG);
+        }
+    }
+    code
 }
 
 fn simple(config: &Path, req: &Request) -> ExitCode {

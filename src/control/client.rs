@@ -41,6 +41,11 @@ pub fn socket_path(config: &Path) -> PathBuf {
     from_file.unwrap_or_else(|| PathBuf::from(DEFAULT_CONTROL_SOCKET))
 }
 
+/// Whether `config` is readable TOML (whatever its contents mean).
+pub fn is_toml(config: &Path) -> bool {
+    std::fs::read_to_string(config).is_ok_and(|text| text.parse::<toml::Table>().is_ok())
+}
+
 /// A connection that has sent its request and read the reply.
 pub struct Connection {
     pub reply: Reply,
