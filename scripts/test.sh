@@ -50,4 +50,8 @@ section "the Debian package: build, install, check, remove, purge"
 # minutes to the CI budget; `scripts/deb-test.sh` alone packages a release).
 scripts/deb-test.sh --profile dev
 
+section "the Ansible role: ansible-playbook -c local against this machine"
+GATEHOUSE_DEB="$(find target/debian -maxdepth 1 -name 'gatehouse_*.deb' -printf '%T@ %p\n' |
+  sort -n | tail -1 | cut -d' ' -f2-)" scripts/ansible-test.sh
+
 section "all checks passed"
