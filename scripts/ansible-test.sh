@@ -107,10 +107,17 @@ state="$tmp/state"
 mkdir -m 0700 "$state"
 mkdir -m 0755 "$tmp/run" "$tmp/configs"
 cfg="$tmp/configs"
-python3 - "$repo/config.example.toml" "$cfg/v1.toml" "$state" "$port" "$tmp/run/control.sock" <<'PY'
-import sys
-src, dst, state, port, sock = sys.argv[1:]
+# The example's sample auditor key is refused by `gatehouse run`: an
+# auditor key of the test's own.
+ssh-keygen -q -t ed25519 -N '' -C auditor@ansible-test -f "$tmp/auditor"
+python3 - "$repo/config.example.toml" "$cfg/v1.toml" "$state" "$port" "$tmp/run/control.sock" "$(cut -d' ' -f1,2 "$tmp/auditor.pub")" <<'PY'
+import re, sys
+src, dst, state, port, sock, auditor = sys.argv[1:]
 text = open(src).read()
+sample = re.search(r'^recipients = \["(ssh-ed25519 [A-Za-z0-9+/=]+) auditor@ops"\]$', text, re.M)
+if not sample:
+    sys.exit("config.example.toml no longer has its sample `recipients` line")
+text = text.replace(sample.group(0), f'recipients = ["{auditor}"]')
 for old, new in [
     ('state_dir = "/var/lib/gatehouse"', f'state_dir = "{state}"'),
     ('ssh_listen = ["0.0.0.0:2222"]', f'ssh_listen = ["127.0.0.1:{port}"]'),

@@ -3,6 +3,8 @@
 #
 #   scripts/build-deb.sh                 # release build (what you ship)
 #   scripts/build-deb.sh --profile dev   # the test build's binary (CI: see below)
+#   ... --prebuilt                       # package the binary already built (by
+#                                        # `cargo test`: the one the tests ran)
 #
 # cargo-deb packages what Cargo.toml's [package.metadata.deb] lists; the man
 # pages and completions are generated here from the built binary
@@ -14,11 +16,13 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
 profile=release
 fast=()
+prebuilt=false
 while [ $# -gt 0 ]; do
   case "$1" in
     --profile) profile="$2"; shift 2 ;;
     --fast) fast=(--fast); shift ;;
-    *) echo "usage: $0 [--profile release|dev] [--fast]" >&2; exit 64 ;;
+    --prebuilt) prebuilt=true; shift ;;
+    *) echo "usage: $0 [--profile release|dev] [--fast] [--prebuilt]" >&2; exit 64 ;;
   esac
 done
 
@@ -28,7 +32,9 @@ if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
   cargo install --locked --version "$CARGO_DEB_VERSION" cargo-deb
 fi
 
-cargo build --locked --profile "$profile" --bin gatehouse
+if ! $prebuilt; then
+  cargo build --locked --profile "$profile" --bin gatehouse
+fi
 target_dir=$(cargo metadata --format-version 1 --no-deps |
   python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 case "$profile" in
@@ -36,6 +42,7 @@ case "$profile" in
   *) out="$profile" ;;
 esac
 bin="$target_dir/$out/gatehouse"
+[ -x "$bin" ] || { echo "no $bin: build it first, or leave out --prebuilt" >&2; exit 1; }
 
 assets=target/deb-assets
 rm -rf "$assets"

@@ -4,7 +4,7 @@
 # machine, checks what it installed, then removes and purges it.
 #
 #   scripts/deb-test.sh                  # packages a release build
-#   scripts/deb-test.sh --profile dev    # CI: packages the test build's binary
+#   scripts/deb-test.sh --profile dev --prebuilt   # CI: packages the binary cargo test built
 #   GATEHOUSE_DEB=path scripts/deb-test.sh   # tests a package built before
 #
 # It refuses to run where gatehouse is installed or has state, so that a
@@ -123,6 +123,20 @@ grep -q "gatehouse" <<<"$rendered" && grep -q "SUBCOMMANDS" <<<"$rendered" ||
 step "gatehouse check on the shipped config"
 gatehouse check --config /etc/gatehouse/config.toml
 gatehouse check >/dev/null || fail "gatehouse check (default path) failed"
+
+step "the shipped config is not run until it is edited"
+# It passes the check (with a warning), but its auditor key is the sample
+# nobody holds: `gatehouse run` refuses before it binds or creates anything.
+set +e
+run_out=$(timeout 20 gatehouse run 2>&1)
+run_rc=$?
+set -e
+echo "$run_out" | tail -2
+[ "$run_rc" = 64 ] || fail "gatehouse run on the shipped config exited $run_rc, not 64"
+grep -q "sample auditor key" <<<"$run_out" || fail "gatehouse run did not say why it refused"
+for dir in /var/lib/gatehouse /var/lib/private/gatehouse; do
+  [ ! -e "$dir" ] || fail "gatehouse run on the shipped config created $dir"
+done
 
 step "the completions parse"
 bash -n /usr/share/bash-completion/completions/gatehouse || fail "bash completion does not parse"

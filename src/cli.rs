@@ -223,6 +223,19 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
+            if s.recordings
+                .recipients
+                .iter()
+                .any(|r| config::is_sample_recipient(r))
+            {
+                eprintln!(
+                    "gatehouse: {}: [recordings] recipients still holds config.example.toml's sample auditor key, \
+                     whose private key nobody holds; edit the file (your users, roles, targets and auditors' keys), \
+                     then `gatehouse check`; nothing was started",
+                    cli.config.display()
+                );
+                return Ok(ExitCode::from(EXIT_CONFIG));
+            }
             crate::audit::init_logging();
             runtime()?.block_on(crate::daemon::run(Arc::new(s), shutdown_signal()))?;
             Ok(ExitCode::SUCCESS)
@@ -232,7 +245,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let st = StateDir::open(&s.gateway.state_dir)?;
+            let st = StateDir::open_for_keys(&s.gateway.state_dir)?;
             println!("{}", st.client_key()?.public_line());
             Ok(ExitCode::SUCCESS)
         }
@@ -241,7 +254,7 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 Ok(s) => s,
                 Err(code) => return Ok(code),
             };
-            let st = StateDir::open(&s.gateway.state_dir)?;
+            let st = StateDir::open_for_keys(&s.gateway.state_dir)?;
             println!("{}", st.host_key()?.public_line());
             Ok(ExitCode::SUCCESS)
         }

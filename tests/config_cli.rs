@@ -129,13 +129,95 @@ fn config_example_is_valid() {
 }
 
 #[test]
+fn the_example_config_is_checked_with_a_warning_but_never_run_with_its_sample_auditor_key() {
+    let example =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config.example.toml"))
+            .unwrap();
+    // The package ships it as /etc/gatehouse/config.toml: on a free port
+    // and a state directory of the test's, it must still refuse to run.
+    let dir = tempfile::tempdir().unwrap();
+    let state = dir.path().join("state");
+    let text = example
+        .replace(
+            "state_dir = \"/var/lib/gatehouse\"",
+            &format!("state_dir = \"{}\"", state.display()),
+        )
+        .replace(
+            "ssh_listen = [\"0.0.0.0:2222\"]",
+            &format!("ssh_listen = [\"127.0.0.1:{}\"]", free_port()),
+        )
+        .replace(
+            "# socket = \"/run/gatehouse/control.sock\"",
+            &format!("socket = \"{}\"", dir.path().join("control.sock").display()),
+        );
+    assert_ne!(text, example, "config.example.toml changed shape");
+    let cfg = dir.path().join("config.toml");
+    std::fs::write(&cfg, &text).unwrap();
+    let cfg = cfg.to_str().unwrap();
+
+    let out = gatehouse(&["check", "--config", cfg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("recipients = "))
+        .unwrap()
+        + 1;
+    assert!(
+        err.contains(&format!("config.toml:{line}:")) && err.contains("sample auditor key"),
+        "{err}"
+    );
+
+    let out = run_with_timeout(
+        gatehouse_command().args(["run", "--config", cfg]),
+        Duration::from_secs(20),
+    )
+    .expect("gatehouse run kept running with the sample auditor key");
+    assert_eq!(out.status.code(), Some(64), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("nothing was started"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!state.exists(), "the state directory was created");
+
+    // With an auditor's own key the warning is gone.
+    let keys = tempfile::tempdir().unwrap();
+    let auditor = gen_ed25519(keys.path(), "auditor");
+    let own = with_recipient(&text, &auditor.public_line);
+    std::fs::write(cfg, own).unwrap();
+    let out = gatehouse(&["check", "--config", cfg]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        !stderr(&out).contains("sample auditor key"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// `text` with its `recipients = [...]` line listing `key` instead.
+fn with_recipient(text: &str, key: &str) -> String {
+    text.lines()
+        .map(|l| {
+            if l.starts_with("recipients = ") {
+                format!("recipients = [\"{}\"]", key.trim())
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
 fn state_dir_readable_by_others_is_refused_with_the_fix() {
     let keys = tempfile::tempdir().unwrap();
     let key = gen_ed25519(keys.path(), "alice");
     let setup = GatehouseBuilder::new()
         .user("alice", &[], &[&key.public_line])
         .build();
-    let _ = setup.hostkey();
+    // Makes the state directory with master.key (hostkey alone needs none).
+    assert!(setup.cli(&["user", "enroll", "alice"]).status.success());
     std::fs::set_permissions(setup.state_dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
     let err = match setup.try_start() {
         Ok(_) => panic!("started with a world-readable state directory"),

@@ -78,6 +78,24 @@ fn credential_dir(setup: &GatehouseSetup) -> PathBuf {
     dir
 }
 
+/// An enrolment without a credential: creates master.key.
+fn enroll_without_credential(setup: &GatehouseSetup) {
+    let out = setup.cli(&["user", "enroll", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(setup.state_dir().join("master.key").exists());
+}
+
+/// Runs `gatehouse ARGS` as the service would with its credential
+/// (`$CREDENTIALS_DIRECTORY/gatehouse-master-key`); it must succeed.
+fn with_credential(setup: &GatehouseSetup, creds: &Path, args: &[&str]) {
+    let out = setup
+        .cli_command(args)
+        .env("CREDENTIALS_DIRECTORY", creds)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+}
+
 #[test]
 fn what_root_writes_into_the_services_state_directory_takes_the_services_owner() {
     if !require_root("what_root_writes_into_the_services_state_directory_takes_the_services_owner")
@@ -85,9 +103,11 @@ fn what_root_writes_into_the_services_state_directory_takes_the_services_owner()
         return;
     }
     let (_keys, setup) = setup_with_alice();
-    // The first start (here: `hostkey`) made the directory, master.key and
-    // the host key; systemd then hands it all to the service's user.
+    // The first start made the directory, master.key and the keys (here:
+    // `hostkey` and an enrolment); systemd then hands it all to the
+    // service's user.
     let _ = setup.hostkey();
+    enroll_without_credential(&setup);
     let state = setup.state_dir();
     chown_tree(&state, SERVICE_UID);
     // Where the client key is made later: remove it so `pubkey` creates it.
@@ -120,12 +140,7 @@ fn a_master_key_from_a_credential_is_never_replaced_by_a_new_master_key_file() {
     let (_keys, setup) = setup_with_alice();
     let creds = credential_dir(&setup);
     // The service with its credential: secrets sealed under the credential's key.
-    let out = setup
-        .cli_command(&["user", "enroll", "alice"])
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    with_credential(&setup, &creds, &["user", "enroll", "alice"]);
     let state = setup.state_dir();
     let master = state.join("master.key");
     assert!(!master.exists(), "the credential's key was not used");
@@ -166,15 +181,17 @@ fn a_services_state_directory_without_master_key_is_refused_to_root() {
     let (_keys, setup) = setup_with_alice();
     let creds = credential_dir(&setup);
     // The service's first start with its credential: host key, no master.key, no secret yet.
-    let out = setup
-        .cli_command(&["hostkey"])
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    with_credential(&setup, &creds, &["hostkey"]);
     let state = setup.state_dir();
     chown_tree(&state, SERVICE_UID);
 
+    // The SSH keys are not sealed: hostkey and pubkey work for root without it.
+    for args in [["hostkey"], ["pubkey"]] {
+        let out = setup.cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssh-ed25519 "));
+    }
+    assert!(!state.join("master.key").exists());
     let out = setup.cli(&["user", "enroll", "alice"]);
     assert!(!out.status.success(), "enrolled under a new master key");
     let err = stderr(&out);
@@ -187,12 +204,7 @@ fn a_services_state_directory_without_master_key_is_refused_to_root() {
 
     // With the credential (what `systemd-run -p LoadCredentialEncrypted=`
     // gives the command) root enrolls, and the file is the service's.
-    let out = setup
-        .cli_command(&["user", "enroll", "alice"])
-        .env("CREDENTIALS_DIRECTORY", &creds)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", stderr(&out));
+    with_credential(&setup, &creds, &["user", "enroll", "alice"]);
     let wrong = not_owned_by(&state, SERVICE_UID);
     assert!(wrong.is_empty(), "{wrong:?}");
 }

@@ -39,6 +39,19 @@ pub struct Settings {
     pub warnings: Vec<String>,
 }
 
+/// The auditor key in config.example.toml (also the package's shipped
+/// /etc/gatehouse/config.toml): a sample whose private key nobody holds.
+/// `gatehouse check` warns about it and `gatehouse run` refuses it, so the
+/// shipped example never runs and never seals a recording nobody can open.
+pub const SAMPLE_RECIPIENT_KEY: &str =
+    "AAAAC3NzaC1lZDI1NTE5AAAAIHkWzpKc3ReKq2ByaVuIZTb9iZPOX5Dv0o1bJOSm/ozO";
+
+/// Whether `recipient` (as written in `[recordings] recipients`) is
+/// [`SAMPLE_RECIPIENT_KEY`].
+pub fn is_sample_recipient(recipient: &str) -> bool {
+    recipient.split_whitespace().nth(1) == Some(SAMPLE_RECIPIENT_KEY)
+}
+
 /// `[recordings]` (required: there is no unrecorded mode).
 #[derive(Debug, Clone)]
 pub struct RecordingSettings {

@@ -33,7 +33,9 @@ impl StateDir {
         password: &[u8],
     ) -> Result<(), StateError> {
         let path = self.db_credential_path(target, login)?;
-        let sealed = self.master.seal(password, &credential_aad(target, login))?;
+        let sealed = self
+            .master()?
+            .seal(password, &credential_aad(target, login))?;
         write_secret_file(&path, sealed.as_bytes())
     }
 
@@ -53,7 +55,7 @@ impl StateDir {
             Err(e) => return Err(StateError::io(&path, e)),
         };
         check_mode(&path, 0o600)?;
-        self.master
+        self.master()?
             .open_secret(text.trim(), &credential_aad(target, login))
             .map(Some)
             .map_err(|_| StateError::Unseal { path })

@@ -86,7 +86,8 @@ impl StateError {
 #[derive(Debug)]
 pub struct StateDir {
     root: PathBuf,
-    master: MasterKey,
+    /// `None` when opened for the SSH keys only ([`StateDir::open_for_keys`]).
+    master: Option<MasterKey>,
 }
 
 impl StateDir {
@@ -98,6 +99,18 @@ impl StateDir {
     /// when systemd provides one (`LoadCredentialEncrypted=`), otherwise from
     /// `master.key` in the state directory.
     pub fn open(root: &Path) -> Result<StateDir, StateError> {
+        Self::open_inner(root, true)
+    }
+
+    /// Opens the state directory for its SSH host and client keys only
+    /// (`gatehouse hostkey`, `gatehouse pubkey`): they are not sealed, so
+    /// these commands work as root on a packaged host whose master key is
+    /// in the service's credential. Everything sealed fails to open.
+    pub fn open_for_keys(root: &Path) -> Result<StateDir, StateError> {
+        Self::open_inner(root, false)
+    }
+
+    fn open_inner(root: &Path, with_master: bool) -> Result<StateDir, StateError> {
         if !root.exists() {
             fs::create_dir_all(root).map_err(|e| StateError::io(root, e))?;
             fs::set_permissions(root, fs::Permissions::from_mode(0o700))
@@ -105,9 +118,10 @@ impl StateDir {
         }
         check_mode(root, 0o700)?;
         let master = match std::env::var_os("CREDENTIALS_DIRECTORY") {
+            _ if !with_master => None,
             Some(dir) if Path::new(&dir).join("gatehouse-master-key").exists() => {
                 let p = Path::new(&dir).join("gatehouse-master-key");
-                MasterKey::load(&p)?
+                Some(MasterKey::load(&p)?)
             }
             _ => {
                 let path = root.join("master.key");
@@ -116,7 +130,7 @@ impl StateDir {
                         return Err(StateError::MasterKeyElsewhere { path, why });
                     }
                 }
-                MasterKey::load_or_create(&path)?
+                Some(MasterKey::load_or_create(&path)?)
             }
         };
         create_private_dir(&root.join("totp"))?;
@@ -130,6 +144,14 @@ impl StateDir {
     /// The directory itself.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The master key; an error for a directory opened for its keys only.
+    fn master(&self) -> Result<&MasterKey, StateError> {
+        self.master.as_ref().ok_or_else(|| StateError::Corrupt {
+            path: self.root.join("master.key"),
+            message: "opened for the SSH keys only: nothing sealed can be read or written".into(),
+        })
     }
 
     /// The gateway's SSH host key (created on first use).
@@ -146,7 +168,7 @@ impl StateDir {
     /// and forgets the user's last accepted step.
     pub fn store_totp_secret(&self, user: &str, secret: &[u8]) -> Result<(), StateError> {
         let path = self.totp_path(user, "secret");
-        let sealed = self.master.seal(secret, aad_for(user).as_bytes())?;
+        let sealed = self.master()?.seal(secret, aad_for(user).as_bytes())?;
         write_secret_file(&path, sealed.as_bytes())?;
         let step = self.totp_path(user, "step");
         if step.exists() {
@@ -163,7 +185,7 @@ impl StateDir {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(StateError::io(&path, e)),
         };
-        self.master
+        self.master()?
             .open_secret(text.trim(), aad_for(user).as_bytes())
             .map(Some)
             .map_err(|_| StateError::Unseal { path })
@@ -232,12 +254,12 @@ impl StateDir {
                     message: "no system randomness".into(),
                 },
             )?;
-            let sealed = self.master.seal(&key, aad)?;
+            let sealed = self.master()?.seal(&key, aad)?;
             write_secret_file(&path, sealed.as_bytes())?;
         }
         let text = fs::read_to_string(&path).map_err(|e| StateError::io(&path, e))?;
         let plain = self
-            .master
+            .master()?
             .open(text.trim(), aad)
             .map_err(|_| StateError::Unseal { path: path.clone() })?;
         plain.try_into().map_err(|_| StateError::Corrupt {
@@ -255,7 +277,7 @@ impl StateDir {
     ) -> Result<(), StateError> {
         let path = self.wireguard_psk_path(public_key)?;
         let sealed = self
-            .master
+            .master()?
             .seal(psk, &Self::wireguard_psk_aad(public_key))?;
         write_secret_file(&path, sealed.as_bytes())
     }
@@ -270,7 +292,7 @@ impl StateDir {
             Err(e) => return Err(StateError::io(&path, e)),
         };
         let plain = self
-            .master
+            .master()?
             .open(text.trim(), &Self::wireguard_psk_aad(public_key))
             .map_err(|_| StateError::Unseal { path: path.clone() })?;
         plain.try_into().map(Some).map_err(|_| StateError::Corrupt {

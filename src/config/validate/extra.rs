@@ -90,7 +90,16 @@ impl Checker<'_, '_> {
                 list,
                 "recordings.recipients",
                 |c, item, path| match parse_recipient(item.get_ref()) {
-                    Ok(()) => Some(item.get_ref().trim().to_string()),
+                    Ok(()) => {
+                        if super::super::is_sample_recipient(item.get_ref()) {
+                            c.warnings.push(super::super::raw::Diag {
+                                span: Some(item.span()),
+                                path,
+                                message: "this is config.example.toml's sample auditor key: nobody holds its private key, so recordings sealed to it could never be read; list your auditors' keys (`gatehouse run` refuses to start with it)".into(),
+                            });
+                        }
+                        Some(item.get_ref().trim().to_string())
+                    }
                     Err(m) => {
                         c.error(item.span(), path, m);
                         None
