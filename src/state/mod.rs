@@ -371,15 +371,45 @@ fn master_key_elsewhere(root: &Path) -> Result<Option<String>, StateError> {
 
 /// Creates `path` (0700) when missing, owned like its parent (see the
 /// module's header), and refuses it when group or others can reach it.
+/// A symbolic link is refused, not followed: whoever owns the state
+/// directory must not be able to point root's writes somewhere else. The
+/// new directory's mode and owner are set through its file descriptor
+/// (opened without following links), never by path.
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), StateError> {
-    if !path.exists() {
-        fs::create_dir(path).map_err(|e| StateError::io(path, e))?;
-        fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-            .map_err(|e| StateError::io(path, e))?;
-        if let Some((uid, gid)) = parent_owner_for_root(path)? {
-            std::os::unix::fs::chown(path, Some(uid), Some(gid))
-                .map_err(|e| StateError::io(path, e))?;
+    use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+    match fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_symlink() => {
+            return Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                message: "is a symbolic link: gatehouse keeps its secrets in real directories only"
+                    .into(),
+            })
         }
+        Ok(meta) if !meta.is_dir() => {
+            return Err(StateError::Corrupt {
+                path: path.to_path_buf(),
+                message: "is not a directory".into(),
+            })
+        }
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            fs::DirBuilder::new()
+                .mode(0o700)
+                .create(path)
+                .map_err(|e| StateError::io(path, e))?;
+            let dir = fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECTORY | libc::O_NOFOLLOW)
+                .open(path)
+                .map_err(|e| StateError::io(path, e))?;
+            dir.set_permissions(fs::Permissions::from_mode(0o700))
+                .map_err(|e| StateError::io(path, e))?;
+            if let Some((uid, gid)) = parent_owner_for_root(path)? {
+                std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))
+                    .map_err(|e| StateError::io(path, e))?;
+            }
+        }
+        Err(e) => return Err(StateError::io(path, e)),
     }
     check_mode(path, 0o700)
 }
@@ -487,6 +517,31 @@ fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secrets_directory_that_is_a_symlink_is_refused_not_followed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("state");
+        let elsewhere = tmp.path().join("elsewhere");
+        fs::create_dir(&elsewhere).unwrap();
+        fs::set_permissions(&elsewhere, fs::Permissions::from_mode(0o700)).unwrap();
+        fs::create_dir(&root).unwrap();
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("totp")).unwrap();
+        let err = StateDir::open(&root).unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        // The same for a directory made on first use.
+        fs::remove_file(root.join("totp")).unwrap();
+        let st = StateDir::open(&root).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, root.join("wireguard")).unwrap();
+        let err = st.wireguard_private_key().unwrap_err().to_string();
+        assert!(err.contains("symbolic link"), "{err}");
+        assert_eq!(
+            fs::read_dir(&elsewhere).unwrap().count(),
+            0,
+            "written through the link"
+        );
+    }
 
     #[test]
     fn state_dir_is_created_0700_and_secrets_round_trip_sealed() {
