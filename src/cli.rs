@@ -42,7 +42,8 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run the gateway in the foreground (config is checked first; exit 64 if invalid).
+    /// Run the gateway in the foreground (config is checked first; exit 64 if invalid,
+    /// or if its auditor key is still config.example.toml's sample).
     Run,
     /// Check the configuration and exit: 0 if valid, 64 with every error otherwise.
     Check,
