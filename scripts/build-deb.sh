@@ -10,7 +10,7 @@
 # pages and completions are generated here from the built binary
 # (`gatehouse manpage --dir`, `gatehouse completions SHELL`: the same CLI
 # definition as --help) into target/deb-assets, then `cargo deb --no-build`.
-# Installs cargo-deb (pinned, from crates.io) when missing.
+# Installs cargo-deb (pinned: scripts/install-cargo-tools.sh) when missing.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -26,11 +26,7 @@ while [ $# -gt 0 ]; do
   esac
 done
 
-CARGO_DEB_VERSION=3.8.0
-if ! cargo deb --version 2>/dev/null | grep -q "$CARGO_DEB_VERSION"; then
-  echo "installing cargo-deb $CARGO_DEB_VERSION"
-  cargo install --locked --version "$CARGO_DEB_VERSION" cargo-deb
-fi
+scripts/install-cargo-tools.sh cargo-deb
 
 if ! $prebuilt; then
   cargo build --locked --profile "$profile" --bin gatehouse

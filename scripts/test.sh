@@ -10,6 +10,11 @@ section() {
 }
 
 section "install test dependencies"
+# cargo-deny and cargo-deb compile (about 3 minutes on a new machine) while
+# apt downloads and unpacks the peers.
+mkdir -p target
+scripts/install-cargo-tools.sh >target/install-cargo-tools.log 2>&1 &
+cargo_tools=$!
 scripts/install-test-deps.sh
 
 section "toolchain"
@@ -32,9 +37,10 @@ section "cargo deny check licenses bans sources"
 # The dependency policy in deny.toml (accepted licenses, banned and
 # never-doubled crypto crates, crates.io only). Advisories need the RustSec
 # database, which cannot be fetched here: README "Vulnerability management".
-CARGO_DENY_VERSION=0.20.2
-if ! cargo deny --version 2>/dev/null | grep -q "$CARGO_DENY_VERSION"; then
-  cargo install --locked --version "$CARGO_DENY_VERSION" cargo-deny
+if ! wait "$cargo_tools"; then
+  cat target/install-cargo-tools.log
+  echo "installing cargo-deny/cargo-deb failed (above)" >&2
+  exit 1
 fi
 cargo deny --offline check licenses bans sources
 
