@@ -212,7 +212,11 @@ pub async fn run(
     // systemd (Type=notify): READY=1 now that the state directory is open
     // and every listener above is bound; STATUS=, watchdog pings, and
     // STOPPING=1 when `shutdown` resolves.
-    let shutdown = notify::serving(live.clone(), stop_rx.clone(), shutdown);
+    let wireguard_status = settings
+        .wireguard
+        .is_some()
+        .then(|| tunnel::status::path(state.root()));
+    let shutdown = notify::serving(live.clone(), wireguard_status, stop_rx.clone(), shutdown);
 
     shutdown.await;
     tracing::info!("shutting down: no new connections; telling sessions");

@@ -10,8 +10,9 @@
 //! serves logins: if that runtime wedges, the pings stop and systemd
 //! restarts gatehouse (`WatchdogSec=`).
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use sd_notify::NotifyState;
 use tokio::sync::watch;
@@ -62,8 +63,42 @@ impl Drop for Reloading {
     }
 }
 
-/// The one-line summary for `STATUS=`.
-pub fn status_line(live: &Registry) -> String {
+/// A device counts as active when its last handshake is this recent
+/// (WireGuard's Reject-After-Time: an older session carries no data).
+const DEVICE_ACTIVE: u64 = 180;
+
+/// The one-line summary for `STATUS=`: live sessions by kind, and with
+/// `[wireguard]` the devices with a live tunnel, read from the status file
+/// the tunnel rewrites every 2 s (`gatehouse peers` shows the same).
+pub fn status_line(live: &Registry, wireguard_status: Option<&Path>) -> String {
+    let sessions = sessions_summary(live);
+    let Some(path) = wireguard_status else {
+        return sessions;
+    };
+    match crate::tunnel::status::read(path).filter(|s| s.pid == std::process::id()) {
+        Some(st) => {
+            let now = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0);
+            let active = st
+                .peers
+                .iter()
+                .filter(|p| {
+                    p.last_handshake_unix
+                        .is_some_and(|t| now.saturating_sub(t) < DEVICE_ACTIVE)
+                })
+                .count();
+            format!(
+                "{sessions}; WireGuard: {active} of {} devices active",
+                st.peers.len()
+            )
+        }
+        None => sessions,
+    }
+}
+
+fn sessions_summary(live: &Registry) -> String {
     let (mut ssh, mut pg, mut my) = (0usize, 0usize, 0usize);
     for l in live.all() {
         match l.info.kind {
@@ -83,19 +118,23 @@ pub fn status_line(live: &Registry) -> String {
 /// moment it resolves.
 pub fn serving<F>(
     live: Arc<Registry>,
+    wireguard_status: Option<PathBuf>,
     stop: watch::Receiver<bool>,
     shutdown: F,
 ) -> impl std::future::Future<Output = ()>
 where
     F: std::future::Future<Output = ()>,
 {
-    send(&[NotifyState::Ready, NotifyState::Status(&status_line(&live))]);
+    send(&[
+        NotifyState::Ready,
+        NotifyState::Status(&status_line(&live, wireguard_status.as_deref())),
+    ]);
     // WATCHDOG_USEC, honoured only when WATCHDOG_PID is unset or ours.
     let watchdog = sd_notify::watchdog_enabled().filter(|d| !d.is_zero());
     if let Some(d) = watchdog {
         tracing::info!(interval = ?d, "systemd watchdog enabled; pinging at half the interval");
     }
-    tokio::spawn(keepalive(live, stop, watchdog));
+    tokio::spawn(keepalive(live, wireguard_status, stop, watchdog));
     async move {
         shutdown.await;
         stopping();
@@ -105,7 +144,12 @@ where
 /// Refreshes `STATUS=` every [`STATUS_EVERY`] and pings the watchdog at half
 /// its interval. Runs until the runtime ends (pings go on while sessions
 /// drain after shutdown, which can take the grace periods).
-async fn keepalive(live: Arc<Registry>, stop: watch::Receiver<bool>, watchdog: Option<Duration>) {
+async fn keepalive(
+    live: Arc<Registry>,
+    wireguard_status: Option<PathBuf>,
+    stop: watch::Receiver<bool>,
+    watchdog: Option<Duration>,
+) {
     let mut status = tokio::time::interval(STATUS_EVERY);
     status.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     status.tick().await; // the first tick is immediate: READY carried it
@@ -120,7 +164,7 @@ async fn keepalive(live: Arc<Registry>, stop: watch::Receiver<bool>, watchdog: O
                 let line = if *stop.borrow() {
                     format!("stopping: {} live sessions draining", live.len())
                 } else {
-                    status_line(&live)
+                    status_line(&live, wireguard_status.as_deref())
                 };
                 send(&[NotifyState::Status(&line)]);
             }
@@ -142,7 +186,40 @@ mod tests {
     fn status_line_counts_no_sessions() {
         let r = Registry::new();
         assert_eq!(
-            status_line(&r),
+            status_line(&r, None),
+            "serving: 0 live sessions (ssh 0, postgres 0, mysql 0)"
+        );
+    }
+
+    #[test]
+    fn status_line_counts_devices_with_a_recent_handshake() {
+        use crate::tunnel::status::{PeerStatus, Status};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("wireguard-status.json");
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let peer = |handshake: Option<u64>| PeerStatus {
+            last_handshake_unix: handshake,
+            ..PeerStatus::default()
+        };
+        let mut st = Status {
+            pid: std::process::id(),
+            peers: vec![peer(Some(now - 5)), peer(Some(now - 600)), peer(None)],
+            ..Status::default()
+        };
+        crate::tunnel::status::write(&path, &st).unwrap();
+        let r = Registry::new();
+        assert_eq!(
+            status_line(&r, Some(&path)),
+            "serving: 0 live sessions (ssh 0, postgres 0, mysql 0); WireGuard: 1 of 3 devices active"
+        );
+        // A file left by an earlier process says nothing about this one.
+        st.pid = st.pid.wrapping_add(1);
+        crate::tunnel::status::write(&path, &st).unwrap();
+        assert_eq!(
+            status_line(&r, Some(&path)),
             "serving: 0 live sessions (ssh 0, postgres 0, mysql 0)"
         );
     }
