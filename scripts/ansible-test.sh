@@ -13,10 +13,12 @@
 # restarted (and `--check --diff` shows it first and changes nothing); a
 # broken config (TOML syntax, then a role naming a missing target) fails the
 # play, leaves the old file and reloads nothing; a valid file with a
-# restart-only change is placed but its reload is refused, failing the play
-# without a restart; the state directory's listing never changes. It
-# refuses to run where gatehouse is installed or has state, and always
-# purges what it installed.
+# restart-only change is placed but its reload is refused: the role puts the
+# previous file back and fails the play without a restart, and a rerun
+# tries (and fails) again instead of going green; a package with a higher
+# version is installed by the role without restarting the running daemon;
+# the state directory's listing never changes. It refuses to run where
+# gatehouse is installed or has state, and always purges what it installed.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 repo=$(pwd)
@@ -36,7 +38,7 @@ step() {
 fail() { printf 'ansible-test FAILED: %s\n' "$*" >&2; exit 1; }
 
 [ "$(id -u)" = 0 ] || fail "needs root (apt installs the package, /etc/gatehouse)"
-for tool in ansible-playbook apt-get dpkg dpkg-query flock python3 ssh ssh-keygen sha256sum; do
+for tool in ansible-playbook apt-get dpkg dpkg-deb dpkg-query flock python3 ssh ssh-keygen sha256sum; do
   command -v "$tool" >/dev/null || fail "$tool is missing (scripts/install-test-deps.sh installs ansible-core and openssh-client)"
 done
 ansible_version=$(ansible-playbook --version 2>&1 | sed -n 1p)
@@ -152,15 +154,17 @@ play_rc=0
 play_changed=
 play_failed=
 # play NAME CONFIG [ARGS]: one ansible-playbook run with that config as
-# gatehouse_config_src; its log in $tmp/NAME.log; sets play_rc,
-# play_changed and play_failed from PLAY RECAP.
+# gatehouse_config_src and $play_deb (default: $deb) as gatehouse_deb; its
+# log in $tmp/NAME.log; sets play_rc, play_changed and play_failed from
+# PLAY RECAP.
+play_deb=
 play() {
   local name=$1 config=$2 recap
   shift 2
   run_no=$((run_no + 1))
   play_rc=0
   ansible-playbook -c local -i localhost, deploy/ansible/tests/test.yml \
-    -e "gatehouse_config_src=$config" -e "gatehouse_deb=$deb" \
+    -e "gatehouse_config_src=$config" -e "gatehouse_deb=${play_deb:-$deb}" \
     -e "gatehouse_deb_cache_dir=$tmp/deb-cache" "$@" >"$tmp/$name.log" 2>&1 || play_rc=$?
   recap=$(grep -E '^localhost +: ok=' "$tmp/$name.log" || true)
   if [ -z "$recap" ]; then
@@ -314,22 +318,76 @@ done
 [ "$(bob_publickey)" = partial ] || fail "after the refused runs the config in force changed"
 
 # --- d. a valid file the daemon cannot take without a restart: placed, the
-# reload refused (exit 64), the play fails; no restart, the old config serves
-step "d. run with a restart-only change: placed, reload refused, the play fails, no restart"
-events=$(reload_events)
-play restart-only "$cfg/restart-only.toml"
-if [ "$play_rc" = 0 ] || [ "$play_failed" = 0 ]; then show_log restart-only; fail "the run with a refused reload did not fail"; fi
-grep -q '"rc": 64' "$tmp/restart-only.log" || { show_log restart-only; fail "the reload handler did not fail with gatehouse reload's exit 64"; }
-cmp -s "$cfg/restart-only.toml" /etc/gatehouse/config.toml || fail "the restart-only config was not placed (it is valid)"
-kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone: the role restarted or killed it"
-[ "$(reload_events)" = $((events + 1)) ] || fail "expected one more reload event, found $(reload_events) after $events"
-grep '"event":"config.reload_failed"' "$tmp/daemon.log" | grep -q '"reason":"restart_required"' ||
-  fail "the daemon did not log config.reload_failed restart_required"
-[ "$(grep -c '"message":"control socket ready"' "$tmp/daemon.log")" = 1 ] || fail "the daemon's log shows a second start"
-same_listing "$state_listing" "the restart-only run"
-echo "refused: $(grep -m1 -oE 'max_connections[^"\\]*' "$tmp/restart-only.log" | head -1)"
+# reload refused (exit 64), the role puts the previous file back and fails
+# the play; no restart, the old config serves, and the file on disk is it
+v2_sha=$(sha "$cfg/v2.toml")
+ls_etc=$(ls -A /etc/gatehouse)
+for try in 1 2; do
+  step "d. run with a restart-only change (try $try): reload refused, previous file back, the play fails, no restart"
+  events=$(reload_events)
+  play "restart-only-$try" "$cfg/restart-only.toml"
+  if [ "$play_rc" = 0 ] || [ "$play_failed" = 0 ]; then
+    show_log "restart-only-$try"
+    fail "the run with a refused reload did not fail (try $try: a rerun must try again, not go green)"
+  fi
+  [ "$play_changed" -gt 0 ] || { show_log "restart-only-$try"; fail "try $try placed nothing: the refused file was not copied again"; }
+  grep -q 'RUNNING HANDLER \[.*Put the previous config back' "$tmp/restart-only-$try.log" ||
+    { show_log "restart-only-$try"; fail "try $try: the restore handler did not run"; }
+  grep -q 'gatehouse reload --config /etc/gatehouse/config.toml exited 64' "$tmp/restart-only-$try.log" ||
+    { show_log "restart-only-$try"; fail "try $try: the play did not fail with gatehouse reload's exit 64"; }
+  grep -q 'max_connections' "$tmp/restart-only-$try.log" ||
+    { show_log "restart-only-$try"; fail "try $try: the failure does not carry gatehouse's reason (max_connections)"; }
+  [ "$(sha /etc/gatehouse/config.toml)" = "$v2_sha" ] ||
+    fail "try $try: the file on disk is not the previous config (v2) again: $(grep -m1 '^max_connections' /etc/gatehouse/config.toml)"
+  [ "$(stat -c '%a %U:%G' /etc/gatehouse/config.toml)" = "644 root:root" ] ||
+    fail "try $try: the restored file is $(stat -c '%a %U:%G' /etc/gatehouse/config.toml), not 644 root:root"
+  [ "$(ls -A /etc/gatehouse)" = "$ls_etc" ] || fail "try $try left files in /etc/gatehouse: $(ls -A /etc/gatehouse)"
+  kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone: the role restarted or killed it"
+  [ "$(reload_events)" = $((events + 1)) ] || fail "try $try: expected one more reload event, found $(reload_events) after $events"
+  [ "$(grep '"event":"config.reload_failed"' "$tmp/daemon.log" | grep -c '"reason":"restart_required"')" = "$try" ] ||
+    fail "the daemon did not log config.reload_failed restart_required for try $try"
+  [ "$(grep -c '"message":"control socket ready"' "$tmp/daemon.log")" = 1 ] || fail "the daemon's log shows a second start"
+  /usr/bin/gatehouse reload --config /etc/gatehouse/config.toml >/dev/null 2>&1 ||
+    fail "try $try: gatehouse refuses to reload the file on disk: it is not the config in force"
+  same_listing "$state_listing" "the restart-only run (try $try)"
+  echo "refused, v2 back on disk: $(grep -m1 -oE 'max_connections[^"\\]*' "$tmp/restart-only-$try.log" | head -1)"
+done
+[ "$(bob_publickey)" = partial ] || fail "after the refused reloads the config in force changed"
 
-step "e. the state directory"
+# --- e. a package with a higher version (a new commit's build) is installed;
+# the role does not restart the running daemon
+step "e. run with a package of a higher version: installed, gatehouse not restarted"
+old_version=$(dpkg-query -W -f='${Version}' gatehouse)
+new_version="$old_version+test2"
+dpkg --compare-versions "$new_version" gt "$old_version" || fail "$new_version is not above $old_version"
+dpkg-deb -R "$deb" "$tmp/repack"
+sed -i "s/^Version: .*/Version: $new_version/" "$tmp/repack/DEBIAN/control"
+grep -qx "Version: $new_version" "$tmp/repack/DEBIAN/control" || fail "the repacked control file has no Version: $new_version"
+deb2="$tmp/gatehouse_${new_version}_amd64.deb"
+dpkg-deb -b "$tmp/repack" "$deb2" >/dev/null
+rm -rf "$tmp/repack"
+config_sha=$(sha /etc/gatehouse/config.toml)
+events=$(reload_events)
+play_deb=$deb2
+play upgrade "$cfg/v2.toml"
+play_deb=
+ran_ok || { show_log upgrade; fail "the run with a package of a higher version failed"; }
+[ "$play_changed" -gt 0 ] || { show_log upgrade; fail "the run with a package of a higher version reports changed=0"; }
+[ "$(dpkg-query -W -f='${Version}' gatehouse)" = "$new_version" ] ||
+  fail "the role did not install $new_version (installed: $(dpkg-query -W -f='${Version}' gatehouse))"
+[ "$(sha /etc/gatehouse/config.toml)" = "$config_sha" ] || fail "the upgrade changed /etc/gatehouse/config.toml"
+kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone after the upgrade run"
+[ "$(grep -c '"message":"control socket ready"' "$tmp/daemon.log")" = 1 ] || fail "the daemon's log shows a second start"
+[ "$(reload_events)" = "$events" ] || fail "the upgrade run reloaded gatehouse (its config did not change)"
+same_listing "$state_listing" "the upgrade run"
+echo "installed $old_version -> $new_version; same pid $daemon_pid, no reload, no restart"
+play_deb=$deb2
+play upgrade-again "$cfg/v2.toml"
+play_deb=
+ran_ok || { show_log upgrade-again; fail "the rerun with the same package failed"; }
+[ "$play_changed" = 0 ] || { show_log upgrade-again; fail "the rerun with the same package is not idempotent: changed=$play_changed"; }
+
+step "f. the state directory"
 no_package_state "the role"
 same_listing "$state_listing" "the role"
 echo "its listing ($(wc -l <<<"$state_listing") paths: names, types, modes, owners) was the same after every run;"
