@@ -364,7 +364,8 @@ dpkg-deb -R "$deb" "$tmp/repack"
 sed -i "s/^Version: .*/Version: $new_version/" "$tmp/repack/DEBIAN/control"
 grep -qx "Version: $new_version" "$tmp/repack/DEBIAN/control" || fail "the repacked control file has no Version: $new_version"
 deb2="$tmp/gatehouse_${new_version}_amd64.deb"
-dpkg-deb -b "$tmp/repack" "$deb2" >/dev/null
+# gzip -1: the same contents, built in 0.3 s instead of xz's 12 s.
+dpkg-deb -Zgzip -z1 -b "$tmp/repack" "$deb2" >/dev/null
 rm -rf "$tmp/repack"
 config_sha=$(sha /etc/gatehouse/config.toml)
 events=$(reload_events)
