@@ -322,6 +322,7 @@ for bad in bad-syntax bad-target; do
   kill -0 "$daemon_pid" 2>/dev/null || fail "gatehouse (pid $daemon_pid) is gone after the $bad run"
   [ "$(reload_events)" = "$events" ] || fail "the $bad run reloaded gatehouse"
   same_listing "$state_listing" "the $bad run"
+  only_config "the $bad run"
   echo "refused at validate: $(grep -m1 -oE '(TOML syntax error|no target named)[^"\\]*' "$tmp/$bad.log" | head -1)"
 done
 [ "$(bob_publickey)" = partial ] || fail "after the refused runs the config in force changed"
