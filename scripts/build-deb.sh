@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Builds the Debian package: target/debian/gatehouse_<version>-1_<arch>.deb.
+# Builds the Debian package: target/debian/gatehouse_<version>-<revision>_<arch>.deb.
 #
 #   scripts/build-deb.sh                 # release build (what you ship)
 #   scripts/build-deb.sh --profile dev   # the test build's binary (CI: see below)
@@ -49,8 +49,22 @@ gzip -9n "$assets"/man/*.8
 "$bin" completions zsh >"$assets/completions/_gatehouse"
 "$bin" completions fish >"$assets/completions/gatehouse.fish"
 
+# Every commit's package has a version of its own, later commits' higher
+# ones (the commit's time, then its hash): 0.1.0-1+git20261207091500.1a2b3c4.
+# A rebuilt package with a new version is what `apt` and the Ansible role
+# install; the same version would be taken as installed already.
+revision=1
+if commit=$(git log -1 --format='%cd.%h' --date=format-local:%Y%m%d%H%M%S 2>/dev/null); then
+  revision="1+git$commit"
+  if [ -n "$(git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+    revision="$revision.dirty$(date -u +%Y%m%d%H%M%S)"
+  fi
+fi
+extra=("${fast[@]}" --deb-revision "$revision")
+
+rm -f target/debian/gatehouse_*.deb target/debian/gatehouse-dbgsym_*.ddeb
 if [ "$profile" = release ]; then
-  cargo deb --no-build --locked --dbgsym "${fast[@]}"
+  cargo deb --no-build --locked --dbgsym "${extra[@]}"
 else
   # cargo-deb packages `target/release/gatehouse` only from a release-like
   # profile; the dev binary (CI's, already built by `cargo test`) is staged
@@ -60,6 +74,6 @@ else
   mkdir -p "$stage/release"
   cp "$bin" "$stage/release/gatehouse"
   CARGO_TARGET_DIR="$stage" cargo deb --no-build --locked --strip \
-    --output target/debian "${fast[@]}"
+    --output target/debian "${extra[@]}"
 fi
 ls -1 target/debian/*.deb

@@ -143,6 +143,45 @@ bash -n /usr/share/bash-completion/completions/gatehouse || fail "bash completio
 if command -v zsh >/dev/null; then zsh -n /usr/share/zsh/vendor-completions/_gatehouse || fail "zsh completion"; fi
 if command -v fish >/dev/null; then fish -n /usr/share/fish/vendor_completions.d/gatehouse.fish || fail "fish completion"; fi
 
+step "an upgrade restarts a running gatehouse only if the new binary accepts the config"
+# No systemd runs as PID 1 here: a systemctl that says gatehouse is active
+# and a deb-systemd-invoke that logs what it was asked, first on PATH (apt
+# gives dpkg and its maintainer scripts DPkg::Path). The next version is this
+# package with its Version raised.
+fake=$(mktemp -d)
+export FAKE_LOG="$fake/log"
+printf '#!/bin/sh\necho "systemctl $*" >>"$FAKE_LOG"\n' >"$fake/systemctl"
+printf '#!/bin/sh\necho "deb-systemd-invoke $*" >>"$FAKE_LOG"\n' >"$fake/deb-systemd-invoke"
+chmod 755 "$fake/systemctl" "$fake/deb-systemd-invoke"
+next_version() {
+  rm -rf "$fake/pkg"
+  dpkg-deb -R "$deb" "$fake/pkg"
+  sed -i "s/^Version: .*/Version: $1/" "$fake/pkg/DEBIAN/control"
+  dpkg-deb -b "$fake/pkg" "$fake/next.deb" >/dev/null
+}
+upgrade() {
+  : >"$FAKE_LOG"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q \
+    -o DPkg::Path="$fake:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+    "$fake/next.deb" 2>&1
+}
+# 1. The shipped example (`gatehouse run` refuses its sample key): no restart.
+next_version "${version}+up1"
+up_log=$(upgrade) || { echo "$up_log"; fail "the upgrade failed"; }
+grep -q "NOT restarted" <<<"$up_log" || { echo "$up_log"; cat "$FAKE_LOG"; fail "the upgrade did not say why it did not restart"; }
+if grep -q "try-restart" "$FAKE_LOG"; then fail "the upgrade restarted gatehouse onto a config its binary refuses"; fi
+# 2. An edited config the new binary accepts: restarted.
+ssh-keygen -q -t ed25519 -N '' -C auditor@deb-test -f "$fake/auditor"
+sed -i "s|^recipients = .*|recipients = [\"$(cut -d' ' -f1,2 "$fake/auditor.pub")\"]|" /etc/gatehouse/config.toml
+gatehouse check >/dev/null 2>&1 || fail "the edited config does not pass gatehouse check"
+next_version "${version}+up2"
+up_log=$(upgrade) || { echo "$up_log"; fail "the upgrade failed"; }
+grep -qx "deb-systemd-invoke try-restart gatehouse.service" "$FAKE_LOG" ||
+  { echo "$up_log"; cat "$FAKE_LOG"; fail "the upgrade did not restart a running gatehouse"; }
+[ "$(dpkg-query -W -f='${Version}' gatehouse)" = "${version}+up2" ] || fail "the upgrade did not install"
+echo "refused config: not restarted; accepted config: try-restart"
+rm -rf "$fake"
+
 step "remove keeps the state directory and the config"
 # What systemd's DynamicUser= leaves after a first start: the state in
 # /var/lib/private/gatehouse, a link at /var/lib/gatehouse; and a credential.

@@ -1,19 +1,23 @@
 //! The administrator's commands against a packaged gateway's state
 //! directory. Under systemd the service runs as a `DynamicUser` and owns
-//! /var/lib/private/gatehouse; the administrator runs `gatehouse user
-//! enroll` (and `pubkey`, `peer add`, `target credential`) as root. What
-//! root writes there must stay readable by the service, and a master key
-//! that lives in a systemd credential must never be silently replaced by a
-//! new `master.key` that seals secrets the service cannot open.
+//! /var/lib/private/gatehouse. Root must not write there (that user could
+//! swap a directory for a link between root's check and root's write and
+//! point root's writes anywhere): root reads the SSH keys and is refused
+//! the rest, with the command that runs it as the service. A master key
+//! that lives in a systemd credential is never silently replaced by a new
+//! `master.key` that seals secrets the service cannot open.
 //!
 //! The service's user is simulated by `nobody` (65534): the tests chown the
-//! state directory to it, as systemd does at the first start.
+//! state directory to it, as systemd does at the first start, and run the
+//! commands as it with `setpriv`, as `systemd-run -p DynamicUser=yes -p
+//! User=gatehouse` would.
 
 mod common;
 
-use std::os::unix::fs::MetadataExt;
+use std::collections::BTreeMap;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 
 use common::world::stderr;
 use common::*;
@@ -44,22 +48,25 @@ fn chown_tree(dir: &Path, uid: u32) {
     assert!(st.success());
 }
 
-/// Every path below `dir` (and `dir`) whose owner is not `uid`.
-fn not_owned_by(dir: &Path, uid: u32) -> Vec<(PathBuf, u32)> {
-    let mut wrong = Vec::new();
+/// Every path below `dir` with its owner, mode and contents.
+fn snapshot(dir: &Path) -> BTreeMap<PathBuf, (u32, u32, Vec<u8>)> {
+    let mut out = BTreeMap::new();
     let mut todo = vec![dir.to_path_buf()];
     while let Some(p) = todo.pop() {
         let meta = std::fs::symlink_metadata(&p).unwrap();
-        if meta.uid() != uid || meta.gid() != uid {
-            wrong.push((p.clone(), meta.uid()));
-        }
+        let contents = if meta.is_file() {
+            std::fs::read(&p).unwrap()
+        } else {
+            Vec::new()
+        };
         if meta.is_dir() {
             for e in std::fs::read_dir(&p).unwrap() {
                 todo.push(e.unwrap().path());
             }
         }
+        out.insert(p, (meta.uid(), meta.mode(), contents));
     }
-    wrong
+    out
 }
 
 fn setup_with_alice() -> (tempfile::TempDir, GatehouseSetup) {
@@ -78,11 +85,20 @@ fn credential_dir(setup: &GatehouseSetup) -> PathBuf {
     dir
 }
 
-/// An enrolment without a credential: creates master.key.
-fn enroll_without_credential(setup: &GatehouseSetup) {
-    let out = setup.cli(&["user", "enroll", "alice"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(setup.state_dir().join("master.key").exists());
+/// `gatehouse ARGS` as the service's user (`nobody`), with its credential
+/// when given. The test directory is opened up for it to reach the config.
+fn as_service(setup: &GatehouseSetup, creds: Option<&Path>, args: &[&str]) -> Output {
+    std::fs::set_permissions(setup.dir(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(env!("CARGO_BIN_EXE_gatehouse"))
+        .args(args)
+        .arg("--config")
+        .arg(setup.config_path());
+    if let Some(dir) = creds {
+        cmd.env("CREDENTIALS_DIRECTORY", dir);
+    }
+    run_checked_timeout(&mut cmd, DEFAULT_COMMAND_TIMEOUT)
 }
 
 /// Runs `gatehouse ARGS` as the service would with its credential
@@ -97,42 +113,73 @@ fn with_credential(setup: &GatehouseSetup, creds: &Path, args: &[&str]) {
 }
 
 #[test]
-fn what_root_writes_into_the_services_state_directory_takes_the_services_owner() {
-    if !require_root("what_root_writes_into_the_services_state_directory_takes_the_services_owner")
+fn root_writes_nothing_into_the_services_state_directory_and_says_how_to_run_it() {
+    if !require_root("root_writes_nothing_into_the_services_state_directory_and_says_how_to_run_it")
+        || !require_tools(&["setpriv"])
     {
         return;
     }
     let (_keys, setup) = setup_with_alice();
-    // The first start made the directory, master.key and the keys (here:
-    // `hostkey` and an enrolment); systemd then hands it all to the
-    // service's user.
+    // The first start made the directory, master.key and the keys; systemd
+    // then hands it all to the service's user.
     let _ = setup.hostkey();
-    enroll_without_credential(&setup);
-    let state = setup.state_dir();
-    chown_tree(&state, SERVICE_UID);
-    // Where the client key is made later: remove it so `pubkey` creates it.
-    let _ = std::fs::remove_file(state.join("client_ed25519"));
-    let _ = std::fs::remove_file(state.join("client_ed25519.pub"));
-
-    // The administrator, as root.
+    let _ = setup.client_pubkey();
     let out = setup.cli(&["user", "enroll", "alice"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let out = setup.cli(&["pubkey"]);
-    assert!(out.status.success(), "{}", stderr(&out));
-    assert!(state.join("totp/alice.secret").exists());
-    assert!(state.join("client_ed25519").exists());
+    let state = setup.state_dir();
+    chown_tree(&state, SERVICE_UID);
+    let before = snapshot(&state);
 
-    let wrong = not_owned_by(&state, SERVICE_UID);
+    // The administrator, as root: refused, with the way to do it.
+    let out = setup.cli(&["user", "enroll", "alice"]);
     assert!(
-        wrong.is_empty(),
-        "root left paths the service (uid {SERVICE_UID}) cannot read: {wrong:?}"
+        !out.status.success(),
+        "root enrolled into the service's directory"
     );
-    // No temp file left behind by the atomic writes.
-    let names: Vec<String> = std::fs::read_dir(state.join("totp"))
-        .unwrap()
-        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("belongs to uid {SERVICE_UID}"))
+            && err.contains("systemd-run")
+            && err.contains("User=gatehouse"),
+        "{err}"
+    );
+    // Reading the SSH keys is fine.
+    for args in [["hostkey"], ["pubkey"]] {
+        let out = setup.cli(&args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssh-ed25519 "));
+    }
+    assert_eq!(
+        snapshot(&state),
+        before,
+        "root changed the service's directory"
+    );
+
+    // A key that would have to be created is refused too, and not made.
+    std::fs::remove_file(state.join("client_ed25519")).unwrap();
+    std::fs::remove_file(state.join("client_ed25519.pub")).unwrap();
+    let out = setup.cli(&["pubkey"]);
+    assert!(
+        !out.status.success(),
+        "root created a key in the service's directory"
+    );
+    assert!(!state.join("client_ed25519").exists());
+
+    // As the service's user the same command works, and what it writes is its own.
+    let out = as_service(&setup, None, &["user", "enroll", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let after = snapshot(&state);
+    let foreign: Vec<_> = after
+        .iter()
+        .filter(|(_, (uid, _, _))| *uid != SERVICE_UID)
+        .map(|(p, (uid, _, _))| (p.clone(), *uid))
         .collect();
-    assert_eq!(names, vec!["alice.secret".to_string()], "{names:?}");
+    assert!(foreign.is_empty(), "{foreign:?}");
+    assert_ne!(
+        after.get(&state.join("totp/alice.secret")).map(|e| &e.2),
+        before.get(&state.join("totp/alice.secret")).map(|e| &e.2),
+        "the secret was not replaced"
+    );
 }
 
 #[test]
@@ -174,37 +221,27 @@ fn a_master_key_from_a_credential_is_never_replaced_by_a_new_master_key_file() {
 }
 
 #[test]
-fn a_services_state_directory_without_master_key_is_refused_to_root() {
-    if !require_root("a_services_state_directory_without_master_key_is_refused_to_root") {
+fn the_services_user_with_its_credential_enrolls_without_a_master_key_file() {
+    if !require_root("the_services_user_with_its_credential_enrolls_without_a_master_key_file")
+        || !require_tools(&["setpriv"])
+    {
         return;
     }
     let (_keys, setup) = setup_with_alice();
     let creds = credential_dir(&setup);
-    // The service's first start with its credential: host key, no master.key, no secret yet.
+    // The service's first start with its credential: keys, no master.key.
     with_credential(&setup, &creds, &["hostkey"]);
     let state = setup.state_dir();
     chown_tree(&state, SERVICE_UID);
+    chown_tree(&creds, SERVICE_UID);
 
-    // The SSH keys are not sealed: hostkey and pubkey work for root without it.
-    for args in [["hostkey"], ["pubkey"]] {
-        let out = setup.cli(&args);
-        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
-        assert!(String::from_utf8_lossy(&out.stdout).starts_with("ssh-ed25519 "));
-    }
-    assert!(!state.join("master.key").exists());
-    let out = setup.cli(&["user", "enroll", "alice"]);
-    assert!(!out.status.success(), "enrolled under a new master key");
-    let err = stderr(&out);
+    // What `systemd-run -p DynamicUser=yes -p User=gatehouse -p
+    // LoadCredentialEncrypted=...` gives the command.
+    let out = as_service(&setup, Some(&creds), &["user", "enroll", "alice"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(state.join("totp/alice.secret").exists());
     assert!(
-        err.contains("master.key is missing") && err.contains(&format!("uid {SERVICE_UID}")),
-        "{err}"
+        !state.join("master.key").exists(),
+        "a master.key was made beside the credential"
     );
-    assert!(!state.join("master.key").exists());
-    assert!(!state.join("totp/alice.secret").exists());
-
-    // With the credential (what `systemd-run -p LoadCredentialEncrypted=`
-    // gives the command) root enrolls, and the file is the service's.
-    with_credential(&setup, &creds, &["user", "enroll", "alice"]);
-    let wrong = not_owned_by(&state, SERVICE_UID);
-    assert!(wrong.is_empty(), "{wrong:?}");
 }

@@ -15,15 +15,16 @@
 //! Secrets read from here (TOTP secrets, the master key) are wiped from
 //! memory when dropped.
 //!
-//! Run as root against a directory that belongs to another user (the
-//! packaged service runs as systemd's `DynamicUser`, an administrator runs
-//! `gatehouse user enroll` as root), every file and directory written takes
-//! its parent directory's owner, so the service can read what the
-//! administrator wrote. And a master key is only ever created in a new
-//! state directory: one whose secrets are sealed already, or that belongs
-//! to a service which never made `master.key`, has its key elsewhere (a
-//! systemd credential, a backup) and a new key would seal what the service
-//! cannot open.
+//! Root never writes into a state directory that belongs to another user
+//! (the packaged service runs as systemd's `DynamicUser` and owns its
+//! directory): that user could swap a directory for a link between root's
+//! check and root's write and so point root's writes anywhere. Root may
+//! read the SSH host and client keys there (`gatehouse hostkey`, `pubkey`);
+//! everything else is refused with the command that runs it as the service
+//! (`systemd-run -p DynamicUser=yes -p User=gatehouse ...`). And a master
+//! key is only ever created where no secret is sealed yet: a directory whose
+//! secrets are sealed has its key elsewhere (a systemd credential, a backup),
+//! and a new key would seal what the service cannot open.
 
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
@@ -71,6 +72,16 @@ pub enum StateError {
          gatehouse ...`; otherwise restore master.key from the backup"
     )]
     MasterKeyElsewhere { path: PathBuf, why: String },
+    #[error(
+        "{path} belongs to uid {uid} (the service's user): root does not write \
+         into it, since that user could point root's writes elsewhere. Run the \
+         command as the service, e.g. `systemd-run --pipe --wait --collect -p \
+         DynamicUser=yes -p User=gatehouse -p StateDirectory=gatehouse -p \
+         LoadCredentialEncrypted=gatehouse-master-key:/etc/gatehouse/master-key.cred \
+         gatehouse ...` (without the credential line when the master key is \
+         master.key); see DEPLOY.md"
+    )]
+    ForeignOwner { path: PathBuf, uid: u32 },
 }
 
 impl StateError {
@@ -88,6 +99,9 @@ pub struct StateDir {
     root: PathBuf,
     /// `None` when opened for the SSH keys only ([`StateDir::open_for_keys`]).
     master: Option<MasterKey>,
+    /// The owner, when root opened a directory that belongs to someone
+    /// else (for its keys only: nothing may be written).
+    foreign: Option<u32>,
 }
 
 impl StateDir {
@@ -117,6 +131,16 @@ impl StateDir {
                 .map_err(|e| StateError::io(root, e))?;
         }
         check_mode(root, 0o700)?;
+        let owner = fs::metadata(root)
+            .map_err(|e| StateError::io(root, e))?
+            .uid();
+        let foreign = (rustix::process::geteuid().is_root() && owner != 0).then_some(owner);
+        if let (Some(uid), true) = (foreign, with_master) {
+            return Err(StateError::ForeignOwner {
+                path: root.to_path_buf(),
+                uid,
+            });
+        }
         let master = match std::env::var_os("CREDENTIALS_DIRECTORY") {
             _ if !with_master => None,
             Some(dir) if Path::new(&dir).join("gatehouse-master-key").exists() => {
@@ -133,11 +157,14 @@ impl StateDir {
                 Some(MasterKey::load_or_create(&path)?)
             }
         };
-        create_private_dir(&root.join("totp"))?;
+        if foreign.is_none() {
+            create_private_dir(&root.join("totp"))?;
+        }
         check_tree(root)?;
         Ok(StateDir {
             root: root.to_path_buf(),
             master,
+            foreign,
         })
     }
 
@@ -156,12 +183,32 @@ impl StateDir {
 
     /// The gateway's SSH host key (created on first use).
     pub fn host_key(&self) -> Result<KeyPair, StateError> {
-        KeyPair::load_or_create(&self.root.join("host_ed25519"), "gatehouse-host")
+        self.key("host_ed25519", "gatehouse-host")
     }
 
     /// The key gatehouse uses to log in to targets (created on first use).
     pub fn client_key(&self) -> Result<KeyPair, StateError> {
-        KeyPair::load_or_create(&self.root.join("client_ed25519"), "gatehouse-client")
+        self.key("client_ed25519", "gatehouse-client")
+    }
+
+    /// A key file of the directory, never through a link; in a directory
+    /// root opened but does not own, only one that exists (root creates
+    /// nothing there).
+    fn key(&self, name: &str, comment: &str) -> Result<KeyPair, StateError> {
+        let path = self.root.join(name);
+        match fs::symlink_metadata(&path) {
+            Ok(meta) if meta.file_type().is_symlink() => Err(StateError::Corrupt {
+                path,
+                message: "is a symbolic link: gatehouse reads its keys from real files only".into(),
+            }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound && self.foreign.is_some() => {
+                Err(StateError::ForeignOwner {
+                    path: self.root.clone(),
+                    uid: self.foreign.unwrap_or_default(),
+                })
+            }
+            _ => KeyPair::load_or_create(&path, comment),
+        }
     }
 
     /// Stores (replacing) the TOTP secret of `user`, sealed under the master key,
@@ -369,12 +416,10 @@ fn master_key_elsewhere(root: &Path) -> Result<Option<String>, StateError> {
     Ok(None)
 }
 
-/// Creates `path` (0700) when missing, owned like its parent (see the
-/// module's header), and refuses it when group or others can reach it.
-/// A symbolic link is refused, not followed: whoever owns the state
-/// directory must not be able to point root's writes somewhere else. The
-/// new directory's mode and owner are set through its file descriptor
-/// (opened without following links), never by path.
+/// Creates `path` (0700) when missing and refuses it when group or others
+/// can reach it. A symbolic link is refused, not followed. The new
+/// directory's mode is set through its file descriptor (opened without
+/// following links), never by path.
 pub(crate) fn create_private_dir(path: &Path) -> Result<(), StateError> {
     use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
     match fs::symlink_metadata(path) {
@@ -404,29 +449,10 @@ pub(crate) fn create_private_dir(path: &Path) -> Result<(), StateError> {
                 .map_err(|e| StateError::io(path, e))?;
             dir.set_permissions(fs::Permissions::from_mode(0o700))
                 .map_err(|e| StateError::io(path, e))?;
-            if let Some((uid, gid)) = parent_owner_for_root(path)? {
-                std::os::unix::fs::fchown(&dir, Some(uid), Some(gid))
-                    .map_err(|e| StateError::io(path, e))?;
-            }
         }
         Err(e) => return Err(StateError::io(path, e)),
     }
     check_mode(path, 0o700)
-}
-
-/// The owner that something root creates at `path` must take: its parent
-/// directory's, when the process is root and the parent is someone else's
-/// (`None` otherwise: files are the writer's own, as usual).
-fn parent_owner_for_root(path: &Path) -> Result<Option<(u32, u32)>, StateError> {
-    if !rustix::process::geteuid().is_root() {
-        return Ok(None);
-    }
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    let meta = fs::metadata(dir).map_err(|e| StateError::io(dir, e))?;
-    Ok((meta.uid() != 0).then(|| (meta.uid(), meta.gid())))
 }
 
 /// Refuses a path whose mode grants anything to group or others.
@@ -504,9 +530,6 @@ fn write_and_rename(tmp: &Path, path: &Path, data: &[u8], mode: u32) -> Result<(
         .mode(mode)
         .open(tmp)
         .map_err(|e| StateError::io(tmp, e))?;
-    if let Some((uid, gid)) = parent_owner_for_root(tmp)? {
-        std::os::unix::fs::fchown(&f, Some(uid), Some(gid)).map_err(|e| StateError::io(tmp, e))?;
-    }
     f.write_all(data).map_err(|e| StateError::io(tmp, e))?;
     f.sync_all().map_err(|e| StateError::io(tmp, e))?;
     drop(f);
