@@ -400,8 +400,15 @@ fn out_of_descriptors_the_accept_loop_answers_without_spinning_and_recovers() {
         let mut s = TcpStream::connect(("127.0.0.1", w.gw.port)).unwrap();
         let (text, closed) = read_for(&mut s, Duration::from_secs(2));
         if closed {
+            // Told why, closed before a word, or (seen once in a full CI
+            // run, the other test thread loading the machine) closed right
+            // after the identification line: a session that
+            // got its socket but could not get the next descriptor. All are
+            // answers; a hang or anything else is not.
             assert!(
-                text.contains("out of resources") || text.is_empty(),
+                text.contains("out of resources")
+                    || text.is_empty()
+                    || text == "SSH-2.0-gatehouse\r\n",
                 "{text:?}"
             );
             told += usize::from(text.contains("out of resources"));
