@@ -73,23 +73,11 @@ fn require_parser() -> bool {
     if !require_tools(TOOLS) {
         return false;
     }
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import prometheus_client.parser"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!(
-            "python3-prometheus-client is missing under CI=true (run scripts/install-test-deps.sh)"
-        );
-    }
-    eprintln!(
-        "skipping: {PYTHON} cannot import prometheus_client (install python3-prometheus-client)"
-    );
-    false
+    require_python_module(
+        PYTHON,
+        "prometheus_client.parser",
+        "python3-prometheus-client",
+    )
 }
 
 /// One scrape, as urllib saw it and the Prometheus parser read it.

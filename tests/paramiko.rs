@@ -156,19 +156,7 @@ fn require_paramiko() -> bool {
     if !require_tools(TOOLS) {
         return false;
     }
-    let ok = Command::new(PYTHON)
-        .args(["-c", "import paramiko"])
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if ok {
-        return true;
-    }
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("python3-paramiko is missing under CI=true (run scripts/install-test-deps.sh)");
-    }
-    eprintln!("skipping: {PYTHON} cannot import paramiko (install python3-paramiko)");
-    false
+    require_python_module(PYTHON, "paramiko", "python3-paramiko")
 }
 
 /// What one paramiko run reported, how long it took, and what it printed

@@ -37,7 +37,7 @@ pub use keys::{gen_ed25519, key_without_comment, KeyPair};
 pub use postgres::{pg_available, PgOptions, PgServer};
 pub use sshd::Sshd;
 pub use util::{
-    current_user, descendants, find_tool, free_port, kill_tree, port_is_listening, require_tools,
-    run_checked_timeout, run_with_timeout, send_signal, totp, totp_at, totp_step, unix_now,
-    wait_for_port, wait_until, ChildGuard, DEFAULT_COMMAND_TIMEOUT,
+    current_user, descendants, find_tool, free_port, kill_tree, port_is_listening,
+    require_python_module, require_tools, run_checked_timeout, run_with_timeout, send_signal, totp,
+    totp_at, totp_step, unix_now, wait_for_port, wait_until, ChildGuard, DEFAULT_COMMAND_TIMEOUT,
 };

@@ -60,6 +60,25 @@ pub fn require_tools(names: &[&str]) -> bool {
     false
 }
 
+/// True when `python` can import `module` (Debian's `package`). Like
+/// [`require_tools`]: under `CI=true` a missing module fails the test;
+/// elsewhere the test is skipped with a message.
+pub fn require_python_module(python: &str, module: &str, package: &str) -> bool {
+    let ok = std::process::Command::new(python)
+        .args(["-c", &format!("import {module}")])
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if ok {
+        return true;
+    }
+    if std::env::var("CI").as_deref() == Ok("true") {
+        panic!("{package} is missing under CI=true (run scripts/install-test-deps.sh)");
+    }
+    eprintln!("skipping: {python} cannot import {module} (install {package})");
+    false
+}
+
 /// Ports already handed out by this test binary, so two tests running in
 /// parallel never get the same one.
 static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
